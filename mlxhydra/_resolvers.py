@@ -1,0 +1,37 @@
+"""OmegaConf resolvers used by the config tree (import-light, like model_source)."""
+
+import os
+import re
+import secrets
+
+from omegaconf import OmegaConf
+
+# One token per process: hydra resolves the run directory more than once and
+# every resolution must name the same folder, while two processes started in
+# the same second must not share one.
+_RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(3)}"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+MAX_NAME = 120
+
+
+def run_token() -> str:
+    """A short name part that is unique to this process."""
+    return _RUN_TOKEN
+
+
+def safe_name(text: object) -> str:
+    """Make an override string usable as one directory name.
+
+    Path separators and other unsafe characters become ``_`` so that
+    ``model=./a`` stays one folder; long names are cut to MAX_NAME characters.
+    """
+    name = _UNSAFE.sub("_", str(text)).strip("._") or "default"
+    return name[:MAX_NAME]
+
+
+def register_resolvers() -> None:
+    """Register ``mlxhydra_token`` and ``mlxhydra_safe`` once per process."""
+    if not OmegaConf.has_resolver("mlxhydra_token"):
+        OmegaConf.register_new_resolver("mlxhydra_token", run_token)
+    if not OmegaConf.has_resolver("mlxhydra_safe"):
+        OmegaConf.register_new_resolver("mlxhydra_safe", safe_name)

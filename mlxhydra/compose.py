@@ -1,0 +1,56 @@
+"""Composition with the package's config tree, and the plain-dict conversion."""
+
+from typing import Any, Dict, Iterable, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from ._resolvers import register_resolvers
+
+CONFIG_MODULE = "mlxhydra.conf"
+CONFIG_NAME = "config"
+
+
+def compose(overrides: Iterable[str] = (), *, return_hydra_config: bool = False) -> DictConfig:
+    """Compose mlxhydra's config as the command line would.
+
+    Args:
+        overrides: Hydra overrides, e.g. ``["model=./llama", "quant.bits=4"]``.
+            Relative model paths are taken from the current directory.
+        return_hydra_config: Keep the ``hydra`` node.
+
+    Returns:
+        The composed DictConfig (struct mode, as in a run).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(
+            CONFIG_NAME, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
+
+
+def to_plain(node: Any) -> Any:
+    """Resolve a config node into plain Python (dicts, lists, scalars).
+
+    Escaped ``\\${...}`` strings from config.json come back as the literal text.
+    """
+    if not OmegaConf.is_config(node):
+        return node
+    return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+
+
+def changed_keys(config: Dict[str, Any], base: Dict[str, Any]) -> List[str]:
+    """Top-level keys of ``config`` that are new or differ from ``base``."""
+    return sorted(k for k in config if k not in base or config[k] != base[k])
+
+
+def removed_keys(config: Dict[str, Any], base: Dict[str, Any]) -> List[str]:
+    return sorted(k for k in base if k not in config)
+
+
+def model_dir_of(cfg: DictConfig) -> Optional[str]:
+    return cfg.get("model_dir")

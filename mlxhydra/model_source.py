@@ -1,0 +1,186 @@
+"""Serve model directories as options of Hydra's ``model`` config group.
+
+``model=./llama`` makes Hydra look up ``model/./llama``. The ``mlxmodel://``
+config source answers those look-ups: a directory holding ``config.json``
+becomes the ``model`` node (keys and values exactly as in the file) and its
+absolute path becomes the top-level ``model_dir``.
+
+Hydra imports every ``hydra_plugins`` module at start-up, so this module
+must stay import-light: standard library, hydra and omegaconf only.
+"""
+
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.object_type import ObjectType
+from hydra.errors import CompactHydraException
+from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from omegaconf import OmegaConf
+
+GROUP = "model"
+SCHEME = "mlxmodel"
+EXPECTED = "expected a model directory holding config.json"
+
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+class ModelDirError(ConfigLoadError, CompactHydraException):
+    """A ``model=`` value that does not name a usable model directory.
+
+    Compact: Hydra prints the message alone, without a traceback.
+    """
+
+
+class ModelDirNotFound(ModelDirError, FileNotFoundError):
+    """The directory or its config.json does not exist."""
+
+
+def embedded_models_dir() -> Path:
+    """The folder of the models shipped inside the package."""
+    return Path(str(resources.files("mlxhydra") / "models"))
+
+
+def embedded_model_names() -> List[str]:
+    """Names of the shipped models (``model=<name>``)."""
+    root = embedded_models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def looks_like_path(option: str) -> bool:
+    """True when a ``model=`` value is a path rather than a preset name."""
+    return (
+        "/" in option
+        or os.sep in option
+        or option.startswith((".", "~"))
+        or os.path.isabs(option)
+    )
+
+
+def resolve_model_dir(option: str, cwd: Optional[str] = None) -> Path:
+    """Turn a ``model=`` value into an absolute directory path.
+
+    Args:
+        option: A path (relative to ``cwd``, absolute or ``~``-prefixed) or the
+            name of an embedded model.
+        cwd: Directory that relative paths are taken from; the process's
+            working directory by default.
+
+    Returns:
+        The absolute path. It is not checked for existence.
+    """
+    if not looks_like_path(option):
+        embedded = embedded_models_dir() / option
+        if (embedded / "config.json").is_file():
+            return embedded
+    path = Path(os.path.expanduser(option))
+    if not path.is_absolute():
+        path = Path(cwd or os.getcwd()) / path
+    return Path(os.path.normpath(path))
+
+
+def read_config_json(model_dir: Path, option: Optional[str] = None) -> dict:
+    """Read ``model_dir/config.json`` with one clear error for each way it can fail.
+
+    Raises:
+        ModelDirError: naming the path and what was expected.
+    """
+    shown = f"model={option}: " if option is not None else ""
+    if not model_dir.exists():
+        raise ModelDirNotFound(f"{shown}{model_dir} does not exist ({EXPECTED})")
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{shown}{model_dir} is not a directory ({EXPECTED})")
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ModelDirNotFound(f"{shown}{model_dir} has no config.json ({EXPECTED})")
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except PermissionError:
+        raise ModelDirError(f"{config_file}: permission denied (expected a readable file)")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{config_file}: cannot be read: {e}")
+    if not text.strip():
+        raise ModelDirError(f"{config_file} is empty (expected a JSON object)")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelDirError(
+            f"{config_file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        )
+    if not isinstance(config, dict):
+        raise ModelDirError(
+            f"{config_file}: expected a JSON object at the top level, "
+            f"found {type(config).__name__}"
+        )
+    return config
+
+
+def escape_interpolations(value: Any) -> Any:
+    """Escape ``${`` in every string so OmegaConf keeps it as literal data."""
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: escape_interpolations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_interpolations(v) for v in value]
+    return value
+
+
+def _option(config_path: str) -> Optional[str]:
+    if config_path.endswith(".yaml"):
+        config_path = config_path[: -len(".yaml")]
+    prefix = GROUP + "/"
+    if not config_path.startswith(prefix) or len(config_path) == len(prefix):
+        return None
+    return config_path[len(prefix) :]
+
+
+class ModelDirConfigSource(ConfigSource):
+    """Config source for the ``mlxmodel://`` search-path entry."""
+
+    @staticmethod
+    def scheme() -> str:
+        return SCHEME
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        option = _option(config_path)
+        if option is None:
+            raise ConfigLoadError(f"{SCHEME}:// serves only '{GROUP}/...', not {config_path}")
+        model_dir = resolve_model_dir(option)
+        config = read_config_json(model_dir, option)
+        node = OmegaConf.create(
+            {GROUP: escape_interpolations(config), "model_dir": str(model_dir)}
+        )
+        return ConfigResult(
+            config=node,
+            path=f"{SCHEME}://{self.path}",
+            provider=self.provider,
+            header={"package": "_global_"},
+        )
+
+    def available(self) -> bool:
+        return True
+
+    def is_group(self, config_path: str) -> bool:
+        return config_path in ("", GROUP)
+
+    def is_config(self, config_path: str) -> bool:
+        option = _option(config_path)
+        if option is None:
+            return False
+        if looks_like_path(option):
+            # Claim every path so that a bad one gets this source's clear error.
+            return True
+        return (resolve_model_dir(option) / "config.json").is_file()
+
+    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
+        if config_path == "" and results_filter in (None, ObjectType.GROUP):
+            return [GROUP]
+        if config_path == GROUP and results_filter in (None, ObjectType.CONFIG):
+            return embedded_model_names()
+        return []

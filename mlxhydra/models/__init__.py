@@ -1,0 +1,1 @@
+"""Models shipped inside the package; each sub-folder is a ``model=<name>`` option."""

@@ -1,0 +1,79 @@
+"""Build a small random model with mlx-lm's own classes and save it as mlx-lm saves models.
+
+    python scripts/make_random_model.py OUT_DIR [--model-type llama] [--seed 0] [--shards 1]
+        [--quantize BITS] [--mode affine] [--set key=json ...]
+
+Used by the tests' fixtures and the benchmark; nothing is downloaded.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlx_lm.utils import _get_classes, make_shards, quantize_model, save_config, save_model
+
+BASE = {
+    "llama": {
+        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "vocab_size": 256, "max_position_embeddings": 512,
+        "rope_theta": 10000.0, "tie_word_embeddings": False,
+    },
+}
+
+
+def build(out_dir, config, seed=0, shards=1, quantize=None, mode="affine", group_size=None,
+          dtype=None):
+    """Create, save and return the config of a random model in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(seed)
+    model_cls, args_cls = _get_classes(config)
+    model = model_cls(args_cls.from_dict(config))
+    if dtype is not None:
+        model.set_dtype(getattr(mx, dtype))
+    mx.eval(model.parameters())
+    config = dict(config)
+    if quantize is not None:
+        model, config = quantize_model(model, config, group_size, quantize, mode=mode)
+    if shards > 1:
+        weights = dict(tree_flatten(model.parameters()))
+        size = sum(v.nbytes for v in weights.values())
+        index = {"metadata": {"total_size": size}, "weight_map": {}}
+        keys = sorted(weights)
+        per = -(-len(keys) // shards)
+        for i in range(shards):
+            part = {k: weights[k] for k in keys[i * per:(i + 1) * per]}
+            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            mx.save_safetensors(str(out_dir / name), part, metadata={"format": "mlx"})
+            index["weight_map"].update({k: name for k in part})
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    else:
+        save_model(out_dir, model)
+    save_config(dict(config), out_dir / "config.json")
+    return config
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir")
+    p.add_argument("--model-type", default="llama", choices=sorted(BASE))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--quantize", type=int, default=None)
+    p.add_argument("--mode", default="affine")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--set", nargs="*", default=[], help="key=JSON value overrides")
+    a = p.parse_args()
+    config = dict(BASE[a.model_type])
+    for item in a.set:
+        k, _, v = item.partition("=")
+        config[k] = json.loads(v)
+    build(a.out_dir, config, a.seed, a.shards, a.quantize, a.mode, dtype=a.dtype)
+
+
+if __name__ == "__main__":
+    main()
