@@ -1,0 +1,54 @@
+"""Shared fixtures: small models built with mlx-lm's own classes, and the real CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_random_model import BASE, build  # noqa: E402
+
+EMBEDDED_TINY = ROOT / "mlxhydra" / "models" / "tiny"
+
+
+def make_model(directory: Path, model_type: str = "llama", **kwargs) -> Path:
+    """Build a random model (see scripts/make_random_model.py) and return its directory.
+
+    kwargs: config overrides, plus seed, shards, quantize, mode, group_size, dtype.
+    """
+    options = {k: kwargs.pop(k) for k in ("seed", "shards", "quantize", "mode", "group_size", "dtype") if k in kwargs}
+    config = {**BASE.get(model_type, {"model_type": model_type}), **kwargs}
+    build(directory, config, **options)
+    return Path(directory)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    """A random float32 llama (2 layers, hidden 64, vocab 256)."""
+    return make_model(tmp_path_factory.mktemp("llama") / "llama")
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
+            module: str = "mlxhydra") -> subprocess.CompletedProcess:
+    """Run ``python -m mlxhydra ARGS`` for real in ``cwd``; output captured as text."""
+    full_env = dict(os.environ)
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    """Every run directory (holding run.json) under cwd/outputs, oldest first."""
+    return sorted((p.parent for p in (Path(cwd) / "outputs").rglob("run.json")), key=os.path.getmtime)
+
+
+def read_run(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "run.json").read_text())
