@@ -11,14 +11,14 @@ Public API (imported on first use, so ``import mlxhydra`` stays light):
 __version__ = "0.1.0"
 __all__ = ["load_config", "load_model", "compose", "__version__"]
 
+# Bound now (it needs only omegaconf): a lazy ``compose`` would be shadowed by
+# the submodule mlxhydra.compose as soon as anything imported that module.
+from .compose import compose  # noqa: E402
+
 
 def __getattr__(name):
     if name in ("load_config", "load_model"):
         from . import loading
 
         return getattr(loading, name)
-    if name == "compose":
-        from .compose import compose
-
-        return compose
     raise AttributeError(f"module 'mlxhydra' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 # every resolution must name the same folder, while two processes started in
 # the same second must not share one.
 _RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(3)}"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+_UNSAFE = re.compile(r"[^\w.=,+-]+")  # \w: letters and digits of any script, and _
 MAX_NAME = 120
 
 
@@ -29,9 +29,19 @@ def safe_name(text: object) -> str:
     return name[:MAX_NAME]
 
 
+def question_marks() -> str:
+    """``???``: how a config.json string ``"???"`` stays a string, not a missing value."""
+    return "???"
+
+
 def register_resolvers() -> None:
-    """Register ``mlxhydra_token`` and ``mlxhydra_safe`` once per process."""
+    """Register mlxhydra's resolvers (token, safe, question_marks) once per process."""
+    if not OmegaConf.has_resolver("mlxhydra_question_marks"):
+        OmegaConf.register_new_resolver("mlxhydra_question_marks", question_marks)
     if not OmegaConf.has_resolver("mlxhydra_token"):
-        OmegaConf.register_new_resolver("mlxhydra_token", run_token)
+        # use_cache: the value is kept in the config, and Hydra copies that
+        # cache to each sweep job, so launchers that run jobs in other
+        # processes (joblib, submitit, ray) put them in the parent's sweep dir.
+        OmegaConf.register_new_resolver("mlxhydra_token", run_token, use_cache=True)
     if not OmegaConf.has_resolver("mlxhydra_safe"):
         OmegaConf.register_new_resolver("mlxhydra_safe", safe_name)

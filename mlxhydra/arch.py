@@ -5,12 +5,16 @@ with its remapping tables), a model directory's own ``model_file`` (only with
 ``trust_remote_code``), or the user's classes named by import path.
 """
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import importlib.util
 import inspect
+import io
 import pkgutil
+import sys
+import traceback
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -20,7 +24,7 @@ from .errors import ConfigError, RemoteCodeError
 # mlx_lm.models modules that hold layers, not architectures.
 _HELPER_MODULES = {
     "activations", "base", "cache", "rope_utils", "switch_layers", "ssm",
-    "bitlinear_layers", "pipeline", "gated_delta", "mla", "recurrent_gemma",
+    "bitlinear_layers", "pipeline", "gated_delta", "mla",
 }
 
 
@@ -63,6 +67,9 @@ def _from_model_file(model_dir: Path, model_file: Any, trust_remote_code: bool):
     spec = importlib.util.spec_from_file_location("mlxhydra_custom_model", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    missing = [name for name in ("Model", "ModelArgs") if not hasattr(module, name)]
+    if missing:
+        raise ConfigError(f"model_file {file} defines no {' or '.join(missing)} (expected both classes)")
     return module.Model, module.ModelArgs
 
 
@@ -111,8 +118,16 @@ def get_classes(
         )
     from mlx_lm.utils import _get_classes
 
+    printed = io.StringIO()
     try:
-        return _get_classes(config)
+        with contextlib.redirect_stdout(printed):
+            classes = _get_classes(config)
+        sys.stdout.write(printed.getvalue())
+        return classes
+    except SystemExit:
+        # mlx-lm's olmo module prints what it needs and exits when that is missing.
+        hint = " ".join(printed.getvalue().split()) or "it exited while importing"
+        raise ConfigError(f"model.model_type={model_type!r}: mlx-lm cannot import its module: {hint}")
     except ValueError:
         known = supported_model_types()
         close = difflib.get_close_matches(model_type, known, n=3, cutoff=0.5)
@@ -181,9 +196,43 @@ def check_types(config: Dict[str, Any], args_cls: Type, keys: List[str]) -> None
         raise ConfigError(problems)
 
 
+def instantiate(model_cls: Type, args: Any, config: Dict[str, Any]) -> Any:
+    """``model_cls(args)`` with a clear error when the config's values cannot build it.
+
+    A config can have the right types and still not build a model (``hidden_size: 0``,
+    heads that do not divide the hidden size): the layers then fail deep inside.
+
+    Raises:
+        ConfigError: naming the class, the error, and any non-positive or huge integers in the config.
+    """
+    try:
+        return model_cls(args)
+    except (AssertionError, ValueError, TypeError, ArithmeticError, KeyError, IndexError,
+            AttributeError, RuntimeError, MemoryError) as e:  # MemoryError: num_hidden_layers: 2**40
+        last = traceback.extract_tb(e.__traceback__)[-1]  # where it failed: an assert has no message
+        where = f" at {Path(last.filename).name}:{last.lineno}: {last.line}"
+        raise ConfigError(
+            f"{model_cls.__module__}.{model_cls.__name__} cannot be built from the model config: "
+            f"{type(e).__name__}{f': {e}' if str(e) else ''}{where}{_suspects(config)}".replace("\n", " ")
+        )
+
+
+def _suspects(config: Dict[str, Any]) -> str:
+    """`` (suspect values: k=v, ...)`` for integers that are non-positive or huge, else ''."""
+    suspects = [
+        f"{k}={v}" for k, v in config.items()
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 < v < 2**31
+    ]
+    return f" (suspect values: {', '.join(suspects)})" if suspects else ""
+
+
 def make_args(config: Dict[str, Any], args_cls: Type) -> Any:
     """``args_cls.from_dict(config)`` with a clear error when it refuses."""
     try:
         return args_cls.from_dict(config)
-    except TypeError as e:
-        raise ConfigError(f"{args_cls.__module__}.{args_cls.__name__} rejects the model config: {e}")
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, IndexError,
+            ArithmeticError, MemoryError) as e:  # __post_init__ checks too; 2**70 layers overflow
+        raise ConfigError(
+            f"{args_cls.__module__}.{args_cls.__name__} rejects the model config: "
+            f"{type(e).__name__}: {e}{_suspects(config)}".replace("\n", " ")
+        )

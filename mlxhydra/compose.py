@@ -40,7 +40,16 @@ def to_plain(node: Any) -> Any:
     """
     if not OmegaConf.is_config(node):
         return node
-    return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:  # ${oc.env:UNSET}, ???, a bad resolver: one clear line
+        from .errors import ConfigError
+
+        where = getattr(e, "full_key", None)
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{where}: {message}" if where else message) from None
 
 
 def changed_keys(config: Dict[str, Any], base: Dict[str, Any]) -> List[str]:

@@ -20,7 +20,7 @@ from . import arch
 from .errors import ConfigError, WeightsError
 from .model_source import read_config_json
 from .quant import QuantSpec, make_decider, parse_quant, same_settings
-from .weights import read_header, require_weight_files, weight_files
+from .weights import absent_shards, read_header, require_weight_files, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,10 @@ def _legacy_quantization(model_dir: Path, config: dict) -> None:
     if "quantization_config" not in config:
         hf_quant_config = model_dir / "hf_quant_config.json"
         if hf_quant_config.exists():
-            config["quantization_config"] = json.loads(hf_quant_config.read_text())
+            try:
+                config["quantization_config"] = json.loads(hf_quant_config.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{hf_quant_config}: not readable as JSON: {e}")
 
 
 def _saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], dict]:
@@ -78,10 +81,22 @@ def _saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], di
     Returns (quantization or None, weights) — AWQ/GPTQ weights are repacked.
     """
     if config.get("quantization") is not None:
-        return config["quantization"], weights
+        q = config["quantization"]
+        if not isinstance(q, Mapping) or not all(isinstance(q.get(k), int) for k in ("group_size", "bits")):
+            shown = {k: q.get(k) for k in ("group_size", "bits")} if isinstance(q, Mapping) else q
+            raise ConfigError(
+                f"model.quantization={shown!r}: expected a mapping with integer group_size and "
+                "bits (and optionally mode), as mlx-lm saves it"
+            )
+        return q, weights
     qc = config.get("quantization_config")
     if not qc:
         return None, weights
+    if not isinstance(qc, Mapping) or "quant_method" not in qc:
+        raise ConfigError(
+            f"model.quantization_config={qc!r}: expected a mapping with a quant_method "
+            "(mxfp4, mxfp8, fp8, compressed-tensors, modelopt, awq, gptq, bitnet)"
+        )
     from mlx_lm import utils as mu
 
     method = qc.get("quant_method")
@@ -94,14 +109,20 @@ def _saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], di
     ):
         q = {"group_size": 32, "bits": 8, "mode": "mxfp8"}
     elif method == "compressed-tensors":
-        q = mu._compressed_tensors_quantization(qc)
+        try:
+            q = mu._compressed_tensors_quantization(qc)
+        except ValueError as e:
+            raise ConfigError(f"model.quantization_config: {e}")
     elif method == "modelopt":
         settings = qc.get("quantization", qc)
         if settings.get("quant_algo") != "NVFP4":
             raise ConfigError(f"quantization_config: unsupported modelopt quant_algo {settings.get('quant_algo')!r}")
         q = {"group_size": settings.get("group_size", 16), "bits": 4, "mode": "nvfp4"}
     elif method in ("awq", "gptq"):
-        weights, q = mu._transform_awq_weights(weights, qc)
+        try:
+            weights, q = mu._transform_awq_weights(weights, qc)
+        except ValueError as e:
+            raise ConfigError(f"model.quantization_config ({method}): {e}")
     else:
         return None, weights  # bitnet and float formats: handled by the caller / sanitize
     config["quantization"] = q
@@ -165,6 +186,13 @@ def check_weights(model: nn.Module, weights: Mapping[str, mx.array], files: List
     if problems:
         names = ", ".join(f.name for f in files) or "no files"
         problems.append(f"read {names}")
+    absent = absent_shards(files[0].parent) if missing and files else []
+    if absent:
+        more = " ..." if len(absent) > SHOWN else ""
+        problems.append(
+            f"model.safetensors.index.json lists {len(absent)} missing file(s): "
+            f"{', '.join(absent[:SHOWN])}{more} (an incomplete copy or download?)"
+        )
     return problems
 
 
@@ -173,8 +201,8 @@ def _quantize_while_loading(
 ) -> Dict[str, Any]:
     """Quantize each chosen layer as soon as its float weights are read.
 
-    Only one layer's float weights are in memory at a time: each is read,
-    quantized, evaluated and put in place before the next.
+    At most two layers' float weights are in memory at a time: each is read,
+    quantized and put in place while the layer before is evaluated.
     """
     decide = make_decider(spec, model)
     layers: Dict[str, dict] = {}
@@ -186,11 +214,25 @@ def _quantize_while_loading(
         params = decide(path, module)
         if params is None:
             counts["float_by_rule_or_predicate"] += 1
-        elif module.weight.shape[-1] % params["group_size"] != 0:
+        elif module.weight.shape[-1] % params.get("group_size", 64) != 0:  # to_quantized's default
             counts["float_indivisible"] += 1
         else:
             plan.append((path, module, params))
-    for path, module, params in plan:
+    # A rule that matches nothing is most likely a typo in its pattern (but a
+    # sweep may share rules between architectures): warn and report it.
+    paths = [p for p, m in model.named_modules() if hasattr(m, "to_quantized") and hasattr(m, "weight")]
+    unmatched = [r.pattern.pattern for r in spec.rules if not any(r.matches(p) for p in paths)]
+    if unmatched:
+        log.warning("quant.rules patterns that match no quantizable layer: %s", ", ".join(unmatched))
+    # Popped one by one and every reference dropped after use: a float module
+    # still referenced (by the plan, a loop variable) keeps its evaluated float
+    # weights alive, and the float model would pile up in memory layer by layer.
+    plan.reverse()
+    # Each layer is evaluated in MLX's thread while Python prepares the next
+    # one; waiting on the layer before keeps at most two in flight.
+    pending: List[list] = []
+    while plan:
+        path, module, params = plan.pop()
         own = {}
         for name, _ in tree_flatten(module.parameters()):
             key = f"{path}.{name}"
@@ -198,13 +240,21 @@ def _quantize_while_loading(
                 own[name] = weights.pop(key)
         module.update(tree_unflatten(list(own.items())))
         qmodule = module.to_quantized(**params)
-        mx.eval(qmodule.parameters())
+        arrays = []
         for name, value in tree_flatten(qmodule.parameters()):
             weights[f"{path}.{name}"] = value
+            arrays.append(value)
+        mx.async_eval(arrays)
+        pending.append(arrays)
+        if len(pending) > 1:
+            mx.eval(pending.pop(0))
         model.update_modules(tree_unflatten([(path, qmodule)]))
+        del module, own, qmodule, arrays
         layers[path] = params
         counts["quantized"] += 1
-    return {"layers": layers, **counts}
+    for arrays in pending:
+        mx.eval(arrays)
+    return {"layers": layers, **counts, "unmatched_rules": unmatched}
 
 
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
@@ -241,6 +291,8 @@ def build_model(
     dtype: Optional[str] = None,
     model_class: Optional[str] = None,
     args_class: Optional[str] = None,
+    classes: Optional[Tuple[type, type]] = None,
+    weights_key: Optional[str] = None,
 ) -> Tuple[nn.Module, dict, Dict[str, Any]]:
     """Instantiate, quantize and load a model from a ready config dict.
 
@@ -253,6 +305,9 @@ def build_model(
         trust_remote_code: Allow the directory's ``model_file``.
         dtype: Cast floating-point weights (float16, bfloat16, float32).
         model_class, args_class: Import paths of your own classes.
+        classes: (Model, ModelArgs) already looked up with ``arch.get_classes``.
+        weights_key: The weights fingerprint: reuse (and keep) this process's
+            opened float weights (``mlxhydra.cache``; for multirun jobs only).
 
     Returns:
         (model, config, report): the report has the stage times, the
@@ -267,19 +322,21 @@ def build_model(
     report: Dict[str, Any] = {"times": times}
 
     t = time.perf_counter()
-    model_cls, args_cls = arch.get_classes(
+    model_cls, args_cls = classes or arch.get_classes(
         config, model_dir, trust_remote_code=trust_remote_code,
         model_class=model_class, args_class=args_class,
     )
     _legacy_quantization(model_dir, config)
     report["ignored_keys"] = arch.ignored_keys(config, args_cls)
-    model = model_cls(arch.make_args(config, args_cls))
+    model = arch.instantiate(model_cls, arch.make_args(config, args_cls), config)
     times["instantiate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     files = require_weight_files(model_dir) if strict else weight_files(model_dir)
     report["weight_files"] = [str(f) for f in files]
-    weights = _open_weights(files)
+    from . import cache
+
+    weights, report["weights_cache"] = cache.open_weights(weights_key, lambda: _open_weights(files))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
     saved, weights = _saved_quantization(config, weights)
@@ -296,7 +353,7 @@ def build_model(
         if spec is not None and not same_settings(spec, saved):
             raise ConfigError(
                 f"{model_dir} is already quantized ({_settings(saved)}); re-quantizing to "
-                f"{spec.describe()} is refused: load the float model instead, or use quant=none"
+                f"{_request(spec)} is refused: load the float model instead, or use quant=none"
             )
         if "method" not in saved:
             _quantize_saved_layout(model, saved, weights)
@@ -307,6 +364,7 @@ def build_model(
         applied = {"source": "none"}
     if config.get("quantize_activations", False):
         _quantize_activations(model)
+    model.eval()  # QQLinear layers (quantize_activations) take their packed shapes only in eval mode
     problems = check_weights(model, weights, files)
     if problems and strict:
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
@@ -334,12 +392,23 @@ def _settings(q: Mapping[str, Any]) -> str:
     return f"bits={q.get('bits')}, group_size={q.get('group_size')}, mode={q.get('mode', 'affine')}"
 
 
+def _request(spec: QuantSpec) -> str:
+    """A runtime request in words, for error messages."""
+    if spec.recipe is not None:
+        parts = [f"recipe={spec.recipe}, group_size={spec.default['group_size']}"]
+    else:
+        parts = [_settings(spec.default)] if spec.default else []
+    if spec.rules:
+        parts.append(f"{len(spec.rules)} per-layer rule(s)")
+    return ", ".join(parts)
+
+
 def _config_entry(spec: QuantSpec, layers: Dict[str, dict]) -> dict:
     """The ``quantization`` entry that reloads these layers (mlx-lm's format)."""
     default = spec.default or next(iter(layers.values()), {"group_size": 64, "bits": 4, "mode": "affine"})
     entry: Dict[str, Any] = dict(default)
     for path, params in layers.items():
-        if params != default:
+        if params != default or spec.recipe is not None:  # mlx-lm records every recipe layer
             entry[path] = params
     return entry
 

@@ -16,16 +16,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
+from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.core.object_type import ObjectType
 from hydra.errors import CompactHydraException
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 GROUP = "model"
 SCHEME = "mlxmodel"
+# The config tree that gets the model source (the CLI's and compose()'s).
+MAIN_CONFIG = "pkg://mlxhydra.conf"
 EXPECTED = "expected a model directory holding config.json"
 
 _INTERPOLATION = re.compile(r"(\\*)\$\{")
+MISSING_MARKER = "???"
+LITERAL_MISSING = "${mlxhydra_question_marks:}"  # see mlxhydra._resolvers
 
 
 class ModelDirError(ConfigLoadError, CompactHydraException):
@@ -121,7 +127,13 @@ def read_config_json(model_dir: Path, option: Optional[str] = None) -> dict:
 
 
 def escape_interpolations(value: Any) -> Any:
-    """Escape ``${`` in every string so OmegaConf keeps it as literal data."""
+    """Escape ``${`` in every string so OmegaConf keeps it as literal data.
+
+    The string ``???`` (OmegaConf's "missing value" marker) becomes a resolver
+    call that gives the same three characters back.
+    """
+    if value == MISSING_MARKER:
+        return LITERAL_MISSING
     if isinstance(value, str):
         return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
     if isinstance(value, dict):
@@ -184,3 +196,17 @@ class ModelDirConfigSource(ConfigSource):
         if config_path == GROUP and results_filter in (None, ObjectType.CONFIG):
             return embedded_model_names()
         return []
+
+
+class ModelDirSearchPath(SearchPathPlugin):
+    """Adds ``mlxmodel://`` after mlxhydra's own config tree.
+
+    Added by a plugin rather than the primary config's ``hydra.searchpath``, so
+    that a user's ``hydra.searchpath=[file://my_conf]`` adds to it instead of
+    removing it. Other Hydra applications are left alone.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        paths = [element.path for element in search_path.get_path()]
+        if MAIN_CONFIG in paths and f"{SCHEME}://" not in paths:
+            search_path.append("mlxhydra", f"{SCHEME}://", anchor=SearchPathQuery(path=MAIN_CONFIG))

@@ -7,7 +7,7 @@ and returns a :class:`QuantSpec`, or ``None`` when nothing is to be quantized.
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .errors import ConfigError
 
@@ -91,7 +91,11 @@ def check_params(
     return {"group_size": group_size, "bits": bits, "mode": mode} if ok else None
 
 
-def _parse_rule(index: int, rule: Any, problems: List[str]) -> Optional[Rule]:
+def _parse_rule(
+    index: int, rule: Any, problems: List[str], inherit: Mapping[str, Any]
+) -> Optional[Rule]:
+    """Validate one rule; bits/group_size it leaves out come from ``inherit``
+    (the top-level quant settings) when the modes agree, else the mode's defaults."""
     where = f"quant.rules[{index}]"
     if not isinstance(rule, Mapping):
         problems.append(f"{where}: expected a mapping like {{pattern: REGEX, bits: 4}}, got {rule!r}")
@@ -118,8 +122,12 @@ def _parse_rule(index: int, rule: Any, problems: List[str]) -> Optional[Rule]:
             problems.append(f"{where}: skip: true takes no bits, group_size or mode")
             return None
         return Rule(compiled, None)
+    mode = rule.get("mode", inherit["mode"])
+    same_mode = mode == inherit["mode"]
     params = check_params(
-        rule.get("bits"), rule.get("group_size"), rule.get("mode", "affine"), where, problems
+        rule.get("bits", inherit["bits"] if same_mode else None),
+        rule.get("group_size", inherit["group_size"] if same_mode else None),
+        mode, where, problems,
     )
     return Rule(compiled, params) if params is not None else None
 
@@ -146,10 +154,11 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     bits, group_size = quant.get("bits"), quant.get("group_size")
     mode, recipe = quant.get("mode", "affine"), quant.get("recipe")
     rules_in = quant.get("rules") or []
-    if not isinstance(rules_in, (list, tuple)):
+    if not isinstance(rules_in, Sequence) or isinstance(rules_in, (str, bytes)):  # ListConfig too
         problems.append(f"quant.rules: expected a list of rules, got {rules_in!r}")
         rules_in = []
-    parsed = [_parse_rule(i, rule, problems) for i, rule in enumerate(rules_in)]
+    inherit = {"bits": bits, "group_size": group_size, "mode": mode}
+    parsed = [_parse_rule(i, rule, problems, inherit) for i, rule in enumerate(rules_in)]
     rules = [r for r in parsed if r is not None]
 
     default = None
@@ -186,7 +195,7 @@ def make_decider(spec: QuantSpec, model: Any) -> Callable[[str, Any], Optional[P
             predicate: Optional[Decider] = mixed_quant_predicate_builder(
                 spec.recipe, model, spec.default["group_size"]
             )
-        except ValueError as e:
+        except (ValueError, AttributeError) as e:  # no down_proj layers, or no model.layers
             raise ConfigError(f"quant.recipe={spec.recipe}: {e}")
     else:
         predicate = getattr(model, "quant_predicate", None)
@@ -198,12 +207,19 @@ def make_decider(spec: QuantSpec, model: Any) -> Callable[[str, Any], Optional[P
         if spec.default is None:
             return None
         params = dict(spec.default)
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight.shape[-1] % params["group_size"] != 0:
+            # mlx-lm's quantize_model checks the default group size before asking
+            # the predicate; the caller counts this layer as indivisible.
+            return params
         if predicate is not None:
             verdict = predicate(path, module)
             if not verdict:
                 return None
             if isinstance(verdict, Mapping):
-                params.update(verdict)
+                # As nn.quantize does: the predicate's dict replaces the defaults
+                # (a missing mode means affine, even when the default is mxfp4).
+                return dict(verdict)
         return params
 
     return decide

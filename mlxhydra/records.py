@@ -21,6 +21,15 @@ def now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import, before any thread writes files
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file renamed into place.
 
@@ -29,6 +38,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide records from others
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=True, default=str)
             f.write("\n")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import records
 from .compose import changed_keys, removed_keys, to_plain
@@ -39,7 +39,8 @@ def _raise_interrupted(signum, _frame):
 def _hydra_fields(hc: Any) -> Dict[str, Any]:
     return {
         "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
-        "overrides": list(hc.overrides.task),
+        # resolve=False: the overrides as typed (``${oc.env:X}`` stays text, never a value).
+        "overrides": OmegaConf.to_container(hc.overrides.task, resolve=False),
         "job_num": hc.job.get("num"),
         "cwd": hc.runtime.cwd,
         "choices": dict(hc.runtime.choices),
@@ -74,6 +75,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         model_dir=cfg.get("model_dir"),
         seed=cfg.get("seed"),
         versions=records.versions(),
+        platform=records.platform_info(),
         git=records.git_state(Path(hc.runtime.cwd)),
         times=times,
     )
@@ -107,8 +109,35 @@ def _resources() -> Dict[str, Any]:
     return {"peak_memory_bytes": peak, "max_rss_bytes": records.max_rss_bytes()}
 
 
+LOAD_FLAGS = ("strict", "lazy", "trust_remote_code")
+FINGERPRINTS = ("fast", "full")
+
+
+def check_options(seed: Any, load: Dict[str, Any]) -> None:
+    """Check the seed and the load flags before anything runs.
+
+    ``bool("no")`` is True: a flag given as a string (``load.trust_remote_code=no``)
+    must be refused, not taken as true.
+
+    Raises:
+        ConfigError: naming each bad value and what was expected.
+    """
+    problems = []
+    if type(seed) is not int:
+        problems.append(f"seed={seed!r}: expected an integer")
+    for key in LOAD_FLAGS:
+        if key in load and not isinstance(load[key], bool):
+            problems.append(f"load.{key}={load[key]!r}: expected true or false")
+    if load.get("fingerprint", "fast") not in FINGERPRINTS:
+        problems.append(
+            f"load.fingerprint={load.get('fingerprint')!r}: expected one of {', '.join(FINGERPRINTS)}"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
 def _run(cfg: DictConfig, run_dir: Path, record: records.RunRecord, times: Dict[str, float]):
-    from . import arch
+    from . import arch, cache
     from .loading import apply_mlx_lm_adjustments, build_model
     from .quant import parse_quant
     from .tasks import run_task
@@ -117,8 +146,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: records.RunRecord, times: Dict[
     import mlx.core as mx
 
     mx.reset_peak_memory()
-    seed_everything(int(cfg.seed))
     load = to_plain(cfg.load)
+    check_options(cfg.get("seed"), load)
+    seed_everything(int(cfg.seed))
     spec = parse_quant(to_plain(cfg.quant))  # bad settings fail before any weight is read
     model_dir = Path(cfg.model_dir)
     config = to_plain(cfg.model)
@@ -138,6 +168,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: records.RunRecord, times: Dict[
             args_cls.__module__, ", ".join(ignored),
         )
     derived = apply_mlx_lm_adjustments(model_dir, config)
+    if derived:  # model_config.json is the dict ModelArgs.from_dict receives
+        records.write_json_atomic(run_dir / "model_config.json", config)
     files = describe_files(weight_files(model_dir), load.get("fingerprint", "fast"))
     record.update(
         model={
@@ -156,8 +188,11 @@ def _run(cfg: DictConfig, run_dir: Path, record: records.RunRecord, times: Dict[
         model_dir, config, quant=spec,
         strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
         trust_remote_code=bool(load.get("trust_remote_code")), dtype=load.get("dtype"),
-        model_class=load.get("model_class"), args_class=load.get("args_class"),
+        classes=(model_cls, args_cls),
+        weights_key=cache.job_key(cfg, record.data.get("weights_fingerprint")),
     )
+    if report.get("weights_cache"):
+        record.update(weights_cache=report["weights_cache"])  # multirun: hit or miss
     times.update(report["times"])
     quantization = report["quantization"]
     record.update(

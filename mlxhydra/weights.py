@@ -18,6 +18,11 @@ def weight_files(model_dir: Path) -> List[Path]:
 
 
 def require_weight_files(model_dir: Path) -> List[Path]:
+    """The weight files, of which there must be at least one.
+
+    Raises:
+        MissingWeightsError: naming the directory when it has no weight file.
+    """
     files = weight_files(model_dir)
     if not files:
         raise MissingWeightsError(
@@ -25,6 +30,21 @@ def require_weight_files(model_dir: Path) -> List[Path]:
             "or model-00001-of-0000N.safetensors shards)"
         )
     return files
+
+
+def absent_shards(model_dir: Path) -> List[str]:
+    """The files that ``model.safetensors.index.json`` lists but that do not exist.
+
+    mlx-lm does not read the index (a stale one does not stop a load), so this
+    only explains missing weights: an interrupted copy or download.
+    An unreadable index gives an empty list.
+    """
+    index = Path(model_dir) / "model.safetensors.index.json"
+    try:
+        listed = {str(name) for name in json.loads(index.read_text())["weight_map"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return sorted(name for name in listed if not (Path(model_dir) / name).is_file())
 
 
 def read_header(file: Path) -> Dict[str, Any]:

@@ -22,6 +22,26 @@ BASE = {
         "rms_norm_eps": 1e-5, "vocab_size": 256, "max_position_embeddings": 512,
         "rope_theta": 10000.0, "tie_word_embeddings": False,
     },
+    "qwen3": {
+        "model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "rms_norm_eps": 1e-6, "vocab_size": 256,
+        "max_position_embeddings": 512, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+    },
+    "gemma3_text": {
+        "model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 1,
+        "head_dim": 16, "rms_norm_eps": 1e-6, "vocab_size": 256, "query_pre_attn_scalar": 16,
+        "sliding_window": 8, "sliding_window_pattern": 2, "max_position_embeddings": 512,
+    },
+    "qwen3_moe": {
+        "model_type": "qwen3_moe", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 1,
+        "mlp_only_layers": [], "moe_intermediate_size": 64, "rms_norm_eps": 1e-6,
+        "vocab_size": 256, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+        "max_position_embeddings": 512, "norm_topk_prob": True,
+    },
 }
 
 

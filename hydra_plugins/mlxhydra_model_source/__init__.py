@@ -1,8 +1,8 @@
-"""Hydra plugin: serves model directories as ``model=PATH`` (see mlxhydra.model_source)."""
+"""Hydra plugins: serve model directories as ``model=PATH`` (see mlxhydra.model_source)."""
 
 from mlxhydra._resolvers import register_resolvers
-from mlxhydra.model_source import ModelDirConfigSource
+from mlxhydra.model_source import ModelDirConfigSource, ModelDirSearchPath
 
 register_resolvers()
 
-__all__ = ["ModelDirConfigSource"]
+__all__ = ["ModelDirConfigSource", "ModelDirSearchPath"]

@@ -1,0 +1,66 @@
+"""``task=accuracy``: exact-match accuracy of greedy answers on ``{prompt, answer}`` lines."""
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..compose import to_plain
+from ..errors import TaskError
+from .common import find_data, load_tokenizer, peak_memory_gb, positive, progress, read_jsonl
+from .generate import generate_text, make_prompt
+
+log = logging.getLogger("mlxhydra")
+
+DEFAULT_DATA = "accuracy.jsonl"
+PREDICTIONS = "predictions.jsonl"
+
+
+def accuracy_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+    """Greedy-decode each prompt (stop at eos or a newline) and compare with the answer.
+
+    The prediction and the answer are compared after stripping surrounding
+    whitespace. Each prediction is written to ``<run_dir>/predictions.jsonl``.
+
+    Returns:
+        Metrics: accuracy, correct, total, data, predictions, seconds, peak_memory_gb.
+
+    Raises:
+        TaskError: missing, empty or malformed data file; bad settings.
+    """
+    from mlx_lm.sample_utils import make_sampler
+
+    task = to_plain(cfg.task)
+    max_tokens = positive(task, "max_tokens")
+    limit = positive(task, "num_samples", allow_negative_one=True)
+    path = find_data(task.get("data"), model_dir, DEFAULT_DATA, "task.data")
+    rows = read_jsonl(path, ("prompt", "answer"))
+    if not rows:
+        raise TaskError(f"task.data: {path} holds no JSON lines")
+    if limit > 0:
+        rows = rows[:limit]
+    tokenizer = load_tokenizer(model_dir, config)
+    sampler = make_sampler(0.0)
+    start = time.perf_counter()
+    correct = 0
+    predictions = run_dir / PREDICTIONS
+    with open(predictions, "w", encoding="utf-8") as f:
+        for line, row in progress(rows, len(rows), "accuracy"):
+            prompt = make_prompt(tokenizer, {**task, "prompt": str(row["prompt"]), "messages": None})
+            out = generate_text(model, tokenizer, prompt, max_tokens, sampler, stop="\n")
+            ok = out["text"].strip() == str(row["answer"]).strip()
+            correct += ok
+            f.write(json.dumps({"line": line, "prompt": row["prompt"], "answer": row["answer"],
+                                "prediction": out["text"], "correct": ok},
+                               ensure_ascii=False) + "\n")
+    total = len(rows)
+    metrics = {
+        "accuracy": correct / total, "correct": correct, "total": total, "data": str(path),
+        "predictions": str(predictions), "seconds": time.perf_counter() - start,
+        "peak_memory_gb": peak_memory_gb(),
+    }
+    log.info("accuracy: %d/%d = %.4f on %s", correct, total, metrics["accuracy"], path.name)
+    return metrics

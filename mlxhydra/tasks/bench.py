@@ -1,0 +1,65 @@
+"""``task=bench``: prompt and generation tokens/s and peak memory, as ``mlx_lm.benchmark``."""
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ..compose import to_plain
+from .common import load_tokenizer, positive, progress
+
+log = logging.getLogger("mlxhydra")
+
+KEYS = ("prompt_tps", "generation_tps", "peak_memory")
+
+
+def bench_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+    """Time mlx-lm's ``stream_generate`` on random prompt tokens, as ``mlx_lm.benchmark`` does.
+
+    One warm-up, then ``task.trials`` timed runs of ``prompt_tokens`` random
+    prompt tokens and exactly ``generation_tokens`` generated tokens (eos is
+    ignored); the statistics are mlx-lm's and are averaged over the trials.
+
+    Returns:
+        Metrics: prompt_tps, generation_tps, peak_memory_gb (averages), trials
+        (each trial's values and total seconds), prompt_tokens, generation_tokens.
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+
+    task = to_plain(cfg.task)
+    prompt_tokens = positive(task, "prompt_tokens")
+    generation_tokens = positive(task, "generation_tokens")
+    trials = positive(task, "trials")
+    prefill = positive(task, "prefill_step_size")
+    tokenizer = load_tokenizer(model_dir, config)
+    tokenizer._eos_token_ids = set()  # as mlx_lm.benchmark: never stop early
+    vocab_size = config.get("vocab_size") or config["text_config"]["vocab_size"]
+    mx.random.seed(int(cfg.seed))
+    prompt = mx.random.randint(0, vocab_size, (1, prompt_tokens)).tolist()[0]
+
+    def once():
+        for response in stream_generate(model, tokenizer, prompt, max_tokens=generation_tokens,
+                                         prefill_step_size=prefill):
+            pass
+        return response
+
+    once()  # warm-up
+    results = []
+    for _ in progress(range(trials), trials, "bench"):
+        tic = time.perf_counter()
+        r = once()
+        results.append({**{k: getattr(r, k) for k in KEYS}, "total_time": time.perf_counter() - tic,
+                        "generation_tokens": r.generation_tokens})
+    avg = {k: sum(r[k] for r in results) / trials for k in KEYS}
+    metrics = {
+        "prompt_tps": avg["prompt_tps"], "generation_tps": avg["generation_tps"],
+        "peak_memory_gb": avg["peak_memory"], "prompt_tokens": prompt_tokens,
+        "generation_tokens": generation_tokens, "trials": results,
+    }
+    log.info("bench: prompt %.1f tokens/s, generation %.1f tokens/s, peak memory %.3f GB "
+             "(%d+%d tokens, %d trials)", metrics["prompt_tps"], metrics["generation_tps"],
+             metrics["peak_memory_gb"], prompt_tokens, generation_tokens, trials)
+    return metrics

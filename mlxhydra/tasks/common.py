@@ -1,0 +1,200 @@
+"""Helpers shared by the tasks: tokenizer, data files, token chunks, progress, timing."""
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+from ..errors import TaskError
+from ..model_source import embedded_models_dir
+
+log = logging.getLogger("mlxhydra")
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "spiece.model", "tiktoken.model")
+
+
+def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
+    """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
+
+    Args:
+        model_dir: The model directory.
+        config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
+
+    Returns:
+        mlx-lm's ``TokenizerWrapper``.
+
+    Raises:
+        TaskError: the directory has no tokenizer, or it cannot be read.
+    """
+    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+    model_dir = Path(model_dir)
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES) and not list(
+        model_dir.glob("*.tiktoken")
+    ):
+        raise TaskError(
+            f"{model_dir}: no tokenizer (expected tokenizer.json or tokenizer_config.json "
+            "next to config.json); this task needs one"
+        )
+    eos = (config or {}).get("eos_token_id")
+    try:
+        return mlx_load_tokenizer(model_dir, eos_token_ids=eos)
+    except Exception as e:  # transformers raises many kinds
+        raise TaskError(f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {e}")
+
+
+def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str) -> Path:
+    """Resolve a task's data file.
+
+    Args:
+        value: ``task.data`` (a path, relative to the working directory), or None.
+        model_dir: The model directory, searched first for the default file.
+        default_name: File used when ``value`` is None (``eval.txt``, ``accuracy.jsonl``).
+        key: The config key, for messages (``task.data``).
+
+    Returns:
+        The absolute path of an existing, non-empty file.
+
+    Raises:
+        TaskError: naming the file, when it is missing or empty.
+    """
+    if value is None:
+        candidates = [Path(model_dir) / default_name, embedded_models_dir() / "tiny" / default_name]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise TaskError(
+                f"{key}=null: no default {default_name} in {model_dir} or the embedded tiny "
+                f"model; set {key}=<file>"
+            )
+        path = found
+    else:
+        path = Path(value).expanduser().absolute()
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise TaskError(f"{key}={value}: {path} {what}")
+    if path.stat().st_size == 0:
+        raise TaskError(f"{key}: {path} is empty")
+    return path
+
+
+def read_texts(path: Path, lines: bool = False, key: str = "task.data") -> List[str]:
+    """The documents of a data file.
+
+    A ``.jsonl``/``.json`` file holds one JSON object per line with a ``text``
+    field (one document each); any other file is plain text: one document, or
+    with ``lines`` one document per non-blank line.
+
+    Raises:
+        TaskError: naming the file and line, for bad JSON or a missing ``text``.
+    """
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix not in (".jsonl", ".json"):
+        if not raw.strip():
+            raise TaskError(f"{key}: {path} holds no text")
+        return [ln for ln in raw.splitlines() if ln.strip()] if lines else [raw]
+    texts = [str(row["text"]) for _, row in read_jsonl(path, ("text",), key)]
+    if not texts:
+        raise TaskError(f"{key}: {path} holds no JSON lines")
+    return texts
+
+
+def read_jsonl(path: Path, fields: Iterable[str], key: str = "task.data") -> List[tuple]:
+    """``(line_number, object)`` for each non-blank line of a JSON-lines file.
+
+    Raises:
+        TaskError: naming the file and line for bad JSON or a missing field.
+    """
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{key}: {path} line {n}: invalid JSON: {e.msg}")
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise TaskError(f"{key}: {path} line {n}: missing field(s) {', '.join(missing)}")
+        rows.append((n, row))
+    return rows
+
+
+def token_chunks(tokenizer, texts: List[str], sequence_length: int, num_samples: int,
+                 path: Path):
+    """Tokenize documents and cut them into ``[samples, sequence_length]`` rows.
+
+    Each document is encoded and ends with the eos token (mlx-lm's
+    ``TextDataset.process``); documents are joined in file order and the
+    leftover tokens at the end are dropped. ``num_samples`` <= 0 keeps every row.
+
+    Raises:
+        TaskError: when the file is too short for one row.
+    """
+    import mlx.core as mx
+    from mlx_lm.tuner.datasets import TextDataset
+
+    if sequence_length < 2:
+        raise TaskError(f"task.sequence_length={sequence_length}: expected at least 2")
+    dataset = TextDataset([{"text": t} for t in texts], tokenizer)
+    wanted = sequence_length * num_samples if num_samples > 0 else None
+    tokens: List[int] = []
+    # transformers warns when a document is longer than model_max_length: harmless here.
+    quiet = logging.getLogger("transformers.tokenization_utils_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for i in range(len(dataset)):
+            tokens.extend(dataset.process(dataset[i])[0])
+            if wanted is not None and len(tokens) >= wanted:
+                break
+    finally:
+        quiet.setLevel(level)
+    rows = len(tokens) // sequence_length
+    if num_samples > 0:
+        rows = min(rows, num_samples)
+    if rows == 0:
+        raise TaskError(
+            f"task.data: {path} has {len(tokens)} tokens, fewer than "
+            f"task.sequence_length={sequence_length}"
+        )
+    return mx.array(tokens[: rows * sequence_length]).reshape(rows, sequence_length)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def progress(iterable: Iterable[Any], total: int, desc: str):
+    """A tqdm bar on stderr, shown only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+
+
+def positive(cfg_task: Any, key: str, allow_zero: bool = False, allow_negative_one: bool = False) -> int:
+    """Read an integer setting and check it.
+
+    Raises:
+        TaskError: naming ``task.<key>`` and its value.
+    """
+    value = cfg_task.get(key)
+    ok = type(value) is int and (value > 0 or (allow_zero and value == 0)
+                                 or (allow_negative_one and value == -1))
+    if not ok:
+        expect = "a positive integer" + (" or 0" if allow_zero else "") + (
+            " or -1" if allow_negative_one else "")
+        raise TaskError(f"task.{key}={value!r}: expected {expect}")
+    return value
+
+
+def peak_memory_gb() -> float:
+    import mlx.core as mx
+
+    return mx.get_peak_memory() / 1e9

@@ -1,0 +1,128 @@
+"""``task=generate``: text from a prompt or chat messages, with mlx-lm's sampler."""
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig
+
+from ..compose import to_plain
+from ..errors import TaskError
+from .common import load_tokenizer, positive
+
+log = logging.getLogger("mlxhydra")
+
+
+def make_prompt(tokenizer, task: Dict[str, Any]) -> List[int]:
+    """The prompt tokens for ``task.prompt``/``task.messages`` and ``task.chat``.
+
+    ``chat: auto`` applies the tokenizer's chat template when it has one (as
+    ``mlx_lm.generate`` does); ``true`` requires one; ``false`` encodes the
+    prompt as plain text. ``messages`` (a list of ``{role, content}``) always
+    need a chat template.
+
+    Raises:
+        TaskError: no prompt, bad messages, or a chat template required but absent.
+    """
+    chat, prompt, messages = task.get("chat", "auto"), task.get("prompt"), task.get("messages")
+    if chat not in ("auto", True, False):
+        raise TaskError(f"task.chat={chat!r}: expected auto, true or false")
+    if messages is not None:
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
+        ):
+            raise TaskError("task.messages: expected a non-empty list of {role, content} items")
+        if chat is False:
+            raise TaskError("task.messages needs task.chat=auto or true (a chat template)")
+    elif not isinstance(prompt, str) or not prompt:
+        raise TaskError(f"task.prompt={prompt!r}: expected a non-empty string (or set task.messages)")
+    use_chat = tokenizer.has_chat_template if chat == "auto" and messages is None else chat is not False
+    if use_chat and not tokenizer.has_chat_template:
+        what = "task.messages" if messages is not None else "task.chat=true"
+        raise TaskError(f"{what}: the model's tokenizer has no chat template")
+    if not use_chat:
+        return tokenizer.encode(prompt)
+    if messages is None:
+        messages = ([{"role": "system", "content": task["system_prompt"]}]
+                    if task.get("system_prompt") else []) + [{"role": "user", "content": prompt}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+def make_sampler_from(task: Dict[str, Any]):
+    """mlx-lm's sampler and logits processors for the task's sampling settings.
+
+    Raises:
+        TaskError: a setting out of range.
+    """
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    temp = float(task.get("temperature") or 0.0)
+    top_p = float(task.get("top_p") or 0.0)
+    min_p = float(task.get("min_p") or 0.0)
+    top_k = task.get("top_k") or 0
+    if temp < 0:
+        raise TaskError(f"task.temperature={temp}: expected >= 0")
+    if not 0.0 <= top_p <= 1.0:
+        raise TaskError(f"task.top_p={top_p}: expected 0..1 (0 or 1: off)")
+    if not 0.0 <= min_p <= 1.0:
+        raise TaskError(f"task.min_p={min_p}: expected 0..1")
+    if type(top_k) is not int or top_k < 0:
+        raise TaskError(f"task.top_k={top_k!r}: expected an integer >= 0 (0: off)")
+    penalty = task.get("repetition_penalty")
+    processors = make_logits_processors(repetition_penalty=penalty) if penalty else None
+    return make_sampler(temp, top_p=top_p, min_p=min_p, top_k=top_k), processors
+
+
+def generate_text(model, tokenizer, prompt: List[int], max_tokens: int, sampler,
+                  logits_processors=None, stop: Optional[str] = None) -> Dict[str, Any]:
+    """Run mlx-lm's ``stream_generate`` and collect the text and its statistics.
+
+    Args:
+        stop: Stop once the text holds this string (it is cut off there).
+
+    Returns:
+        text, finish_reason, prompt/generation token counts, tokens/s, peak memory (GB).
+    """
+    from mlx_lm.generate import stream_generate
+
+    text, last = "", None
+    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
+                                sampler=sampler, logits_processors=logits_processors):
+        text += last.text
+        if stop is not None and stop in text:
+            text = text[: text.index(stop)]
+            break
+    return {
+        "text": text,
+        "finish_reason": last.finish_reason or "stop",
+        "prompt_tokens": last.prompt_tokens,
+        "generation_tokens": last.generation_tokens,
+        "prompt_tps": last.prompt_tps,
+        "generation_tps": last.generation_tps,
+        "peak_memory_gb": last.peak_memory,
+    }
+
+
+def generate_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+    """Generate text; the seed is reset to ``cfg.seed`` just before sampling.
+
+    Returns:
+        Metrics: text, finish_reason, prompt_tokens, generation_tokens,
+        prompt_tps, generation_tps, peak_memory_gb.
+    """
+    import mlx.core as mx
+
+    task = to_plain(cfg.task)
+    max_tokens = positive(task, "max_tokens")
+    tokenizer = load_tokenizer(model_dir, config)
+    prompt = make_prompt(tokenizer, task)
+    sampler, processors = make_sampler_from(task)
+    mx.random.seed(int(cfg.seed))
+    out = generate_text(model, tokenizer, prompt, max_tokens, sampler, processors)
+    log.info(
+        "generate: %d prompt tokens at %.1f tokens/s, %d generated at %.1f tokens/s, "
+        "peak memory %.3f GB: %r",
+        out["prompt_tokens"], out["prompt_tps"], out["generation_tokens"],
+        out["generation_tps"], out["peak_memory_gb"], out["text"][:200],
+    )
+    return out

@@ -1,0 +1,201 @@
+"""``task=kl``: KL(reference ‖ this model) on the same tokens, with cached reference log-probs.
+
+The metrics are those of llama.cpp's ``perplexity --kl-divergence``: mean,
+median, 99th percentile and maximum KL per token, top-1 agreement ("same top
+p"), RMS of Δp of the correct token and the perplexity ratio.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ..compose import to_plain
+from ..errors import TaskError
+from .common import file_sha256, load_tokenizer, peak_memory_gb, positive, progress
+from .perplexity import eval_data
+from .reference import build_reference, cache_key, check_fingerprint, resolve_reference
+
+log = logging.getLogger("mlxhydra")
+
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def log_probs(model, batch):
+    """Log-softmax (float32) of the model's next-token logits for ``batch[:, :-1]``."""
+    import mlx.core as mx
+
+    logits = model(batch[:, :-1]).astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def default_cache_dir() -> Path:
+    """``<working directory>/outputs/.cache/kl`` (Hydra's runtime cwd when in a run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        cwd = HydraConfig.get().runtime.cwd
+    except Exception:
+        cwd = os.getcwd()
+    return Path(cwd) / "outputs" / ".cache" / "kl"
+
+
+def write_reference(model, tokens, batch_size: int, dtype: str, target: Path, meta: Dict) -> None:
+    """Compute the reference log-probs batch by batch into ``target`` (written atomically).
+
+    A temporary directory next to ``target`` is renamed into place at the end;
+    if another process got there first, its copy is kept.
+    """
+    import mlx.core as mx
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        starts = range(0, tokens.shape[0], batch_size)
+        for i, s in enumerate(progress(starts, len(starts), "reference")):
+            lp = log_probs(model, tokens[s: s + batch_size]).astype(getattr(mx, dtype))
+            mx.save_safetensors(str(tmp / f"logprobs-{i:05d}.safetensors"), {"logprobs": lp})
+        (tmp / "meta.json").write_text(json.dumps({**meta, "batches": len(starts)}, indent=2,
+                                                  default=str))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_cached(target: Path) -> bool:
+    try:
+        meta = json.loads((target / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all((target / f"logprobs-{i:05d}.safetensors").is_file() for i in range(meta["batches"]))
+
+
+def compare(model, tokens, batch_size: int, cached: Path) -> Dict[str, Any]:
+    """Per-token KL, top-1 agreement and NLLs of the model against cached reference log-probs.
+
+    Raises:
+        TaskError: the reference's vocabulary differs from this model's.
+    """
+    import mlx.core as mx
+
+    parts: Dict[str, list] = {"kl": [], "same": [], "nll_ref": [], "nll": [], "dp": []}
+    starts = range(0, tokens.shape[0], batch_size)
+    for i, s in enumerate(progress(starts, len(starts), "kl")):
+        batch = tokens[s: s + batch_size]
+        ref = mx.load(str(cached / f"logprobs-{i:05d}.safetensors"))["logprobs"].astype(mx.float32)
+        lp = log_probs(model, batch)
+        if ref.shape != lp.shape:
+            raise TaskError(f"task.reference: its logits have shape {tuple(ref.shape)}, this "
+                            f"model's {tuple(lp.shape)} (different vocabularies?)")
+        targets = batch[:, 1:, None]
+        ref_t = mx.take_along_axis(ref, targets, axis=-1)[..., 0]
+        lp_t = mx.take_along_axis(lp, targets, axis=-1)[..., 0]
+        kl = mx.sum(mx.exp(ref) * (ref - lp), axis=-1)
+        same = mx.argmax(ref, axis=-1) == mx.argmax(lp, axis=-1)
+        dp = mx.exp(lp_t) - mx.exp(ref_t)
+        mx.eval(kl, same, ref_t, lp_t, dp)
+        for name, value in (("kl", kl), ("same", same), ("nll_ref", -ref_t), ("nll", -lp_t),
+                            ("dp", dp)):
+            parts[name].append(np.array(value, dtype=np.float64).ravel())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def summarize(t: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """llama.cpp-style statistics of the per-token values."""
+    n = t["kl"].size
+    kl = np.maximum(t["kl"], 0.0)  # rounding can give -1e-9
+    diff = t["nll"] - t["nll_ref"]
+    stderr = (lambda x: float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0)
+    return {
+        "kl_mean": float(kl.mean()),
+        "kl_mean_stderr": stderr(kl),
+        "kl_median": float(np.median(kl)),
+        "kl_p99": float(np.percentile(kl, 99)),
+        "kl_max": float(kl.max()),
+        "top1_agreement": float(t["same"].mean()),
+        "delta_p_rms": float(np.sqrt(np.mean(t["dp"] ** 2))),
+        "perplexity": float(math.exp(t["nll"].mean())),
+        "reference_perplexity": float(math.exp(t["nll_ref"].mean())),
+        "perplexity_ratio": float(math.exp(diff.mean())),
+        "ln_perplexity_ratio": float(diff.mean()),
+        "ln_perplexity_ratio_stderr": stderr(diff),
+        "tokens_evaluated": int(n),
+    }
+
+
+def kl_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+    """KL divergence of this model from a reference on ``task.data``.
+
+    Returns:
+        Metrics: see :func:`summarize`, plus reference, reference_cached,
+        cache_path, samples, sequence_length, data, seconds, peak_memory_gb.
+
+    Raises:
+        TaskError: bad settings, data or reference.
+    """
+    import mlx.core as mx
+
+    start = time.perf_counter()
+    task = to_plain(cfg.task)
+    batch_size = positive(task, "batch_size")
+    dtype = task.get("cache_dtype") or "float32"
+    if dtype not in CACHE_DTYPES:
+        raise TaskError(f"task.cache_dtype={dtype!r}: expected one of {', '.join(CACHE_DTYPES)}")
+    tokenizer = load_tokenizer(model_dir, config)
+    tokens, path = eval_data(task, tokenizer, model_dir)
+    ref = resolve_reference(task.get("reference"), model_dir, to_plain(cfg.load) or {})
+    check_fingerprint(ref)
+    settings = {k: task.get(k) for k in ("sequence_length", "num_samples", "batch_size")}
+    settings["cache_dtype"] = dtype
+    data_sha = file_sha256(path)
+    tokens_sha = "sha256:" + hashlib.sha256(np.array(tokens).tobytes()).hexdigest()
+    key = cache_key(ref, tokens_sha, data_sha, settings)
+    use_cache = bool(task.get("cache", True))
+    cache_dir = Path(task.get("cache_dir") or default_cache_dir()).expanduser().absolute()
+    scratch: Optional[tempfile.TemporaryDirectory] = None
+    target = cache_dir / key[:32]
+    cached = use_cache and is_cached(target)
+    if not cached:
+        if not use_cache:
+            scratch = tempfile.TemporaryDirectory(prefix="mlxhydra-kl-")
+            target = Path(scratch.name) / "reference"
+        if target.exists():  # damaged (files removed by hand): compute it again
+            shutil.rmtree(target)
+        reference = build_reference(ref)
+        meta = {"key": key, "reference": ref.describe(), "data": str(path), "data_sha256": data_sha,
+                "tokens_sha256": tokens_sha, "settings": settings, "shape": list(tokens.shape)}
+        write_reference(reference, tokens, batch_size, dtype, target, meta)
+        del reference
+        mx.clear_cache()
+    try:
+        out = summarize(compare(model, tokens, batch_size, target))
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    out.update(
+        reference=ref.describe(), reference_cached=cached,
+        cache_path=str(target) if use_cache else None, samples=tokens.shape[0],
+        sequence_length=tokens.shape[1], data=str(path), data_sha256=data_sha,
+        seconds=time.perf_counter() - start, peak_memory_gb=peak_memory_gb(),
+    )
+    log.info(
+        "kl: mean %.6f, p99 %.6f, top-1 agreement %.4f, PPL ratio %.4f on %d tokens "
+        "(reference %s%s)", out["kl_mean"], out["kl_p99"], out["top1_agreement"],
+        out["perplexity_ratio"], out["tokens_evaluated"], ref.source,
+        ", cached" if cached else "",
+    )
+    return out

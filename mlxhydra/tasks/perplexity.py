@@ -1,0 +1,89 @@
+"""``task=perplexity``: perplexity ± standard error with mlx-lm's ``eval_ppl``."""
+
+import contextlib
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+from omegaconf import DictConfig
+
+from ..compose import to_plain
+from ..errors import TaskError
+from .common import file_sha256, find_data, load_tokenizer, peak_memory_gb, positive, read_texts, token_chunks
+
+log = logging.getLogger("mlxhydra")
+
+DEFAULT_DATA = "eval.txt"
+
+
+def eval_data(task: Dict[str, Any], tokenizer, model_dir: Path):
+    """Resolve, read and tokenize ``task.data`` into ``[samples, sequence_length]`` rows.
+
+    Returns:
+        (tokens, path): the token rows and the data file's path.
+
+    Raises:
+        TaskError: missing, empty or malformed data file; bad settings.
+    """
+    sequence_length = positive(task, "sequence_length")
+    num_samples = positive(task, "num_samples", allow_negative_one=True)
+    path = find_data(task.get("data"), model_dir, DEFAULT_DATA, "task.data")
+    lines = task.get("lines", False)
+    if not isinstance(lines, bool):
+        raise TaskError(f"task.lines={lines!r}: expected true or false")
+    texts = read_texts(path, lines)
+    return token_chunks(tokenizer, texts, sequence_length, num_samples, path), path
+
+
+def perplexity(model, tokens, batch_size: int) -> Dict[str, Any]:
+    """mlx-lm's ``eval_ppl`` on token rows, timed.
+
+    Its per-batch progress lines go to stderr when that is a terminal and are
+    dropped otherwise.
+
+    Returns:
+        perplexity, perplexity_stderr (delta method), tokens_evaluated,
+        tokens_per_second, seconds.
+    """
+    from mlx_lm.perplexity import eval_ppl
+
+    sink = sys.stderr if sys.stderr.isatty() else io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sink):
+        ppl, se = eval_ppl(model, tokens, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    evaluated = tokens.shape[0] * (tokens.shape[1] - 1)
+    return {
+        "perplexity": ppl,
+        "perplexity_stderr": se,
+        "tokens_evaluated": evaluated,
+        "tokens_per_second": evaluated / seconds if seconds > 0 else None,
+        "seconds": seconds,
+    }
+
+
+def perplexity_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+    """Perplexity of the model on ``task.data`` (default: the model's ``eval.txt``).
+
+    Returns:
+        Metrics: perplexity, perplexity_stderr, tokens_evaluated, samples,
+        sequence_length, tokens_per_second, seconds, peak_memory_gb, data, data_sha256.
+    """
+    task = to_plain(cfg.task)
+    batch_size = positive(task, "batch_size")
+    tokenizer = load_tokenizer(model_dir, config)
+    tokens, path = eval_data(task, tokenizer, model_dir)
+    out = perplexity(model, tokens, batch_size)
+    out.update(
+        samples=tokens.shape[0], sequence_length=tokens.shape[1],
+        peak_memory_gb=peak_memory_gb(), data=str(path), data_sha256=file_sha256(path),
+    )
+    log.info(
+        "perplexity: %.4f ± %.4f on %d tokens of %s (%.0f tokens/s, peak memory %.3f GB)",
+        out["perplexity"], out["perplexity_stderr"], out["tokens_evaluated"], path.name,
+        out["tokens_per_second"] or 0.0, out["peak_memory_gb"],
+    )
+    return out

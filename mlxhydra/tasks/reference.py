@@ -1,0 +1,161 @@
+"""The reference model of ``task=kl``: which one, how to rebuild it, and its cache key."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..errors import TaskError
+from ..records import read_json
+
+log = logging.getLogger("mlxhydra")
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Reference:
+    """Everything needed to rebuild a reference model.
+
+    ``kind`` is ``default`` (the run's model directory as stored), ``model``
+    (another model directory) or ``run`` (a past run directory).
+    """
+
+    kind: str
+    source: Path
+    model_dir: Path
+    config: Dict[str, Any]
+    quant: Optional[Dict[str, Any]] = None
+    load: Dict[str, Any] = field(default_factory=dict)
+    weights_fingerprint: Optional[str] = None
+
+    def describe(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "source": str(self.source), "model_dir": str(self.model_dir),
+                "quant": self.quant, "weights_fingerprint": self.weights_fingerprint}
+
+
+def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
+    from ..loading import load_config
+
+    try:
+        return load_config(model_dir)
+    except (OSError, ValueError) as e:
+        raise TaskError(f"task.reference: {e}")
+
+
+def _from_run(run_dir: Path) -> Reference:
+    """Rebuild a past run's model from its ``.hydra/config.yaml`` and ``model_config.json``."""
+    from omegaconf import OmegaConf
+
+    from ..compose import to_plain
+    from ..loading import apply_mlx_lm_adjustments
+
+    hydra_file = run_dir / ".hydra" / "config.yaml"
+    if not hydra_file.is_file():
+        raise TaskError(f"task.reference={run_dir}: a run directory needs .hydra/config.yaml")
+    try:
+        saved = OmegaConf.load(hydra_file)
+        quant = to_plain(saved.get("quant"))
+        load = to_plain(saved.get("load")) or {}
+        model_dir = Path(saved.get("model_dir") or "")
+        config = (read_json(run_dir / "model_config.json")
+                  if (run_dir / "model_config.json").is_file() else to_plain(saved.model))
+    except Exception as e:
+        raise TaskError(f"task.reference={run_dir}: cannot read its saved config: {e}")
+    if not (model_dir / "config.json").is_file():
+        raise TaskError(f"task.reference={run_dir}: its model directory {model_dir} is gone")
+    apply_mlx_lm_adjustments(model_dir, config)
+    recorded = None
+    if (run_dir / "run.json").is_file():
+        recorded = read_json(run_dir / "run.json").get("weights_fingerprint")
+    return Reference("run", run_dir, model_dir, config, quant, load, recorded)
+
+
+def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any]) -> Reference:
+    """Turn ``task.reference`` into a :class:`Reference`.
+
+    Args:
+        value: None (this run's model directory, its raw config.json, no
+            quantization), a model directory, or a past run directory.
+        model_dir: This run's model directory.
+        load: This run's ``load`` settings (architecture options are kept;
+            dtype is not: the reference is the model as stored).
+
+    Raises:
+        TaskError: a path that is neither a model directory nor a run directory.
+    """
+    keep = {k: load.get(k) for k in ("strict", "trust_remote_code", "model_class", "args_class",
+                                     "fingerprint")}
+    if value is None:
+        return Reference("default", model_dir, model_dir, _model_dir_config(model_dir), None, keep)
+    path = Path(value).expanduser().absolute()
+    if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
+        return _from_run(path)
+    if (path / "config.json").is_file():
+        return Reference("model", path, path, _model_dir_config(path), None, keep)
+    what = "does not exist" if not path.exists() else "holds neither config.json nor run.json"
+    raise TaskError(f"task.reference={value}: {path} {what} (expected a model or run directory)")
+
+
+def check_fingerprint(ref: Reference) -> str:
+    """The reference's current weights fingerprint (a past run's recorded one must match).
+
+    Raises:
+        TaskError: a past run's weights changed since it ran.
+    """
+    from ..weights import combined_fingerprint, describe_files, require_weight_files
+
+    try:
+        files = require_weight_files(ref.model_dir)
+    except FileNotFoundError as e:
+        raise TaskError(f"task.reference: {e}")
+    current = combined_fingerprint(describe_files(files, ref.load.get("fingerprint") or "fast"))
+    if ref.weights_fingerprint is not None and ref.weights_fingerprint != current:
+        raise TaskError(
+            f"task.reference={ref.source}: the weights in {ref.model_dir} changed since that run "
+            f"(fingerprint {ref.weights_fingerprint} then, {current} now)"
+        )
+    ref.weights_fingerprint = current
+    return current
+
+
+def build_reference(ref: Reference):
+    """Instantiate and load the reference model.
+
+    Returns:
+        The model (evaluated).
+    """
+    from ..loading import build_model
+    from ..quant import parse_quant
+
+    load = ref.load
+    model, _, _ = build_model(
+        ref.model_dir, dict(ref.config), quant=parse_quant(ref.quant) if ref.quant else None,
+        strict=bool(load.get("strict", True)), trust_remote_code=bool(load.get("trust_remote_code")),
+        dtype=load.get("dtype"), model_class=load.get("model_class"),
+        args_class=load.get("args_class"),
+    )
+    return model
+
+
+def cache_key(ref: Reference, tokens_sha256: str, data_sha256: str, settings: Dict[str, Any]) -> str:
+    """Hash of everything that determines the reference's log-probabilities."""
+    from importlib import metadata
+
+    content = {
+        "version": CACHE_VERSION,
+        "weights": check_fingerprint(ref),
+        "config": ref.config,
+        "quant": ref.quant,
+        "dtype": ref.load.get("dtype"),
+        "model_class": ref.load.get("model_class"),
+        "data": data_sha256,
+        "tokens": tokens_sha256,
+        "settings": settings,
+        "mlx": metadata.version("mlx"),
+        "mlx_lm": metadata.version("mlx-lm"),
+    }
+    text = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
