@@ -170,8 +170,15 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
         if bits is not None:
             problems.append(f"quant.recipe={recipe}: the recipe sets the bits; leave quant.bits null")
         default = check_params(None, group_size, "affine", "quant", problems)
-    elif bits is not None or mode != "affine" or group_size is not None:
+    elif bits is not None or mode != "affine":
         default = check_params(bits, group_size, mode, "quant", problems)
+    elif group_size is not None and not any(r.params for r in rules):
+        # A group size alone is more likely a mistake than a request for 4 bits.
+        check_params(bits, group_size, mode, "quant", problems)
+        problems.append(
+            f"quant.group_size={group_size!r} without quant.bits: set quant.bits, quant.mode "
+            "or a quant preset to quantize (quant=none keeps float weights)"
+        )
     if problems:
         raise ConfigError(problems)
     if default is None and not any(r.params for r in rules):

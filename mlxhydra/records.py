@@ -30,8 +30,8 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once, at import, before any thread writes files
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file renamed into place.
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write bytes through a temporary file renamed into place.
 
     A reader sees the old file or the new one, never half of one.
     """
@@ -39,9 +39,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide records from others
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=True, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +48,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON atomically (see write_bytes_atomic)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=True, default=str) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:

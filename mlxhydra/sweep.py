@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .records import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -185,19 +186,6 @@ def main_metric(rows: List[Dict[str, Any]], objective: Optional[str] = None) -> 
     return "bits_per_weight"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes through a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -246,9 +234,9 @@ def write_summary(sweep_dir: Path, objective: Optional[str] = None) -> Dict[str,
     sweep_dir = Path(sweep_dir)
     rows, keys = collect(sweep_dir)
     columns, cells = table(rows, keys)
-    atomic_write(sweep_dir / "summary.csv", to_csv(columns, cells).encode())
+    write_bytes_atomic(sweep_dir / "summary.csv", to_csv(columns, cells).encode())
     keep = FIXED + TAIL + list(keys) + ["objective"]
-    atomic_write(sweep_dir / "summary.md", to_markdown(sweep_dir, columns, cells, keep).encode())
+    write_bytes_atomic(sweep_dir / "summary.md", to_markdown(sweep_dir, columns, cells, keep).encode())
     metric = main_metric(rows, objective)
     files = [sweep_dir / "summary.csv", sweep_dir / "summary.md"]
     try:

@@ -5,7 +5,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .sweep import FIXED, atomic_write
+from .records import write_bytes_atomic
+from .sweep import FIXED
 
 
 def _number(v: Any) -> Optional[float]:
@@ -59,5 +60,5 @@ def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: st
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return True

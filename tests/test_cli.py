@@ -359,3 +359,18 @@ def test_wheel_ships_the_config_tree(tmp_path):
     assert "mlxhydra/models/tiny/config.json" in names
     assert any(n.startswith("mlxhydra/models/tiny/") and n.endswith(".safetensors") for n in names)
     assert not any(n.startswith("tests/") for n in names)
+
+
+@pytest.mark.slow
+def test_help_is_the_same_text_with_and_without_the_group_listing_cache(tmp_path):
+    """mlxhydra.fast_help caches Hydra's group listings for --help; the text must not change."""
+    plain = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, mlxhydra.fast_help as f; f.install = lambda: False; "
+         "from mlxhydra.cli import main; sys.argv = ['mlxhydra', '--help']; main()"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    cached = run_cli("--help", cwd=tmp_path)
+    assert plain.returncode == cached.returncode == 0, plain.stderr + cached.stderr
+    assert "quant: 4bit, 8bit, mixed_2_6" in cached.stdout
+    assert cached.stdout == plain.stdout

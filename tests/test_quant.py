@@ -372,3 +372,14 @@ def test_rule_inherits_unset_values_from_the_top_level_settings():
     ]})
     assert spec.rules[0].params == {"group_size": 32, "bits": 8, "mode": "affine"}
     assert spec.rules[1].params == {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+
+
+def test_a_group_size_alone_is_refused_unless_rules_use_it():
+    from mlxhydra.errors import ConfigError
+    from mlxhydra.quant import parse_quant
+
+    with pytest.raises(ConfigError, match=r"quant.group_size=64 without quant.bits"):
+        parse_quant({"group_size": 64})
+    spec = parse_quant({"group_size": 32, "rules": [{"pattern": "mlp", "bits": 4}]})
+    assert spec.default is None
+    assert spec.rules[0].params == {"group_size": 32, "bits": 4, "mode": "affine"}

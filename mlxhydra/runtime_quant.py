@@ -1,0 +1,114 @@
+"""Runtime quantization of float weights, layer by layer while they are read."""
+
+import logging
+from typing import Any, Dict, List
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .prequantized import describe_settings
+from .quant import QuantSpec, make_decider
+
+log = logging.getLogger("mlxhydra.loading")
+
+
+def quantize_while_loading(
+    model: nn.Module, weights: dict, spec: QuantSpec
+) -> Dict[str, Any]:
+    """Quantize each chosen layer as soon as its float weights are read.
+
+    At most two layers' float weights are in memory at a time: each is read,
+    quantized and put in place while the layer before is evaluated.
+    """
+    decide = make_decider(spec, model)
+    layers: Dict[str, dict] = {}
+    counts = {"quantized": 0, "float_by_rule_or_predicate": 0, "float_indivisible": 0}
+    plan = []
+    for path, module in model.named_modules():
+        if not hasattr(module, "to_quantized") or not hasattr(module, "weight"):
+            continue
+        params = decide(path, module)
+        if params is None:
+            counts["float_by_rule_or_predicate"] += 1
+        elif module.weight.shape[-1] % params.get("group_size", 64) != 0:  # to_quantized's default
+            counts["float_indivisible"] += 1
+        else:
+            plan.append((path, module, params))
+    # A rule that matches nothing is most likely a typo in its pattern (but a
+    # sweep may share rules between architectures): warn and report it.
+    paths = [p for p, m in model.named_modules() if hasattr(m, "to_quantized") and hasattr(m, "weight")]
+    unmatched = [r.pattern.pattern for r in spec.rules if not any(r.matches(p) for p in paths)]
+    if unmatched:
+        log.warning("quant.rules patterns that match no quantizable layer: %s", ", ".join(unmatched))
+    # Popped one by one and every reference dropped after use: a float module
+    # still referenced (by the plan, a loop variable) keeps its evaluated float
+    # weights alive, and the float model would pile up in memory layer by layer.
+    plan.reverse()
+    # Each layer is evaluated in MLX's thread while Python prepares the next
+    # one; waiting on the layer before keeps at most two in flight.
+    pending: List[list] = []
+    while plan:
+        path, module, params = plan.pop()
+        own = {}
+        for name, _ in tree_flatten(module.parameters()):
+            key = f"{path}.{name}"
+            if key in weights:
+                own[name] = weights.pop(key)
+        module.update(tree_unflatten(list(own.items())))
+        qmodule = module.to_quantized(**params)
+        arrays = []
+        for name, value in tree_flatten(qmodule.parameters()):
+            weights[f"{path}.{name}"] = value
+            arrays.append(value)
+        mx.async_eval(arrays)
+        pending.append(arrays)
+        if len(pending) > 1:
+            mx.eval(pending.pop(0))
+        model.update_modules(tree_unflatten([(path, qmodule)]))
+        del module, own, qmodule, arrays
+        layers[path] = params
+        counts["quantized"] += 1
+    for arrays in pending:
+        mx.eval(arrays)
+    return {"layers": layers, **counts, "unmatched_rules": unmatched}
+
+
+def describe_request(spec: QuantSpec) -> str:
+    """A runtime request in words, for error messages."""
+    if spec.recipe is not None:
+        parts = [f"recipe={spec.recipe}, group_size={spec.default['group_size']}"]
+    else:
+        parts = [describe_settings(spec.default)] if spec.default else []
+    if spec.rules:
+        parts.append(f"{len(spec.rules)} per-layer rule(s)")
+    return ", ".join(parts)
+
+
+def config_entry(spec: QuantSpec, layers: Dict[str, dict]) -> dict:
+    """The ``quantization`` entry that reloads these layers (mlx-lm's format)."""
+    default = spec.default or next(iter(layers.values()), {"group_size": 64, "bits": 4, "mode": "affine"})
+    entry: Dict[str, Any] = dict(default)
+    for path, params in layers.items():
+        if params != default or spec.recipe is not None:  # mlx-lm records every recipe layer
+            entry[path] = params
+    return entry
+
+
+def quantization_summary(model: nn.Module) -> Dict[str, Any]:
+    """Counts of quantized and float layers, bits per weight and parameters."""
+    from mlx_lm.utils import compute_bits_per_weight, get_total_parameters
+
+    quantized = floating = 0
+    for _, m in model.named_modules():
+        if hasattr(m, "bits") and hasattr(m, "group_size"):
+            quantized += 1
+        elif hasattr(m, "to_quantized") and hasattr(m, "weight"):
+            floating += 1
+    params = get_total_parameters(model)
+    return {
+        "quantized_layers": quantized,
+        "float_layers": floating,
+        "bits_per_weight": compute_bits_per_weight(model) if params else None,
+        "parameters": params,
+    }
