@@ -1,5 +1,6 @@
 """Shared fixtures: small models built with mlx-lm's own classes, and the real CLI."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_random_model import BASE, build  # noqa: E402
 
-EMBEDDED_TINY = ROOT / "mlxhydra" / "models" / "tiny"
+# The installed package's copy: a non-editable install serves model=tiny from site-packages.
+EMBEDDED_TINY = Path(importlib.util.find_spec("mlxhydra").origin).parent / "models" / "tiny"
 
 
 def make_model(directory: Path, model_type: str = "llama", **kwargs) -> Path:
