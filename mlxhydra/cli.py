@@ -12,7 +12,7 @@ from . import records
 from . import run as run_module
 from ._resolvers import register_resolvers
 from .callbacks import SweepStopped, exit_status, run_job, summarize
-from .errors import Interrupted
+from .errors import Interrupted, raise_interrupted
 
 # Set once the job function runs: from then on run.py keeps run.json.
 _JOB_STARTED = False
@@ -23,10 +23,6 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     global _JOB_STARTED
     _JOB_STARTED = True
     return run_job(cfg)  # the sweep policy: see mlxhydra.callbacks
-
-
-def _raise_interrupted(signum, _frame):
-    raise Interrupted(signum)
 
 
 def _record_if_no_job(error, args, started) -> None:
@@ -70,7 +66,7 @@ def main() -> None:
         sys.stderr.write(f"{e}\n")
         sys.exit(1)
     # SIGTERM while composing: recorded and exit 143, as during the job.
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         hydra_main()
     except SweepStopped as e:

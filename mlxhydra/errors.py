@@ -6,6 +6,7 @@ derives from the built-in error that mlx-lm raises in the same situation, so
 Python callers can catch either.
 """
 
+import signal
 from typing import Iterable
 
 from hydra.errors import CompactHydraException
@@ -49,3 +50,14 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(f"interrupted by signal {signum}")
+
+
+def raise_interrupted(signum: int, _frame: object) -> None:
+    """A SIGTERM handler: stop where the program is, as Ctrl-C does."""
+    raise Interrupted(signum)
+
+
+def interruption_message(error: BaseException) -> str:
+    """``interrupted by SIGINT`` / ``SIGTERM`` for a KeyboardInterrupt or Interrupted."""
+    signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+    return f"interrupted by {signal.Signals(signum).name}"

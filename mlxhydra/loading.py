@@ -57,12 +57,15 @@ def load_config(path: Union[str, Path]) -> dict:
     return mlx_load_config(model_dir)
 
 
-def apply_mlx_lm_adjustments(model_dir: Path, config: dict) -> List[str]:
+def apply_mlx_lm_adjustments(model_dir: Path, config: dict, raw: Optional[dict] = None) -> List[str]:
     """Apply what mlx-lm's ``load_config`` derives, unless the user changed that key.
+
+    Args:
+        raw: config.json as read already (read here when None).
 
     Returns the keys that were changed.
     """
-    raw = read_config_json(model_dir)
+    raw = read_config_json(model_dir) if raw is None else raw
     derived = load_config(model_dir)
     changed = []
     for key, value in derived.items():

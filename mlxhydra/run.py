@@ -1,7 +1,6 @@
 """One job: compose → plain dict → load → task, recorded in the run directory."""
 
 import logging
-import os
 import random
 import shlex
 import signal
@@ -14,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import records
 from .compose import changed_keys, removed_keys, to_plain
-from .errors import ConfigError, Interrupted, MlxhydraError
+from .errors import ConfigError, Interrupted, MlxhydraError, interruption_message, raise_interrupted
 from .model_source import read_config_json
 
 log = logging.getLogger("mlxhydra")
@@ -30,10 +29,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     mx.random.seed(seed)
-
-
-def _raise_interrupted(signum, _frame):
-    raise Interrupted(signum)
 
 
 def _hydra_fields(hc: Any) -> Dict[str, Any]:
@@ -79,12 +74,11 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         git=records.git_state(Path(hc.runtime.cwd)),
         times=times,
     )
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         metrics = _run(cfg, run_dir, record, times)
     except (KeyboardInterrupt, Interrupted) as e:
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        record.finish("interrupted", error=f"interrupted by {signal.Signals(signum).name}",
+        record.finish("interrupted", error=interruption_message(e),
                       **_resources())
         raise
     except BaseException as e:
@@ -167,7 +161,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: records.RunRecord, times: Dict[
             "%s.ModelArgs ignores these model keys (not passed to the model): %s",
             args_cls.__module__, ", ".join(ignored),
         )
-    derived = apply_mlx_lm_adjustments(model_dir, config)
+    derived = apply_mlx_lm_adjustments(model_dir, config, raw)
     if derived:  # model_config.json is the dict ModelArgs.from_dict receives
         records.write_json_atomic(run_dir / "model_config.json", config)
     files = describe_files(weight_files(model_dir), load.get("fingerprint", "fast"))

@@ -14,7 +14,6 @@ non-ASCII characters, which Hydra's override grammar only accepts quoted.
 
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -201,16 +200,14 @@ def record_startup_failure(
         The run directory written, or None when no record applies (--help,
         --cfg, multirun) or none could be written (said on stderr).
     """
-    from .errors import Interrupted
+    from .errors import Interrupted, interruption_message
 
     if not wants_record(args):
         return None
     overrides = _overrides(args)
     data: Dict[str, Any] = {"status": "failed", "started": started, "ended": None}
     if isinstance(error, (KeyboardInterrupt, Interrupted)):
-        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
-        data.update(status="interrupted",
-                    error=f"interrupted by {signal.Signals(signum).name}")
+        data.update(status="interrupted", error=interruption_message(error))
     elif error is not None:
         data.update(error=error_message(error), error_type=type(error).__name__)
     else:
