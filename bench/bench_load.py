@@ -150,7 +150,7 @@ def ensure_model(rebuild: bool = False) -> Path:
     sets = [f"{k}={json.dumps(v)}" for k, v in LLAMA_1B.items() if k != "model_type"]
     print(f"building {target} (~2.2 GB, once) ...", flush=True)
     t = time.perf_counter()
-    subprocess.run([PY, str(ROOT / "scripts" / "make_random_model.py"), str(tmp),
+    subprocess.run([PY, str(ROOT / "tests" / "helpers" / "random_models.py"), str(tmp),
                     "--dtype", "float16", "--set", *sets], check=True)
     stamp_tmp = tmp / "bench_config.json"
     stamp_tmp.write_text(json.dumps(LLAMA_1B))

@@ -11,7 +11,7 @@ Both sides quantize bench_load.py's cached ~1.1B float16 llama
   float weights; wall times add up, peak RSS is the largest process's.
 - candidate: ``python -m mlxhydra -m model=DIR quant.bits=B1,B2,...`` — one
   process with Hydra's basic launcher, the float weights read once and kept
-  (mlxhydra/cache.py), N quantizations, run records and the summary files.
+  (mlxhydra/load/weights_cache.py), N quantizations, run records and the summary files.
 
 ``--cases sweep_cache`` measures the same sweep with ``sweep.reuse_weights=false`` vs
 true instead, to isolate what the weights cache itself saves.

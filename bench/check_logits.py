@@ -18,9 +18,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from make_random_model import BASE, build  # noqa: E402
+from helpers.random_models import BASE, build  # noqa: E402
 
 MODELS = {
     "llama-f32": (dict(BASE["llama"]), {}),

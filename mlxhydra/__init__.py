@@ -6,19 +6,25 @@ Public API (imported on first use, so ``import mlxhydra`` stays light):
 - ``load_model(path, model_config=None, *, quant=None, strict=True, lazy=False,
   trust_remote_code=False) -> (model, config)``
 - ``compose(overrides) -> DictConfig``
+
+The code follows the pipeline: ``config/`` (compose the config),
+``load/`` (build and load the model), ``tasks/`` (experiments on it),
+``runs/`` (the job, its records, sweeps, replay and diff).
 """
 
 __version__ = "0.1.0"
 __all__ = ["load_config", "load_model", "compose", "__version__"]
 
-# Bound now (it needs only omegaconf): a lazy ``compose`` would be shadowed by
-# the submodule mlxhydra.compose as soon as anything imported that module.
-from .compose import compose  # noqa: E402
+_API = {
+    "load_config": "mlxhydra.load.loader",
+    "load_model": "mlxhydra.load.loader",
+    "compose": "mlxhydra.config.composition",
+}
 
 
 def __getattr__(name):
-    if name in ("load_config", "load_model"):
-        from . import loading
+    if name in _API:
+        from importlib import import_module
 
-        return getattr(loading, name)
+        return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'mlxhydra' has no attribute {name!r}")

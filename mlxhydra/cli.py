@@ -1,91 +1,116 @@
-"""The ``mlxhydra`` command: Hydra wired to :func:`mlxhydra.run.run`."""
+"""The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
+``mlxhydra replay|diff|summarize ARGS`` run a subcommand; anything else is
+Hydra's command line: ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
+"""
+
+import importlib
+import os
 import signal
 import sys
 import time
-from typing import Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
-import hydra
 from omegaconf import DictConfig
 
-from . import records
-from . import run as run_module
-from ._resolvers import register_resolvers
-from .callbacks import SweepStopped, exit_status, run_job, summarize
-from .errors import Interrupted, raise_interrupted
-
-# Set once the job function runs: from then on run.py keeps run.json.
-_JOB_STARTED = False
+# name -> "module:function"; the function takes argv (after the name) and returns the exit status.
+SUBCOMMANDS: Dict[str, str] = {
+    "replay": "mlxhydra.runs.replay:main",
+    "diff": "mlxhydra.runs.diff:main",
+    "summarize": "mlxhydra.runs.summary:summarize_main",
+}
 
 
-@hydra.main(config_path="pkg://mlxhydra.conf", config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> Optional[float]:
-    global _JOB_STARTED
-    _JOB_STARTED = True
-    return run_job(cfg)  # the sweep policy: see mlxhydra.callbacks
+def run_subcommand(argv: Sequence[str]) -> int:
+    """Run ``argv[0]`` (a name in :data:`SUBCOMMANDS`) with the rest; return its exit status."""
+    module, _, name = SUBCOMMANDS[argv[0]].partition(":")
+    func: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module), name)
+    return func(list(argv[1:]))
 
 
-def _record_if_no_job(error, args, started) -> None:
-    """A failure before the job started (composition...): still write run.json."""
-    if not _JOB_STARTED:
-        from .startup import record_startup_failure
+class JobFunction:
+    """What ``@hydra.main`` calls for each job; knows when the command started."""
 
-        record_startup_failure(error, args, started)
+    def __init__(self, started_at: float):
+        self.started_at = started_at
+        self.pid = os.getpid()
+        self.called = False  # from the first call on, the job keeps its own record
+
+    def __call__(self, cfg: DictConfig) -> Optional[float]:
+        from hydra.core.hydra_config import HydraConfig
+
+        from .runs.sweep_policy import run_swept_job
+
+        compose = None
+        # The first job of this process (a launcher's worker has its own clock)
+        # is timed from the command's start: Hydra composed it meanwhile.
+        if not self.called and self.pid == os.getpid() and HydraConfig.get().job.get("num") in (None, 0):
+            compose = time.perf_counter() - self.started_at
+        self.called = True
+        return run_swept_job(cfg, compose)
 
 
-def _sweep_stopped(e: SweepStopped) -> None:
-    """sweep.fail_fast=true and a job failed: summary, message, exit 1."""
-    from .callbacks import STATE
+def run_hydra(args: List[str]) -> int:
+    """Run Hydra on ``args``; return the exit status (recording failures before the job)."""
+    import hydra
 
-    if STATE.get("sweep_dir"):
-        summarize(STATE["sweep_dir"], STATE.get("objective"))
-    sys.stderr.write(f"mlxhydra: sweep stopped: {e}\n")
-    sys.exit(1)
+    from .config.help_cache import install_for
+    from .config.overrides import check_override_syntax, overrides_of_argv, quote_model_paths
+    from .config.resolvers import register_resolvers
+    from .errors import (
+        Interrupted, OverrideSyntaxError, SweepFailed, SweepStopped, exit_code,
+        interruption_message, raise_interrupted,
+    )
+    from .runs.early_failure import record_early_failure
+    from .runs.environment import now
 
+    job = JobFunction(time.perf_counter())
+    started = now()
 
-def main() -> None:
-    """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
-    from .commands import is_subcommand, main_subcommand
+    def record_if_no_job(error: Optional[BaseException]) -> None:
+        if not job.called:
+            record_early_failure(error, args, started)
 
-    if is_subcommand(sys.argv[1:]):
-        sys.exit(main_subcommand(sys.argv[1:]))
-    run_module.STARTED_AT = time.perf_counter()
-    started = records.now()
     register_resolvers()
-    from .fast_help import install_for
-
-    install_for(sys.argv[1:])  # --help: the same text; Hydra's group listings computed once
-    from .startup import OverrideSyntaxError, check_override_syntax, quote_model_paths
-
-    sys.argv[1:] = quote_model_paths(sys.argv[1:])
-    args = sys.argv[1:]
+    install_for(args)  # --help: the same text; Hydra's group listings computed once
+    args = quote_model_paths(args)
+    sys.argv[1:] = args
     try:
-        check_override_syntax(args)
+        check_override_syntax(overrides_of_argv(args))
     except OverrideSyntaxError as e:
-        _record_if_no_job(e, args, started)
+        record_if_no_job(e)
         sys.stderr.write(f"{e}\n")
-        sys.exit(1)
+        return 1
     # SIGTERM while composing: recorded and exit 143, as during the job.
     signal.signal(signal.SIGTERM, raise_interrupted)
+    main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config", version_base="1.3")(job)
     try:
-        hydra_main()
+        main()
     except SweepStopped as e:
-        _sweep_stopped(e)
-    except KeyboardInterrupt as e:
-        _record_if_no_job(e, args, started)
-        sys.stderr.write("mlxhydra: interrupted (SIGINT)\n")
-        sys.exit(130)
-    except Interrupted as e:
-        _record_if_no_job(e, args, started)
-        sys.stderr.write(f"mlxhydra: interrupted (signal {e.signum})\n")
-        sys.exit(128 + e.signum)
+        sys.stderr.write(f"mlxhydra: sweep stopped: {e}\n")
+        return 1
+    except SweepFailed as e:
+        sys.stderr.write(f"mlxhydra: {e}\n")
+        return 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        record_if_no_job(e)
+        sys.stderr.write(f"mlxhydra: {interruption_message(e)}\n")
+        return exit_code(e)
     except SystemExit as e:
         # Hydra reports an error, then sys.exit(1) inside its except block:
         # the reported exception is the SystemExit's context.
         if e.code not in (0, None) and isinstance(e.__context__, Exception):
-            _record_if_no_job(e.__context__, args, started)
+            record_if_no_job(e.__context__)
         raise
     except Exception as e:  # HYDRA_FULL_ERROR=1: Hydra re-raises with the trace
-        _record_if_no_job(e, args, started)
+        record_if_no_job(e)
         raise
-    sys.exit(exit_status())  # a multirun with failed jobs exits 1
+    return 0
+
+
+def main() -> None:
+    """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
+    args = sys.argv[1:]
+    if args and args[0] in SUBCOMMANDS:
+        sys.exit(run_subcommand(args))
+    sys.exit(run_hydra(args))

@@ -1,15 +1,20 @@
-"""The project's own errors.
+"""Every error mlxhydra raises on purpose, and the exceptions that stop a run.
 
-Each is a Hydra ``CompactHydraException``, so on the command line Hydra shows
-the message alone (the full trace with ``HYDRA_FULL_ERROR=1``). Each also
-derives from the built-in error that mlx-lm raises in the same situation, so
-Python callers can catch either.
+Errors derive from :class:`MlxhydraError`, a Hydra ``CompactHydraException``:
+on the command line Hydra shows the message alone (the full trace with
+``HYDRA_FULL_ERROR=1``). Each also derives from the built-in error that
+mlx-lm raises in the same situation, so Python callers can catch either.
+
+:class:`Interrupted`, :class:`SweepStopped` and :class:`SweepFailed` are not
+errors but ways a run ends: BaseExceptions, like KeyboardInterrupt, so that no
+``except Exception`` (Hydra's and its launchers' included) swallows them.
 """
 
 import signal
-from typing import Iterable
+from typing import Any, Iterable
 
 from hydra.errors import CompactHydraException
+from hydra.plugins.config_source import ConfigLoadError
 
 
 class MlxhydraError(CompactHydraException):
@@ -28,6 +33,21 @@ class RemoteCodeError(ConfigError):
     """A model directory asks to run its own Python without permission."""
 
 
+class ModelDirError(MlxhydraError, ConfigLoadError):
+    """A ``model=`` value that does not name a usable model directory.
+
+    A ConfigLoadError too: Hydra raises it from the config source while composing.
+    """
+
+
+class ModelDirNotFound(ModelDirError, FileNotFoundError):
+    """The directory or its config.json does not exist."""
+
+
+class OverrideSyntaxError(MlxhydraError, ValueError):
+    """A command-line override that Hydra's grammar rejects, named in the message."""
+
+
 class WeightsError(MlxhydraError, ValueError):
     """Weight files that are unreadable or do not fit the model."""
 
@@ -40,11 +60,18 @@ class TaskError(MlxhydraError, ValueError):
     """A task that cannot run with the settings or data it was given."""
 
 
-class Interrupted(BaseException):
-    """The run was stopped by SIGINT or SIGTERM.
+class RunDirError(MlxhydraError, ValueError):
+    """A path given to a subcommand is not a usable run or sweep directory."""
 
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
-    (Hydra's included) swallows it; the command exits 128 + the signal number.
+
+class UpstreamError(MlxhydraError, ImportError):
+    """An installed mlx-lm or Hydra lacks a name mlxhydra relies on."""
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP).
+
+    The command exits 128 + the signal number.
     """
 
     def __init__(self, signum: int):
@@ -52,8 +79,30 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by signal {signum}")
 
 
+class SweepStopped(BaseException):
+    """``sweep.fail_fast=true`` and a job failed: the remaining jobs do not run."""
+
+    def __init__(self, job: Any, error: str):
+        super().__init__(job, error)
+        self.job, self.error = job, error
+
+    def __str__(self) -> str:
+        return f"job {self.job} failed and sweep.fail_fast=true: {self.error}"
+
+
+class SweepFailed(BaseException):
+    """A multirun ended with failed jobs (raised after its summary is written)."""
+
+    def __init__(self, failed: int, jobs: int, summary: str):
+        super().__init__(failed, jobs, summary)
+        self.failed, self.jobs, self.summary = failed, jobs, summary
+
+    def __str__(self) -> str:
+        return f"{self.failed} of {self.jobs} jobs failed (see {self.summary})"
+
+
 def raise_interrupted(signum: int, _frame: object) -> None:
-    """A SIGTERM handler: stop where the program is, as Ctrl-C does."""
+    """A signal handler: stop where the program is, as Ctrl-C does."""
     raise Interrupted(signum)
 
 
@@ -61,3 +110,9 @@ def interruption_message(error: BaseException) -> str:
     """``interrupted by SIGINT`` / ``SIGTERM`` for a KeyboardInterrupt or Interrupted."""
     signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
     return f"interrupted by {signal.Signals(signum).name}"
+
+
+def exit_code(error: BaseException) -> int:
+    """128 + the signal number of an interruption (130 for Ctrl-C)."""
+    signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+    return 128 + int(signum)

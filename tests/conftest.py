@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))  # tiny_data, train_tiny
+sys.path.insert(0, str(ROOT / "tests"))  # helpers, conftest
 
-from make_random_model import BASE, build  # noqa: E402
+from helpers.random_models import BASE, build  # noqa: E402
 
 # The installed package's copy: a non-editable install serves model=tiny from site-packages.
 EMBEDDED_TINY = Path(importlib.util.find_spec("mlxhydra").origin).parent / "models" / "tiny"
 
 
 def make_model(directory: Path, model_type: str = "llama", **kwargs) -> Path:
-    """Build a random model (see scripts/make_random_model.py) and return its directory.
+    """Build a random model (see tests/helpers/random_models.py) and return its directory.
 
     kwargs: config overrides, plus seed, shards, quantize, mode, group_size, dtype.
     """

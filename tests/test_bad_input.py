@@ -12,11 +12,14 @@ then checks its own result:
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -40,6 +43,7 @@ class Case:
     one_line: bool = True  # False for Hydra's own multi-line messages
     stage: Optional[str] = None  # "compose": failed before the job started
     env: Dict[str, str] = field(default_factory=dict)
+    never: List[str] = field(default_factory=list)  # texts the message must not hold
 
 
 def model(name: str, *more: str):
@@ -109,6 +113,16 @@ CASES = [
          lambda m: ["model.hidden_size:", "Environment variable 'MLXHYDRA_UNSET' not found"]),
     Case("model_file_trusted", model("remote_trusted", "load.trust_remote_code=true"),
          lambda m: [f"{m['remote_trusted']}/evil.py defines no Model or ModelArgs"]),
+    # ??? typed on the command line is OmegaConf's missing value, never the string '???'
+    # (a config.json string "???" stays the string: see test_compose.py and test_cli.py).
+    Case("missing_value_quant", model("good", "quant.bits=???"),
+         lambda m: ["quant.bits: Missing mandatory value: bits"], never=["'???'"]),
+    Case("missing_value_model", model("good", "model.hidden_size=???"),
+         lambda m: ["model.hidden_size: Missing mandatory value: hidden_size"], never=["'???'"]),
+    # A saved per-layer quantization entry that the weights contradict (mlx-lm refuses it too).
+    Case("per_layer_entry_disagrees", model("per_layer_disagrees"),
+         lambda m: ["weights do not fit the model", "1 wrong shape: "
+                    "model.layers.0.mlp.down_proj.weight (64, 16) vs model (64, 32)"]),
 ]
 BY_ID = {c.id: c for c in CASES}
 
@@ -170,6 +184,11 @@ def models(tmp_path_factory) -> Dict[str, Path]:
         _set_config(m[name], {**config, "model_file": "evil.py"})
         _evil(m[name])
     m["non_ascii"] = _copy(good, root / NON_ASCII_NAME)
+    # Saved at 4 bits; config.json says one layer has 8.
+    m["per_layer_disagrees"] = make_model(root / "per_layer_disagrees", quantize=4)
+    q4 = json.loads((m["per_layer_disagrees"] / "config.json").read_text())
+    q4["quantization"]["model.layers.0.mlp.down_proj"] = {"group_size": 64, "bits": 8}
+    _set_config(m["per_layer_disagrees"], {**q4, "quantization_config": q4["quantization"]})
     return m
 
 
@@ -184,12 +203,18 @@ def results(models, tmp_path_factory) -> Dict[str, Tuple[subprocess.CompletedPro
         return dict(pool.map(one, CASES))
 
 
-def assert_failed_cleanly(result, cwd: Path, says: List[str], one_line: bool = True) -> dict:
-    """Exit 1, no traceback, the texts on stderr, one run.json saying failed with them."""
+def assert_failed_cleanly(result, cwd: Path, says: List[str], one_line: bool = True,
+                          never: List[str] = (), overrides: Optional[List[str]] = None) -> dict:
+    """Exit 1, no traceback, the texts on stderr, one run.json saying failed with them.
+
+    ``overrides``: the command's overrides (default: every argument after ``-m mlxhydra``).
+    """
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     for text in says:
         assert text in result.stderr, (text, result.stderr)
+    for text in never:
+        assert text not in result.stderr, (text, result.stderr)
     [run_dir] = run_dirs(cwd)
     record = read_run(run_dir)
     assert record["status"] == "failed", record
@@ -197,8 +222,10 @@ def assert_failed_cleanly(result, cwd: Path, says: List[str], one_line: bool = T
         assert text in record["error"], (text, record["error"])
     if one_line:
         assert "\n" not in record["error"], record["error"]
-    assert record["ended"] and record["command"] and record["versions"]["mlx"]
-    assert record["overrides"] == [a for a in result.args[3:]]
+    assert datetime.fromisoformat(record["started"]) <= datetime.fromisoformat(record["ended"])
+    assert record["command"] == shlex.join(result.args)
+    assert record["versions"]["mlx"] == metadata.version("mlx")
+    assert record["overrides"] == (list(result.args[3:]) if overrides is None else overrides)
     assert not list(run_dir.rglob(".*.tmp")), list(run_dir.rglob("*"))
     return record
 
@@ -207,7 +234,7 @@ def assert_failed_cleanly(result, cwd: Path, says: List[str], one_line: bool = T
 def test_bad_input_fails_with_one_clear_error_and_a_record(case_id, results, models):
     case = BY_ID[case_id]
     result, cwd = results[case_id]
-    record = assert_failed_cleanly(result, cwd, case.says(models), case.one_line)
+    record = assert_failed_cleanly(result, cwd, case.says(models), case.one_line, case.never)
     if case.stage == "compose":
         # Hydra failed before any job: the command still wrote the record.
         assert record["stage"] == "compose"
@@ -318,4 +345,21 @@ def test_task_data_file_missing_or_empty(kind, says, tok_model, tmp_path):
     if kind == "empty":
         data.write_text("")
     result = run_cli(f"model={tok_model}", "task=perplexity", f"task.data={data}", cwd=tmp_path)
-    assert_failed_cleanly(result, tmp_path, ["task.data", str(data), says])
+    record = assert_failed_cleanly(result, tmp_path, ["task.data", str(data), says])
+    assert record["error_type"] == "ConfigError"  # a setting: refused before loading
+    assert "weight_files" not in record
+
+
+@pytest.mark.parametrize("group, text, key", [
+    ("quant", "bits: ???\n", "quant.bits"),
+    ("load", "strict: true\ndtype: ???\n", "load.dtype"),
+])
+def test_missing_value_in_a_preset_is_a_missing_value_error(tmp_path, group, text, key):
+    """``???`` in a user's preset YAML: a missing value named by key, not the string '???'."""
+    (tmp_path / "conf" / group).mkdir(parents=True)
+    (tmp_path / "conf" / group / "mine.yaml").write_text(text)
+    result = run_cli("--config-dir", "conf", f"{group}=mine", cwd=tmp_path)
+    record = assert_failed_cleanly(
+        result, tmp_path, [f"{key}: Missing mandatory value: {key.split('.')[1]}"], never=["'???'"],
+        overrides=[f"{group}=mine"])
+    assert record["error_type"] == "ConfigError"

@@ -1,12 +1,15 @@
 """The real command in subprocesses: model paths, patches, overrides, the run directory."""
 
+import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
+import time
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -77,11 +80,15 @@ def test_console_script_default_run_and_its_record(repo):
     """Behaviours 1, 5, 9: no overrides, offline, the embedded model, every record field."""
     import mlx.core as mx
 
+    from mlxhydra.load.weight_files import combined_fingerprint, describe_files, fingerprint
+
     script = Path(sys.executable).parent / "mlxhydra"
     env = {**os.environ, **OFFLINE}
     env.pop("HYDRA_FULL_ERROR", None)
+    wall = time.perf_counter()
     result = subprocess.run([str(script)], cwd=repo, env=env, capture_output=True, text=True,
                             timeout=300)
+    wall = time.perf_counter() - wall
     assert result.returncode == 0, result.stderr
     run_dir, record = only_run(repo)
     assert run_dir.parent.parent == repo / "outputs" / "runs"
@@ -89,7 +96,7 @@ def test_console_script_default_run_and_its_record(repo):
     assert record["status"] == "completed"
     started, ended = (datetime.fromisoformat(record[k]) for k in ("started", "ended"))
     assert started <= ended
-    assert record["command"].split()[-1].endswith("mlxhydra")
+    assert shlex.split(record["command"])[-1] == str(script)  # the interpreter, then the script
     assert record["overrides"] == []
     assert record["model_dir"] == str(EMBEDDED_TINY)
     assert record["git"]["commit"] == git(repo, "rev-parse", "HEAD")
@@ -111,8 +118,13 @@ def test_console_script_default_run_and_its_record(repo):
     assert [f["file"] for f in record["weight_files"]] == [str(f) for f in shipped]
     for entry, f in zip(record["weight_files"], shipped):
         assert entry["bytes"] == f.stat().st_size
-        assert isinstance(entry["fingerprint"], str) and len(entry["fingerprint"]) > 16
-    assert record["weights_fingerprint"]
+        assert entry["fingerprint"] == fingerprint(f, "fast")
+        assert f.stat().st_size < 5 * 2**20  # small: "fast" hashes every byte
+        assert entry["fingerprint"] == "full:sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
+    assert record["weights_fingerprint"] == combined_fingerprint(describe_files(shipped, "fast"))
+    assert record["weights_fingerprint"] == "sha256:" + hashlib.sha256(b"".join(
+        f.name.encode() + b"\0" + e["fingerprint"].encode() + b"\0"
+        for f, e in zip(shipped, record["weight_files"]))).hexdigest()
 
     weights = {}
     for f in shipped:
@@ -120,14 +132,21 @@ def test_console_script_default_run_and_its_record(repo):
     parameters = sum(v.size for v in weights.values())
     quantization = record["quantization"]
     assert quantization["source"] == "none"
-    assert quantization["quantized_layers"] == 0 and quantization["float_layers"] > 0
+    # Every 2-D weight is a Linear or Embedding layer that could be quantized.
+    layers = sum(1 for k, v in weights.items() if k.endswith(".weight") and v.ndim == 2)
+    assert layers == 7 * raw["num_hidden_layers"] + 2  # 7 projections a layer, embedding, lm_head
+    assert quantization["quantized_layers"] == 0 and quantization["float_layers"] == layers
     assert record["parameters"] == quantization["parameters"] == parameters
     assert quantization["bits_per_weight"] == pytest.approx(
         8 * sum(v.nbytes for v in weights.values()) / parameters)
 
-    for stage in ("compose", "instantiate", "quantize", "load_weights"):
-        assert isinstance(record["times"][stage], float) and record["times"][stage] >= 0
-    assert isinstance(record["peak_memory_bytes"], int) and record["peak_memory_bytes"] > 0
+    times = record["times"]
+    assert set(times) == {"compose", "instantiate", "load_weights", "quantize", "task"}
+    assert all(type(v) is float and v >= 0 for v in times.values()), times
+    assert sum(times.values()) <= wall  # each stage timed inside the command
+    # The weights were all in MLX memory at once.
+    assert type(record["peak_memory_bytes"]) is int
+    assert record["peak_memory_bytes"] >= sum(v.nbytes for v in weights.values())
 
     assert record["versions"]["python"] == platform.python_version()
     for package in ("mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra"):
@@ -149,7 +168,14 @@ def test_quantized_run_in_a_dirty_repository(repo, llama_dir):
     assert q["source"] == "runtime"
     # 2 layers x 7 projections, the embedding and lm_head: all 16 quantized
     assert (q["quantized_layers"], q["float_layers"]) == (16, 0)
-    assert 4.5 <= q["bits_per_weight"] < 5.5  # 4-bit weights, group scales and float norms
+    # 4-bit weights, group scales and float norms: as mlx-lm counts them for its own 4-bit model
+    from mlx_lm import utils as mu
+
+    model, config = mu.load_model(llama_dir)
+    model, _ = mu.quantize_model(model, config, 64, 4)
+    assert q["bits_per_weight"] == pytest.approx(mu.compute_bits_per_weight(model), rel=1e-12)
+    assert record["parameters"] == q["parameters"] == mu.get_total_parameters(model)
+    assert 4.5 <= q["bits_per_weight"] < 5.5
     assert record["times"]["quantize"] > 0
 
 
@@ -225,7 +251,7 @@ def test_patch_without_brackets_matches_mlx_lm(tmp_path, llama_dir):
     import mlx.core as mx
     from mlx_lm.utils import load_model as mlx_lm_load_model
 
-    from mlxhydra.loading import build_model
+    from mlxhydra.load.loader import build_model
 
     link_model(llama_dir, tmp_path / "llama")
     result = run_cli("model=./llama", "patch=long_context", cwd=tmp_path)
@@ -295,7 +321,7 @@ def test_wrong_type_fails_and_is_recorded(tmp_path, llama_dir):
     _, record = only_run(tmp_path)
     assert record["status"] == "failed"
     assert record["error"] == message
-    assert record["ended"] is not None
+    assert datetime.fromisoformat(record["started"]) <= datetime.fromisoformat(record["ended"])
 
     full = run_cli(f"model={llama_dir}", "model.hidden_size=abc", cwd=tmp_path,
                    env={"HYDRA_FULL_ERROR": "1"})
@@ -319,7 +345,7 @@ def test_help_cfg_and_completion_stay_light(tmp_path, args, env, shows):
     assert result.returncode == 0, result.stderr
     assert shows in result.stdout
     modules = imported_modules(result.stderr)
-    assert {"hydra", "omegaconf", "mlxhydra.model_source"} <= modules
+    assert {"hydra", "omegaconf", "mlxhydra.config.model_source"} <= modules
     heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert heavy == []
 
@@ -363,10 +389,10 @@ def test_wheel_ships_the_config_tree(tmp_path):
 
 @pytest.mark.slow
 def test_help_is_the_same_text_with_and_without_the_group_listing_cache(tmp_path):
-    """mlxhydra.fast_help caches Hydra's group listings for --help; the text must not change."""
+    """mlxhydra.config.help_cache caches Hydra's group listings for --help; the text must not change."""
     plain = subprocess.run(
         [sys.executable, "-c",
-         "import sys, mlxhydra.fast_help as f; f.install = lambda: False; "
+         "import sys, mlxhydra.config.help_cache as f; f.install = lambda: False; "
          "from mlxhydra.cli import main; sys.argv = ['mlxhydra', '--help']; main()"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )

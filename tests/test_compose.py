@@ -10,9 +10,10 @@ from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 from omegaconf import OmegaConf
 
 import mlxhydra
-from mlxhydra._resolvers import safe_name
-from mlxhydra.compose import to_plain
-from mlxhydra.model_source import ModelDirError, ModelDirNotFound, ModelDirSearchPath
+from mlxhydra.config.composition import to_plain
+from mlxhydra.config.model_source import ModelDirSearchPath
+from mlxhydra.config.resolvers import safe_name
+from mlxhydra.errors import ModelDirError, ModelDirNotFound
 
 from conftest import EMBEDDED_TINY
 
@@ -191,16 +192,26 @@ def test_quant_rules_from_the_override_grammar():
                                          {"pattern": "lm_head", "skip": True}]
 
 
-def test_compose_is_the_function_after_the_submodule_is_imported():
-    import mlxhydra.run  # noqa: F401  (imports the submodule mlxhydra.compose)
+def test_compose_is_the_function_after_the_pipeline_is_imported():
+    import importlib.util
 
-    assert callable(mlxhydra.compose)
+    import mlxhydra.config.composition
+    import mlxhydra.runs.job  # noqa: F401  (imports every stage)
+
+    assert importlib.util.find_spec("mlxhydra.compose") is None  # no submodule to shadow it
+    assert mlxhydra.compose is mlxhydra.config.composition.compose
     assert mlxhydra.compose(["seed=3"]).seed == 3
 
 
 def test_return_hydra_config_keeps_the_run_dir_pattern():
+    import re
+
+    from mlxhydra.config.resolvers import run_token
+
     cfg = mlxhydra.compose(return_hydra_config=True)
-    assert cfg.hydra.run.dir.startswith("outputs/runs/")
+    assert OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"] == \
+        "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${mlxhydra_token:}"
+    assert re.fullmatch(r"outputs/runs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_" + run_token(), cfg.hydra.run.dir)
 
 
 def test_search_path_plugin_only_touches_mlxhydra():

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,11 @@ def test_signal_while_loading_records_interrupted(slow_model, tmp_path, signum, 
             proc.kill()
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr, stderr
-    assert f"mlxhydra: interrupted" in stderr
+    assert f"mlxhydra: interrupted by {signal.Signals(signum).name}" in stderr
     record = read_run(run_dir)
     assert record["status"] == "interrupted", record
     assert record["error"] == f"interrupted by {signal.Signals(signum).name}"
-    assert record["ended"]
+    assert datetime.fromisoformat(record["started"]) <= datetime.fromisoformat(record["ended"])
     assert "quantization" not in record  # stopped while loading and quantizing
     assert not (run_dir / "metrics.json").exists()
     assert_no_partial_files(run_dir)

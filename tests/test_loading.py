@@ -20,7 +20,7 @@ from mlx_lm import utils as mu
 import mlxhydra
 from conftest import make_model
 from mlxhydra.errors import ConfigError, MissingWeightsError, RemoteCodeError, WeightsError
-from mlxhydra.loading import build_model, load_config
+from mlxhydra.load.loader import build_model, load_config
 
 TOKENS = mx.array([[1, 5, 9, 200, 3, 17, 42, 8, 0, 255, 11, 12]])
 
@@ -88,9 +88,9 @@ def test_loads_like_mlx_lm(tmp_path, name):
 def test_build_model_reports_every_shard(tmp_path):
     model_dir = make_model(tmp_path / "m", shards=2)
     _, _, report = build_model(model_dir, load_config(model_dir))
-    assert [Path(f).name for f in report["weight_files"]] == [
+    assert [Path(f).name for f in report.weight_files] == [
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    assert report["quantization"]["source"] == "none"
+    assert report.quantization["source"] == "none"
 
 
 def test_model_config_is_merged_shallowly_like_mlx_lm(llama_dir):
@@ -229,6 +229,47 @@ def test_per_layer_settings_inferred_without_entry(tmp_path, per_layer_dir):
     assert dict(model.named_modules())["model.layers.0.mlp.down_proj"].bits == 8
 
 
+@pytest.fixture(scope="module")
+def q4_saved(tmp_path_factory):
+    """A llama saved by mlx-lm at 4 bits, group size 64 (every layer)."""
+    return make_model(tmp_path_factory.mktemp("q4_saved") / "m", quantize=4)
+
+
+# A per-layer entry that disagrees with the saved layer (4 bits, group 64):
+# entry -> (the shapes in mlx-lm's refusal, the one line of mlxhydra's error).
+DOWN = "model.layers.0.mlp.down_proj"
+DISAGREEING = {
+    "8_bits": ({"group_size": 64, "bits": 8},
+               "Expected shape (64, 32) but received shape (64, 16) for parameter "
+               f"{DOWN}.weight",
+               f"1 wrong shape: {DOWN}.weight (64, 16) vs model (64, 32)"),
+    "group_32": ({"group_size": 32, "bits": 4},
+                 f"Expected shape (64, 4) but received shape (64, 2) for parameter {DOWN}.",
+                 f"2 wrong shape: {DOWN}.biases (64, 2) vs model (64, 4), "
+                 f"{DOWN}.scales (64, 2) vs model (64, 4)"),
+    "float": (False, "Received 2 parameters not in model",
+              f"2 unexpected: {DOWN}.biases, {DOWN}.scales; "
+              f"1 wrong shape: {DOWN}.weight (64, 16) vs model (64, 128)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DISAGREEING))
+def test_per_layer_entry_that_disagrees_with_the_weights_is_refused(q4_saved, tmp_path, case):
+    entry, theirs, ours = DISAGREEING[case]
+    model_dir = copy_model(q4_saved, tmp_path / "m")
+    config = read_config(model_dir)
+    config["quantization"][DOWN] = entry
+    config["quantization_config"] = config["quantization"]
+    write_config(model_dir, config)
+    with pytest.raises(ValueError) as refused:  # mlx-lm refuses it...
+        mu.load_model(model_dir)
+    assert theirs in str(refused.value)
+    with pytest.raises(WeightsError) as e:  # ...and so does mlxhydra, in one line
+        mlxhydra.load_model(model_dir)
+    assert str(e.value) == (f"weights do not fit the model ({model_dir}): {ours}; "
+                            "read model.safetensors")
+
+
 # --- strict loading and broken weight files ----------------------------------
 
 def _edit_weights(src: Path, dst: Path, edit) -> Path:
@@ -265,7 +306,7 @@ def test_not_strict_loads_anyway(tmp_path, llama_dir):
 
     model_dir = _edit_weights(llama_dir, tmp_path / "m", edit)
     model, _, report = build_model(model_dir, load_config(model_dir), strict=False)
-    assert report["weight_mismatches"][:2] == [
+    assert report.weight_mismatches[:2] == [
         "1 missing: model.layers.1.mlp.up_proj.weight", "1 unexpected: model.extra.weight"]
     kept = mx.load(str(model_dir / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
     assert mx.array_equal(model.model.layers[0].mlp.up_proj.weight, kept).item()
@@ -275,7 +316,7 @@ def test_not_strict_loads_anyway(tmp_path, llama_dir):
 def test_not_strict_wrong_shape_is_reported(tmp_path, llama_dir):
     model_dir = _edit_weights(llama_dir, tmp_path / "m", lambda w: w.update({"model.norm.weight": mx.ones((3,))}))
     model, _, report = build_model(model_dir, load_config(model_dir), strict=False)
-    assert report["weight_mismatches"] == [
+    assert report.weight_mismatches == [
         "1 wrong shape: model.norm.weight (3,) vs model (64,)", "read model.safetensors"]
     assert model.model.norm.weight.shape == (3,)  # loaded as given, as mlx-lm does
 
@@ -460,7 +501,7 @@ def test_module_that_exits_on_import_is_a_config_error(tmp_path, llama_dir):
 
 
 def test_supported_model_types_are_the_architectures():
-    from mlxhydra.arch import get_classes, supported_model_types
+    from mlxhydra.load.architecture import get_classes, supported_model_types
 
     names = supported_model_types()
     assert {"llama", "mistral", "recurrent_gemma", "solar_open", "qwen3_moe"} <= set(names)
@@ -503,3 +544,26 @@ def test_values_that_cannot_build_the_model(tmp_path, llama_dir, key, value, tex
         mlxhydra.load_model(model_dir)
     assert str(e.value).startswith("mlx_lm.models.llama.Model cannot be built from the model config: ")
     assert text in str(e.value)
+
+
+@pytest.mark.slow
+def test_random_models_command_line(tmp_path):
+    """tests/helpers/random_models.py as bench/bench_load.py runs it: a model mlx-lm loads."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "m"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "random_models.py"), str(out),
+         "--shards", "2", "--quantize", "4", "--set", "rope_theta=500.0", "num_hidden_layers=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    config = read_config(out)
+    assert (config["rope_theta"], config["num_hidden_layers"]) == (500.0, 1)
+    assert config["quantization"] == {"group_size": 64, "bits": 4, "mode": "affine"}
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    same_as_mlx_lm(out)

@@ -6,11 +6,11 @@ Two properties:
    exactly: ``to_plain(cfg.model) == json.load(config.json)`` for any JSON
    object (strings with ``${``, backslashes, unicode, large ints, floats...).
 2. Random config.json values (the required llama keys valid some of the time)
-   plus random override strings, fed through composition and the loading path
-   that ``mlxhydra.run`` follows, end in success or in one of the project's
-   own clear errors (MlxhydraError, ModelDirError) or Hydra's / OmegaConf's
-   override and composition errors. Anything else (a KeyError or TypeError
-   from deep inside) fails the test.
+   plus random override strings, fed through composition and the job's own
+   validate and load stages (``mlxhydra.runs.job.prepare``), end in success or
+   in one of the project's own clear errors (MlxhydraError, ModelDirError) or
+   Hydra's / OmegaConf's override and composition errors. Anything else (a
+   KeyError or TypeError from deep inside) fails the test.
 """
 
 import json
@@ -25,10 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 import mlxhydra
 from conftest import make_model
-from mlxhydra import arch
-from mlxhydra.compose import changed_keys, to_plain
-from mlxhydra.errors import MlxhydraError
-from mlxhydra.model_source import ModelDirError, read_config_json
+from mlxhydra.config.composition import to_plain
+from mlxhydra.errors import MlxhydraError, ModelDirError
+from mlxhydra.runs.job import prepare
 
 CLEAR_ERRORS = (MlxhydraError, ModelDirError, HydraException, OmegaConfBaseException)
 SETTINGS = settings(
@@ -150,23 +149,6 @@ def work_llama(tmp_path_factory, base_llama) -> Path:
     return directory
 
 
-def load_like_run(cfg) -> None:
-    """The loading steps of ``mlxhydra.run._run``, without a run directory."""
-    from mlxhydra.loading import apply_mlx_lm_adjustments, build_model
-    from mlxhydra.quant import parse_quant
-
-    load = to_plain(cfg.load)
-    spec = parse_quant(to_plain(cfg.quant))
-    model_dir = Path(cfg.model_dir)
-    config = to_plain(cfg.model)
-    raw = read_config_json(model_dir)
-    classes = arch.get_classes(config, model_dir, trust_remote_code=False)
-    arch.check_types(config, classes[1], changed_keys(config, raw))
-    apply_mlx_lm_adjustments(model_dir, config)
-    build_model(model_dir, config, quant=spec, strict=bool(load.get("strict", True)),
-                lazy=False, trust_remote_code=False, dtype=load.get("dtype"), classes=classes)
-
-
 @SETTINGS
 @given(
     replaced=st.dictionaries(st.sampled_from(REQUIRED), JUNK, max_size=3),
@@ -181,7 +163,7 @@ def test_random_config_and_overrides_fail_only_with_clear_errors(
     write_config(work_llama, {**config, **extra, **replaced})
     try:
         cfg = mlxhydra.compose([f"model={work_llama}", *overrides])
-        load_like_run(cfg)
+        prepare(cfg)  # validate, then load, as a job does (no run directory)
     except MlxhydraError as e:
         # The project's own errors: a message that says something, on one line.
         assert str(e).strip() and "\n" not in str(e), repr(str(e))

@@ -20,8 +20,8 @@ from mlx_lm.convert import mixed_quant_predicate_builder
 import mlxhydra
 from conftest import make_model
 from mlxhydra.errors import ConfigError, WeightsError
-from mlxhydra.loading import build_model, load_config
-from mlxhydra.quant import AFFINE_BITS, AFFINE_GROUP_SIZES, parse_quant
+from mlxhydra.load.loader import build_model, load_config
+from mlxhydra.load.quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES, parse_quant
 
 TOKENS = mx.array([[1, 5, 9, 200, 3, 17, 42, 8, 0, 255, 11, 12]])
 
@@ -133,7 +133,7 @@ def test_lazy_runtime_quantization(llama128):
 
 def test_runtime_quantization_report(llama128):
     _, config, report = build_model(llama128, load_config(llama128), quant={"bits": 4})
-    q = report["quantization"]
+    q = report.quantization
     assert (q["source"], q["quantized"], q["quantized_layers"], q["float_layers"]) == ("runtime", 16, 16, 0)
     assert q["layers"]["lm_head"] == {"group_size": 64, "bits": 4, "mode": "affine"}
     assert config["quantization_config"] == config["quantization"]
@@ -202,8 +202,8 @@ def test_indivisible_layers_stay_float_and_are_counted(tmp_path):
     # down_proj takes 96 inputs: not a multiple of 64, a multiple of 32.
     model_dir = make_model(tmp_path / "m", intermediate_size=96)
     model, config, report = build_model(model_dir, load_config(model_dir), quant={"bits": 4})
-    assert report["quantization"]["float_indivisible"] == 2
-    assert report["quantization"]["quantized"] == 14  # 16 layers with a weight
+    assert report.quantization["float_indivisible"] == 2
+    assert report.quantization["quantized"] == 14  # 16 layers with a weight
     assert type(model.model.layers[1].mlp.down_proj) is nn.Linear
     ref, ref_config = mlx_lm_quantized(model_dir, bits=4)
     assert config == ref_config
@@ -211,7 +211,7 @@ def test_indivisible_layers_stay_float_and_are_counted(tmp_path):
     # A rule with a group size that fits quantizes them.
     quant = {"bits": 4, "rules": [{"pattern": "down_proj", "bits": 4, "group_size": 32}]}
     model, _, report = build_model(model_dir, load_config(model_dir), quant=quant)
-    assert report["quantization"]["float_indivisible"] == 0
+    assert report.quantization["float_indivisible"] == 0
     assert settings_of(model.model.layers[1].mlp.down_proj) == (4, 32, "affine")
 
 
@@ -315,9 +315,9 @@ def test_rules_that_match_nothing_are_reported(llama128, caplog):
     quant = {"bits": 4, "rules": [{"pattern": r"mlp\.gate$", "bits": 8}, {"pattern": "q_prj", "skip": True},
                                   {"pattern": "q_proj", "skip": True}]}
     _, _, report = build_model(llama128, load_config(llama128), quant=quant)
-    assert report["quantization"]["unmatched_rules"] == [r"mlp\.gate$", "q_prj"]
+    assert report.quantization["unmatched_rules"] == [r"mlp\.gate$", "q_prj"]
     assert "quant.rules patterns that match no quantizable layer: mlp\\.gate$, q_prj" in caplog.text
-    assert report["quantization"]["float_by_rule_or_predicate"] == 2  # the two q_proj
+    assert report.quantization["float_by_rule_or_predicate"] == 2  # the two q_proj
 
 
 PRESETS = {
@@ -333,12 +333,13 @@ PRESETS = {
 
 
 def test_shipped_quant_presets_parse():
-    from mlxhydra.compose import compose, to_plain
+    from mlxhydra.config.composition import compose
+    from mlxhydra.config.validation import validate
 
     shipped = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "quant").glob("*.yaml"))
     assert shipped == sorted(PRESETS)
     for name, expected in PRESETS.items():
-        spec = parse_quant(to_plain(compose([f"quant={name}"]).quant))
+        spec = validate(compose([f"quant={name}"])).quant  # as a job reads it
         if expected is None:
             assert spec is None
         else:
@@ -364,7 +365,7 @@ def test_quant_node_from_omegaconf(llama128):
 
 
 def test_rule_inherits_unset_values_from_the_top_level_settings():
-    from mlxhydra.quant import parse_quant
+    from mlxhydra.load.quant_spec import parse_quant
 
     spec = parse_quant({"bits": 4, "group_size": 32, "rules": [
         {"pattern": "lm_head", "bits": 8},
@@ -376,7 +377,7 @@ def test_rule_inherits_unset_values_from_the_top_level_settings():
 
 def test_a_group_size_alone_is_refused_unless_rules_use_it():
     from mlxhydra.errors import ConfigError
-    from mlxhydra.quant import parse_quant
+    from mlxhydra.load.quant_spec import parse_quant
 
     with pytest.raises(ConfigError, match=r"quant.group_size=64 without quant.bits"):
         parse_quant({"group_size": 64})

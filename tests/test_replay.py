@@ -116,7 +116,7 @@ def test_seed_everything_seeds_python_numpy_and_mlx():
     import mlx.core as mx
     import numpy as np
 
-    from mlxhydra.run import seed_everything
+    from mlxhydra.runs.job import seed_everything
 
     def draw(seed):
         seed_everything(seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_run, run_cli
+from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,15 @@ def job_dirs(sweep: Path) -> list:
 def read_csv(path: Path) -> list:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def mlx_lm_quantized(model_dir: Path, bits: int, group_size: int):
+    """(bits per weight, parameters) of mlx-lm's own quantization of a model directory."""
+    from mlx_lm import utils as mu
+
+    model, config = mu.load_model(Path(model_dir))
+    model, _ = mu.quantize_model(model, config, group_size, bits)
+    return mu.compute_bits_per_weight(model), mu.get_total_parameters(model)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +67,11 @@ def test_every_job_runs_and_failures_do_not_stop_the_sweep(failed_sweep):
     assert [r["status"] for r in runs] == ["completed", "completed", "failed", "failed"]
     assert [r["job_num"] for r in runs] == [0, 1, 2, 3]
     assert "quant.bits=7" in runs[2]["error"]
-    for r in runs[:2]:
-        assert r["quantization"]["bits_per_weight"] > 4 and r["parameters"] > 0
-        assert (Path(r["run_dir"]) / "metrics.json").is_file()
+    for r, group_size in zip(runs[:2], (32, 64)):
+        bpw, parameters = mlx_lm_quantized(EMBEDDED_TINY, 4, group_size)
+        assert r["quantization"]["bits_per_weight"] == pytest.approx(bpw, rel=1e-12)
+        assert r["parameters"] == parameters
+        assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) == {}  # task=load
     # the float weights are read by the first job and reused by the next
     assert [r.get("weights_cache") for r in runs[:2]] == ["miss", "hit"]
     assert runs[0]["weights_fingerprint"] == runs[1]["weights_fingerprint"]
@@ -146,12 +157,20 @@ def test_joblib_launcher_two_workers(tmp_path):
     (sweep,) = sweep_dirs(tmp_path)  # every worker writes into the parent's sweep dir
     jobs = job_dirs(sweep)
     assert len(jobs) == 4
+    expected = {(bits, gs): mlx_lm_quantized(EMBEDDED_TINY, bits, gs)[0]
+                for bits in (2, 4) for gs in (32, 64)}
+    seen = set()
     for d in jobs:
         for name in JOB_FILES + ("metrics.json",):
             assert (d / name).is_file(), f"{d / name} missing"
         run = read_run(d)
-        assert run["status"] == "completed" and run["quantization"]["bits_per_weight"] > 2
-        assert run["weights_cache"] in ("hit", "miss")
+        quant = {k: v for k, v in (o.split("=") for o in run["overrides"] if o.startswith("quant."))}
+        key = (int(quant["quant.bits"]), int(quant["quant.group_size"]))
+        seen.add(key)
+        assert run["status"] == "completed"
+        assert run["quantization"]["bits_per_weight"] == pytest.approx(expected[key], rel=1e-12)
+        assert run["weights_cache"] in ("hit", "miss")  # which worker ran it first varies
+    assert seen == set(expected)
     rows = read_csv(sweep / "summary.csv")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
 
@@ -190,8 +209,8 @@ def test_weights_cache_copies_and_does_not_change(llama_dir):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from mlxhydra import cache
-    from mlxhydra.loading import build_model, load_config
+    from mlxhydra.load import weights_cache as cache
+    from mlxhydra.load.loader import build_model, load_config
 
     cache.clear()
     opened = []
@@ -210,7 +229,7 @@ def test_weights_cache_copies_and_does_not_change(llama_dir):
     def params(key, bits):
         model, _, report = build_model(llama_dir, load_config(llama_dir),
                                        quant={"bits": bits, "group_size": 32}, weights_key=key)
-        return dict(tree_flatten(model.parameters())), report["weights_cache"]
+        return dict(tree_flatten(model.parameters())), report.weights_cache
 
     plain4, none = params(None, 4)
     assert none is None and cache.cached_keys() == []
@@ -234,3 +253,62 @@ def test_slurm_preset_composes(tmp_path):
     launcher = yaml.safe_load(proc.stdout)  # "# @package hydra.launcher" then the node
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["partition"] == "gpu" and launcher["timeout_min"] == 60
+
+
+def test_weights_cache_gives_each_key_its_own_weights():
+    """A second key never gets the first key's weights, and only one entry is kept."""
+    import mlx.core as mx
+
+    from mlxhydra.load import weights_cache as cache
+
+    cache.clear()
+    opened = []
+
+    def opener(value):
+        def read():
+            opened.append(value)
+            return {"w": mx.array([value])}
+        return read
+
+    try:
+        a, status_a = cache.open_weights("fingerprint-a", opener(1.0))
+        b, status_b = cache.open_weights("fingerprint-b", opener(2.0))
+        assert (status_a, status_b) == ("miss", "miss") and opened == [1.0, 2.0]
+        assert (a["w"].item(), b["w"].item()) == (1.0, 2.0)
+        assert cache.cached_keys() == ["fingerprint-b"]  # a's entry was dropped
+        b2, status = cache.open_weights("fingerprint-b", opener(9.0))
+        assert (status, b2["w"].item(), opened) == ("hit", 2.0, [1.0, 2.0])
+        a2, status = cache.open_weights("fingerprint-a", opener(1.0))
+        assert (status, a2["w"].item(), opened) == ("miss", 1.0, [1.0, 2.0, 1.0])
+    finally:
+        cache.clear()
+
+
+def test_sweep_over_two_model_directories_gives_each_job_its_own_weights(tmp_path):
+    """-m model=./a,./b,./a (same shapes, other weights): each job saves the weights of its
+    own model, exactly as a single run of that model does; the cache never serves a's for b."""
+    from mlxhydra.load.weight_files import combined_fingerprint, describe_files, find_weight_files
+
+    for name, seed in (("a", 1), ("b", 2)):
+        make_model(tmp_path / name, seed=seed)
+    proc = run_cli("-m", "model=./a,./b,./a", "task=save", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = sweep_dirs(tmp_path)
+    jobs = [read_run(d) for d in job_dirs(sweep)]
+    assert [r["status"] for r in jobs] == ["completed"] * 3
+    assert [r["model_dir"] for r in jobs] == [str(tmp_path / n) for n in ("a", "b", "a")]
+    assert [r["weights_cache"] for r in jobs] == ["miss", "miss", "miss"]  # one model kept at a time
+
+    single, seen = {}, set(run_dirs(tmp_path))
+    for name in ("a", "b"):
+        proc = run_cli(f"model=./{name}", "task=save", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [run] = set(run_dirs(tmp_path)) - seen
+        seen.add(run)
+        single[name] = read_run(run)["metrics"]["weights_fingerprint"]
+        # mlx-lm saves what it read: the saved weights are the source's bytes.
+        source = combined_fingerprint(describe_files(find_weight_files(tmp_path / name), "full"))
+        assert single[name] == source
+    assert single["a"] != single["b"]
+    saved = [r["metrics"]["weights_fingerprint"] for r in jobs]
+    assert saved == [single["a"], single["b"], single["a"]]

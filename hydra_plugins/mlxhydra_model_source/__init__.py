@@ -1,7 +1,7 @@
-"""Hydra plugins: serve model directories as ``model=PATH`` (see mlxhydra.model_source)."""
+"""Hydra plugins: serve model directories as ``model=PATH`` (see mlxhydra.config.model_source)."""
 
-from mlxhydra._resolvers import register_resolvers
-from mlxhydra.model_source import ModelDirConfigSource, ModelDirSearchPath
+from mlxhydra.config.model_source import ModelDirConfigSource, ModelDirSearchPath
+from mlxhydra.config.resolvers import register_resolvers
 
 register_resolvers()
 

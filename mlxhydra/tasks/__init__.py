@@ -1,63 +1,58 @@
-"""Tasks that run on the loaded model (``task=<name>``).
+"""Experiments on the loaded model (``task=<name>``), one module each.
 
-Each task is a function ``(cfg, model, config, model_dir, run_dir) -> metrics``
-in its own module; :data:`TASKS` maps ``task.name`` to it. run.py writes the
-returned metrics to ``metrics.json`` and into ``run.json``.
+Each task module exposes ``check(task) -> problems`` (its settings, checked
+by the validate stage before any weight is read) and ``execute(job) ->
+metrics`` (with a :class:`~mlxhydra.tasks.common.TaskInput`); :data:`TASKS`
+maps ``task.name`` to the module. The job writes the returned metrics to
+``metrics.json`` and into ``run.json``.
 """
 
-from pathlib import Path
-from typing import Any, Callable, Dict
-
-from omegaconf import DictConfig
+from importlib import import_module
+from types import ModuleType
+from typing import Any, Dict, List
 
 from ..errors import ConfigError
-from .accuracy import accuracy_task
-from .bench import bench_task
-from .generate import generate_task
-from .kl import kl_task
-from .perplexity import perplexity_task
-from .save import save_task
+from .common import Metrics, TaskInput
 
-Metrics = Dict[str, Any]
-
-
-def load_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path) -> Metrics:
-    """Load and record only; no metrics."""
-    return {}
-
-
-TASKS: Dict[str, Callable[..., Metrics]] = {
-    "load": load_task,
-    "generate": generate_task,
-    "perplexity": perplexity_task,
-    "kl": kl_task,
-    "accuracy": accuracy_task,
-    "bench": bench_task,
-    "save": save_task,
+# task.name -> module (imported when the task runs: each pulls in parts of mlx-lm)
+TASKS: Dict[str, str] = {
+    "load": "load_only",
+    "generate": "generate",
+    "perplexity": "perplexity",
+    "kl": "kl",
+    "accuracy": "accuracy",
+    "bench": "bench",
+    "save": "save",
 }
 
 
-def run_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path) -> Metrics:
-    """Run ``cfg.task.name`` on the loaded model.
-
-    Args:
-        cfg: The composed config (``cfg.task`` holds the task's settings).
-        model: The loaded (and possibly quantized) model.
-        config: Its model config, with the ``quantization`` entry when quantized.
-        model_dir: The model directory (tokenizer and data files are found there).
-        run_dir: The run directory (tasks may write files there).
-
-    Returns:
-        The task's metrics (JSON-serializable).
+def task_module(name: Any) -> ModuleType:
+    """The module of task ``name``.
 
     Raises:
-        ConfigError: unknown task name.
-        TaskError: bad task settings or data.
+        ConfigError: an unknown task name, with the known ones.
     """
-    name = cfg.task.get("name")
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise ConfigError(f"task.name={name!r}: expected one of {', '.join(sorted(TASKS))}")
-    return TASKS[name](cfg, model, config, Path(model_dir), Path(run_dir))
+    return import_module(f"{__name__}.{TASKS[name]}")
 
 
-__all__ = ["TASKS", "run_task", "load_task"]
+def check_task(task: Dict[str, Any]) -> List[str]:
+    """Every problem of a task's settings (its name included)."""
+    try:
+        module = task_module(task.get("name"))
+    except ConfigError as e:
+        return e.problems
+    return module.check(task)
+
+
+def run_task(job: TaskInput) -> Metrics:
+    """Run ``job.task["name"]`` on the loaded model and return its metrics.
+
+    Raises:
+        TaskError: data the task cannot use.
+    """
+    return task_module(job.task.get("name")).execute(job)
+
+
+__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_module"]

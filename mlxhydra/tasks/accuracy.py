@@ -3,15 +3,20 @@
 import json
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List
 
-from omegaconf import DictConfig
-
-from ..compose import to_plain
 from ..errors import TaskError
-from .common import find_data, load_tokenizer, peak_memory_gb, positive, progress, read_jsonl
-from .generate import generate_text, make_prompt
+from .common import (
+    Metrics,
+    SettingsCheck,
+    TaskInput,
+    find_data,
+    load_tokenizer,
+    peak_memory_gb,
+    progress,
+    read_jsonl,
+)
+from .generate import check_prompt, generate_text, make_prompt
 
 log = logging.getLogger("mlxhydra")
 
@@ -19,7 +24,17 @@ DEFAULT_DATA = "accuracy.jsonl"
 PREDICTIONS = "predictions.jsonl"
 
 
-def accuracy_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+def check(task: Dict[str, Any]) -> List[str]:
+    """Every problem of task=accuracy's settings."""
+    c = SettingsCheck(task)
+    c.integer("max_tokens")
+    c.integer("num_samples", allow_negative_one=True)
+    c.data_file()
+    check_prompt(c)
+    return c.problems
+
+
+def execute(job: TaskInput) -> Metrics:
     """Greedy-decode each prompt (stop at eos or a newline) and compare with the answer.
 
     The prediction and the answer are compared after stripping surrounding
@@ -29,28 +44,27 @@ def accuracy_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, ru
         Metrics: accuracy, correct, total, data, predictions, seconds, peak_memory_gb.
 
     Raises:
-        TaskError: missing, empty or malformed data file; bad settings.
+        TaskError: missing, empty or malformed data file.
     """
     from mlx_lm.sample_utils import make_sampler
 
-    task = to_plain(cfg.task)
-    max_tokens = positive(task, "max_tokens")
-    limit = positive(task, "num_samples", allow_negative_one=True)
-    path = find_data(task.get("data"), model_dir, DEFAULT_DATA, "task.data")
+    task = job.task
+    max_tokens, limit = task["max_tokens"], task["num_samples"]
+    path = find_data(task.get("data"), job.model_dir, DEFAULT_DATA, "task.data")
     rows = read_jsonl(path, ("prompt", "answer"))
     if not rows:
         raise TaskError(f"task.data: {path} holds no JSON lines")
     if limit > 0:
         rows = rows[:limit]
-    tokenizer = load_tokenizer(model_dir, config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config)
     sampler = make_sampler(0.0)
     start = time.perf_counter()
     correct = 0
-    predictions = run_dir / PREDICTIONS
+    predictions = job.run_dir / PREDICTIONS
     with open(predictions, "w", encoding="utf-8") as f:
         for line, row in progress(rows, len(rows), "accuracy"):
             prompt = make_prompt(tokenizer, {**task, "prompt": str(row["prompt"]), "messages": None})
-            out = generate_text(model, tokenizer, prompt, max_tokens, sampler, stop="\n")
+            out = generate_text(job.model, tokenizer, prompt, max_tokens, sampler, stop="\n")
             ok = out["text"].strip() == str(row["answer"]).strip()
             correct += ok
             f.write(json.dumps({"line": line, "prompt": row["prompt"], "answer": row["answer"],

@@ -2,20 +2,25 @@
 
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List
 
-from omegaconf import DictConfig
-
-from ..compose import to_plain
-from .common import load_tokenizer, positive, progress
+from .._upstream import clear_eos_tokens
+from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer, progress
 
 log = logging.getLogger("mlxhydra")
 
 KEYS = ("prompt_tps", "generation_tps", "peak_memory")
 
 
-def bench_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+def check(task: Dict[str, Any]) -> List[str]:
+    """Every problem of task=bench's settings."""
+    c = SettingsCheck(task)
+    for key in ("prompt_tokens", "generation_tokens", "trials", "prefill_step_size"):
+        c.integer(key)
+    return c.problems
+
+
+def execute(job: TaskInput) -> Metrics:
     """Time mlx-lm's ``stream_generate`` on random prompt tokens, as ``mlx_lm.benchmark`` does.
 
     One warm-up, then ``task.trials`` timed runs of ``prompt_tokens`` random
@@ -29,19 +34,17 @@ def bench_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_d
     import mlx.core as mx
     from mlx_lm.generate import stream_generate
 
-    task = to_plain(cfg.task)
-    prompt_tokens = positive(task, "prompt_tokens")
-    generation_tokens = positive(task, "generation_tokens")
-    trials = positive(task, "trials")
-    prefill = positive(task, "prefill_step_size")
-    tokenizer = load_tokenizer(model_dir, config)
-    tokenizer._eos_token_ids = set()  # as mlx_lm.benchmark: never stop early
+    task, config = job.task, job.model_config
+    prompt_tokens, generation_tokens = task["prompt_tokens"], task["generation_tokens"]
+    trials, prefill = task["trials"], task["prefill_step_size"]
+    tokenizer = load_tokenizer(job.model_dir, config)
+    clear_eos_tokens(tokenizer)  # as mlx_lm.benchmark: never stop early
     vocab_size = config.get("vocab_size") or config["text_config"]["vocab_size"]
-    mx.random.seed(int(cfg.seed))
+    mx.random.seed(job.seed)
     prompt = mx.random.randint(0, vocab_size, (1, prompt_tokens)).tolist()[0]
 
     def once():
-        for response in stream_generate(model, tokenizer, prompt, max_tokens=generation_tokens,
+        for response in stream_generate(job.model, tokenizer, prompt, max_tokens=generation_tokens,
                                          prefill_step_size=prefill):
             pass
         return response

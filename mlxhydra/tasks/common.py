@@ -1,16 +1,37 @@
-"""Helpers shared by the tasks: tokenizer, data files, token chunks, progress, timing."""
+"""What the tasks share: their input, settings checks, tokenizer, data files, token chunks, progress."""
 
 import hashlib
 import json
 import logging
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..config.model_source import embedded_models_dir
 from ..errors import TaskError
-from ..model_source import embedded_models_dir
 
 log = logging.getLogger("mlxhydra")
+
+Metrics = Dict[str, Any]
+
+
+@dataclass
+class TaskInput:
+    """Everything a task gets: its validated settings and the loaded model.
+
+    ``task``, ``load`` and ``seed`` are plain Python (the config resolved).
+    """
+
+    task: Dict[str, Any]
+    seed: int
+    load: Dict[str, Any]
+    model: Any
+    model_config: Dict[str, Any]  # with the quantization entry when quantized
+    model_dir: Path
+    run_dir: Path
+
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "spiece.model", "tiktoken.model")
@@ -43,7 +64,9 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
     try:
         return mlx_load_tokenizer(model_dir, eos_token_ids=eos)
     except Exception as e:  # transformers raises many kinds
-        raise TaskError(f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {e}")
+        raise TaskError(
+            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {e}"
+        ) from e
 
 
 def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str) -> Path:
@@ -114,7 +137,7 @@ def read_jsonl(path: Path, fields: Iterable[str], key: str = "task.data") -> Lis
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TaskError(f"{key}: {path} line {n}: invalid JSON: {e.msg}")
+            raise TaskError(f"{key}: {path} line {n}: invalid JSON: {e.msg}") from None
         missing = [f for f in fields if not isinstance(row, dict) or f not in row]
         if missing:
             raise TaskError(f"{key}: {path} line {n}: missing field(s) {', '.join(missing)}")
@@ -136,8 +159,6 @@ def token_chunks(tokenizer, texts: List[str], sequence_length: int, num_samples:
     import mlx.core as mx
     from mlx_lm.tuner.datasets import TextDataset
 
-    if sequence_length < 2:
-        raise TaskError(f"task.sequence_length={sequence_length}: expected at least 2")
     dataset = TextDataset([{"text": t} for t in texts], tokenizer)
     wanted = sequence_length * num_samples if num_samples > 0 else None
     tokens: List[int] = []
@@ -178,20 +199,64 @@ def progress(iterable: Iterable[Any], total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
 
 
-def positive(cfg_task: Any, key: str, allow_zero: bool = False, allow_negative_one: bool = False) -> int:
-    """Read an integer setting and check it.
+class SettingsCheck:
+    """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
-    Raises:
-        TaskError: naming ``task.<key>`` and its value.
+    Each task's ``check(task)`` uses one and returns its ``problems``; the
+    validate stage reports them together before any weight is read.
     """
-    value = cfg_task.get(key)
-    ok = type(value) is int and (value > 0 or (allow_zero and value == 0)
-                                 or (allow_negative_one and value == -1))
-    if not ok:
-        expect = "a positive integer" + (" or 0" if allow_zero else "") + (
-            " or -1" if allow_negative_one else "")
-        raise TaskError(f"task.{key}={value!r}: expected {expect}")
-    return value
+
+    def __init__(self, task: Mapping[str, Any]):
+        self.task = task
+        self.problems: List[str] = []
+
+    def fail(self, key: str, expected: str) -> None:
+        self.problems.append(f"task.{key}={self.task.get(key)!r}: expected {expected}")
+
+    def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False) -> None:
+        """An integer >= ``minimum`` (1: positive, 0: or 0), or -1 when allowed."""
+        value = self.task.get(key)
+        ok = type(value) is int and (value >= minimum or (allow_negative_one and value == -1))
+        if not ok:
+            expect = ("a positive integer" if minimum == 1 else "a positive integer or 0"
+                      if minimum == 0 else f"at least {minimum}")
+            self.fail(key, expect + (" or -1" if allow_negative_one else ""))
+
+    def number(self, key: str, low: float, high: Optional[float] = None, expected: str = "",
+               optional: bool = False) -> None:
+        """A finite number in [low, high] (null allowed when optional)."""
+        value = self.task.get(key)
+        if value is None and optional:
+            return
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and value >= low and (high is None or value <= high))
+        if not ok:
+            self.fail(key, expected or (f"a number in {low}..{high}" if high is not None
+                                        else f"a number >= {low}"))
+
+    def boolean(self, key: str) -> None:
+        if not isinstance(self.task.get(key, False), bool):
+            self.fail(key, "true or false")
+
+    def choice(self, key: str, choices: Sequence[Any], default: Any = None) -> None:
+        if self.task.get(key, default) not in choices:
+            self.fail(key, "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c)
+                                                 for c in choices))
+
+    def data_file(self, key: str = "data") -> None:
+        """An explicit data file must exist and not be empty (null: the default file)."""
+        value = self.task.get(key)
+        if value is None:
+            return
+        if not isinstance(value, str) or not value:
+            self.fail(key, "a file path or null")
+            return
+        path = Path(value).expanduser().absolute()
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            self.problems.append(f"task.{key}={value}: {path} {what}")
+        elif path.stat().st_size == 0:
+            self.problems.append(f"task.{key}: {path} is empty")
 
 
 def peak_memory_gb() -> float:

@@ -1,16 +1,53 @@
 """``task=generate``: text from a prompt or chat messages, with mlx-lm's sampler."""
 
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig
-
-from ..compose import to_plain
 from ..errors import TaskError
-from .common import load_tokenizer, positive
+from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer
 
 log = logging.getLogger("mlxhydra")
+
+
+def check_prompt(check: SettingsCheck) -> None:
+    """The prompt settings shared with task=accuracy: chat, prompt or messages."""
+    task = check.task
+    check.choice("chat", ("auto", True, False), default="auto")
+    messages = task.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
+        ):
+            check.problems.append("task.messages: expected a non-empty list of {role, content} items")
+        elif task.get("chat", "auto") is False:
+            check.problems.append("task.messages needs task.chat=auto or true (a chat template)")
+    system = task.get("system_prompt")
+    if system is not None and not isinstance(system, str):
+        check.fail("system_prompt", "a string or null")
+
+
+def check_sampling(check: SettingsCheck) -> None:
+    """Sampling settings: temperature, top_p, min_p, top_k, repetition_penalty."""
+    check.number("temperature", 0.0, expected=">= 0", optional=True)
+    check.number("top_p", 0.0, 1.0, expected="0..1 (0 or 1: off)", optional=True)
+    check.number("min_p", 0.0, 1.0, expected="0..1", optional=True)
+    top_k = check.task.get("top_k") or 0
+    if type(top_k) is not int or top_k < 0:
+        check.fail("top_k", "an integer >= 0 (0: off)")
+    check.number("repetition_penalty", 0.0, expected=">= 0, or null (off)", optional=True)
+
+
+def check(task: Dict[str, Any]) -> List[str]:
+    """Every problem of task=generate's settings."""
+    c = SettingsCheck(task)
+    c.integer("max_tokens")
+    check_prompt(c)
+    if task.get("messages") is None:
+        prompt = task.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            c.fail("prompt", "a non-empty string (or set task.messages)")
+    check_sampling(c)
+    return c.problems
 
 
 def make_prompt(tokenizer, task: Dict[str, Any]) -> List[int]:
@@ -22,20 +59,9 @@ def make_prompt(tokenizer, task: Dict[str, Any]) -> List[int]:
     need a chat template.
 
     Raises:
-        TaskError: no prompt, bad messages, or a chat template required but absent.
+        TaskError: a chat template required but absent.
     """
     chat, prompt, messages = task.get("chat", "auto"), task.get("prompt"), task.get("messages")
-    if chat not in ("auto", True, False):
-        raise TaskError(f"task.chat={chat!r}: expected auto, true or false")
-    if messages is not None:
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
-        ):
-            raise TaskError("task.messages: expected a non-empty list of {role, content} items")
-        if chat is False:
-            raise TaskError("task.messages needs task.chat=auto or true (a chat template)")
-    elif not isinstance(prompt, str) or not prompt:
-        raise TaskError(f"task.prompt={prompt!r}: expected a non-empty string (or set task.messages)")
     use_chat = tokenizer.has_chat_template if chat == "auto" and messages is None else chat is not False
     if use_chat and not tokenizer.has_chat_template:
         what = "task.messages" if messages is not None else "task.chat=true"
@@ -49,25 +75,13 @@ def make_prompt(tokenizer, task: Dict[str, Any]) -> List[int]:
 
 
 def make_sampler_from(task: Dict[str, Any]):
-    """mlx-lm's sampler and logits processors for the task's sampling settings.
-
-    Raises:
-        TaskError: a setting out of range.
-    """
+    """mlx-lm's sampler and logits processors for the task's (checked) sampling settings."""
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     temp = float(task.get("temperature") or 0.0)
     top_p = float(task.get("top_p") or 0.0)
     min_p = float(task.get("min_p") or 0.0)
     top_k = task.get("top_k") or 0
-    if temp < 0:
-        raise TaskError(f"task.temperature={temp}: expected >= 0")
-    if not 0.0 <= top_p <= 1.0:
-        raise TaskError(f"task.top_p={top_p}: expected 0..1 (0 or 1: off)")
-    if not 0.0 <= min_p <= 1.0:
-        raise TaskError(f"task.min_p={min_p}: expected 0..1")
-    if type(top_k) is not int or top_k < 0:
-        raise TaskError(f"task.top_k={top_k!r}: expected an integer >= 0 (0: off)")
     penalty = task.get("repetition_penalty")
     processors = make_logits_processors(repetition_penalty=penalty) if penalty else None
     return make_sampler(temp, top_p=top_p, min_p=min_p, top_k=top_k), processors
@@ -103,8 +117,8 @@ def generate_text(model, tokenizer, prompt: List[int], max_tokens: int, sampler,
     }
 
 
-def generate_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
-    """Generate text; the seed is reset to ``cfg.seed`` just before sampling.
+def execute(job: TaskInput) -> Metrics:
+    """Generate text; the seed is reset to the job's seed just before sampling.
 
     Returns:
         Metrics: text, finish_reason, prompt_tokens, generation_tokens,
@@ -112,13 +126,12 @@ def generate_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, ru
     """
     import mlx.core as mx
 
-    task = to_plain(cfg.task)
-    max_tokens = positive(task, "max_tokens")
-    tokenizer = load_tokenizer(model_dir, config)
+    task = job.task
+    tokenizer = load_tokenizer(job.model_dir, job.model_config)
     prompt = make_prompt(tokenizer, task)
     sampler, processors = make_sampler_from(task)
-    mx.random.seed(int(cfg.seed))
-    out = generate_text(model, tokenizer, prompt, max_tokens, sampler, processors)
+    mx.random.seed(job.seed)
+    out = generate_text(job.model, tokenizer, prompt, task["max_tokens"], sampler, processors)
     log.info(
         "generate: %d prompt tokens at %.1f tokens/s, %d generated at %.1f tokens/s, "
         "peak memory %.3f GB: %r",

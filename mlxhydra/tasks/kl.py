@@ -14,20 +14,45 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
-from omegaconf import DictConfig
 
-from ..compose import to_plain
 from ..errors import TaskError
-from .common import file_sha256, load_tokenizer, peak_memory_gb, positive, progress
-from .perplexity import eval_data
-from .reference import build_reference, cache_key, check_fingerprint, resolve_reference
+from ..runs.atomic import atomic_directory
+from .common import (
+    Metrics,
+    SettingsCheck,
+    TaskInput,
+    file_sha256,
+    load_tokenizer,
+    peak_memory_gb,
+    progress,
+)
+from .perplexity import check_eval_data, eval_data
+from .reference import (
+    build_reference,
+    cache_key,
+    check_fingerprint,
+    reference_problems,
+    resolve_reference,
+)
 
 log = logging.getLogger("mlxhydra")
 
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check(task: Dict[str, Any]) -> List[str]:
+    """Every problem of task=kl's settings."""
+    c = SettingsCheck(task)
+    check_eval_data(c)
+    c.choice("cache_dtype", CACHE_DTYPES, default="float32")
+    c.boolean("cache")
+    cache_dir = task.get("cache_dir")
+    if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
+        c.fail("cache_dir", "a directory path or null")
+    return c.problems + reference_problems(task.get("reference"))
 
 
 def log_probs(model, batch):
@@ -57,23 +82,17 @@ def write_reference(model, tokens, batch_size: int, dtype: str, target: Path, me
     """
     import mlx.core as mx
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        starts = range(0, tokens.shape[0], batch_size)
-        for i, s in enumerate(progress(starts, len(starts), "reference")):
-            lp = log_probs(model, tokens[s: s + batch_size]).astype(getattr(mx, dtype))
-            mx.save_safetensors(str(tmp / f"logprobs-{i:05d}.safetensors"), {"logprobs": lp})
-        (tmp / "meta.json").write_text(json.dumps({**meta, "batches": len(starts)}, indent=2,
-                                                  default=str))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "meta.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            starts = range(0, tokens.shape[0], batch_size)
+            for i, s in enumerate(progress(starts, len(starts), "reference")):
+                lp = log_probs(model, tokens[s: s + batch_size]).astype(getattr(mx, dtype))
+                mx.save_safetensors(str(tmp / f"logprobs-{i:05d}.safetensors"), {"logprobs": lp})
+            (tmp / "meta.json").write_text(json.dumps({**meta, "batches": len(starts)}, indent=2,
+                                                      default=str))
+    except (FileExistsError, OSError):
+        if not is_cached(target):  # another process wrote the same reference first: keep it
+            raise
 
 
 def is_cached(target: Path) -> bool:
@@ -137,7 +156,7 @@ def summarize(t: Dict[str, np.ndarray]) -> Dict[str, Any]:
     }
 
 
-def kl_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+def execute(job: TaskInput) -> Metrics:
     """KL divergence of this model from a reference on ``task.data``.
 
     Returns:
@@ -145,19 +164,17 @@ def kl_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir:
         cache_path, samples, sequence_length, data, seconds, peak_memory_gb.
 
     Raises:
-        TaskError: bad settings, data or reference.
+        TaskError: bad data or reference.
     """
     import mlx.core as mx
 
     start = time.perf_counter()
-    task = to_plain(cfg.task)
-    batch_size = positive(task, "batch_size")
+    task = job.task
+    batch_size = task["batch_size"]
     dtype = task.get("cache_dtype") or "float32"
-    if dtype not in CACHE_DTYPES:
-        raise TaskError(f"task.cache_dtype={dtype!r}: expected one of {', '.join(CACHE_DTYPES)}")
-    tokenizer = load_tokenizer(model_dir, config)
-    tokens, path = eval_data(task, tokenizer, model_dir)
-    ref = resolve_reference(task.get("reference"), model_dir, to_plain(cfg.load) or {})
+    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokens, path = eval_data(task, tokenizer, job.model_dir)
+    ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
     check_fingerprint(ref)
     settings = {k: task.get(k) for k in ("sequence_length", "num_samples", "batch_size")}
     settings["cache_dtype"] = dtype
@@ -182,7 +199,7 @@ def kl_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir:
         del reference
         mx.clear_cache()
     try:
-        out = summarize(compare(model, tokens, batch_size, target))
+        out = summarize(compare(job.model, tokens, batch_size, target))
     finally:
         if scratch is not None:
             scratch.cleanup()

@@ -6,17 +6,39 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
-from omegaconf import DictConfig
-
-from ..compose import to_plain
-from ..errors import TaskError
-from .common import file_sha256, find_data, load_tokenizer, peak_memory_gb, positive, read_texts, token_chunks
+from .common import (
+    Metrics,
+    SettingsCheck,
+    TaskInput,
+    file_sha256,
+    find_data,
+    load_tokenizer,
+    peak_memory_gb,
+    read_texts,
+    token_chunks,
+)
 
 log = logging.getLogger("mlxhydra")
 
 DEFAULT_DATA = "eval.txt"
+
+
+def check_eval_data(c: SettingsCheck) -> None:
+    """The data settings shared with task=kl."""
+    c.integer("sequence_length", minimum=2)
+    c.integer("num_samples", allow_negative_one=True)
+    c.integer("batch_size")
+    c.boolean("lines")
+    c.data_file()
+
+
+def check(task: Dict[str, Any]) -> List[str]:
+    """Every problem of task=perplexity's settings."""
+    c = SettingsCheck(task)
+    check_eval_data(c)
+    return c.problems
 
 
 def eval_data(task: Dict[str, Any], tokenizer, model_dir: Path):
@@ -26,19 +48,15 @@ def eval_data(task: Dict[str, Any], tokenizer, model_dir: Path):
         (tokens, path): the token rows and the data file's path.
 
     Raises:
-        TaskError: missing, empty or malformed data file; bad settings.
+        TaskError: missing, empty or malformed data file.
     """
-    sequence_length = positive(task, "sequence_length")
-    num_samples = positive(task, "num_samples", allow_negative_one=True)
     path = find_data(task.get("data"), model_dir, DEFAULT_DATA, "task.data")
-    lines = task.get("lines", False)
-    if not isinstance(lines, bool):
-        raise TaskError(f"task.lines={lines!r}: expected true or false")
-    texts = read_texts(path, lines)
-    return token_chunks(tokenizer, texts, sequence_length, num_samples, path), path
+    texts = read_texts(path, task.get("lines", False))
+    tokens = token_chunks(tokenizer, texts, task["sequence_length"], task["num_samples"], path)
+    return tokens, path
 
 
-def perplexity(model, tokens, batch_size: int) -> Dict[str, Any]:
+def compute_perplexity(model, tokens, batch_size: int) -> Dict[str, Any]:
     """mlx-lm's ``eval_ppl`` on token rows, timed.
 
     Its per-batch progress lines go to stderr when that is a terminal and are
@@ -65,18 +83,16 @@ def perplexity(model, tokens, batch_size: int) -> Dict[str, Any]:
     }
 
 
-def perplexity_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+def execute(job: TaskInput) -> Metrics:
     """Perplexity of the model on ``task.data`` (default: the model's ``eval.txt``).
 
     Returns:
         Metrics: perplexity, perplexity_stderr, tokens_evaluated, samples,
         sequence_length, tokens_per_second, seconds, peak_memory_gb, data, data_sha256.
     """
-    task = to_plain(cfg.task)
-    batch_size = positive(task, "batch_size")
-    tokenizer = load_tokenizer(model_dir, config)
-    tokens, path = eval_data(task, tokenizer, model_dir)
-    out = perplexity(model, tokens, batch_size)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokens, path = eval_data(job.task, tokenizer, job.model_dir)
+    out = compute_perplexity(job.model, tokens, job.task["batch_size"])
     out.update(
         samples=tokens.shape[0], sequence_length=tokens.shape[1],
         peak_memory_gb=peak_memory_gb(), data=str(path), data_sha256=file_sha256(path),

@@ -5,10 +5,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from ..errors import TaskError
-from ..records import read_json
+from ..errors import MlxhydraError, TaskError
+from ..runs.run_dir import RunDir
 
 log = logging.getLogger("mlxhydra")
 
@@ -37,40 +37,38 @@ class Reference:
 
 
 def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
-    from ..loading import load_config
+    from ..load.loader import load_config
 
     try:
         return load_config(model_dir)
     except (OSError, ValueError) as e:
-        raise TaskError(f"task.reference: {e}")
+        raise TaskError(f"task.reference: {e}") from e
 
 
-def _from_run(run_dir: Path) -> Reference:
-    """Rebuild a past run's model from its ``.hydra/config.yaml`` and ``model_config.json``."""
-    from omegaconf import OmegaConf
+def _from_run(path: Path, trust_remote_code: bool) -> Reference:
+    """Rebuild a past run's model from its ``.hydra/config.yaml`` and ``model_config.json``.
 
-    from ..compose import to_plain
-    from ..loading import apply_mlx_lm_adjustments
+    What the run directory holds is read as data, never resolved. Consent to
+    run a model directory's code is the current command's, never the record's.
+    """
+    from ..load.loader import apply_mlx_lm_adjustments
 
-    hydra_file = run_dir / ".hydra" / "config.yaml"
-    if not hydra_file.is_file():
-        raise TaskError(f"task.reference={run_dir}: a run directory needs .hydra/config.yaml")
+    run_dir = RunDir(path)
+    if not run_dir.config.is_file():
+        raise TaskError(f"task.reference={path}: a run directory needs .hydra/config.yaml")
     try:
-        saved = OmegaConf.load(hydra_file)
-        quant = to_plain(saved.get("quant"))
-        load = to_plain(saved.get("load")) or {}
+        saved = run_dir.read_config()
+        quant = saved.get("quant")
+        load = {**(saved.get("load") or {}), "trust_remote_code": trust_remote_code}
         model_dir = Path(saved.get("model_dir") or "")
-        config = (read_json(run_dir / "model_config.json")
-                  if (run_dir / "model_config.json").is_file() else to_plain(saved.model))
-    except Exception as e:
-        raise TaskError(f"task.reference={run_dir}: cannot read its saved config: {e}")
-    if not (model_dir / "config.json").is_file():
-        raise TaskError(f"task.reference={run_dir}: its model directory {model_dir} is gone")
+        config = run_dir.read_model_config() or saved.get("model")
+        recorded = run_dir.read_record().get("weights_fingerprint")
+    except MlxhydraError as e:
+        raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
+    if not isinstance(config, dict) or not (model_dir / "config.json").is_file():
+        raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone")
     apply_mlx_lm_adjustments(model_dir, config)
-    recorded = None
-    if (run_dir / "run.json").is_file():
-        recorded = read_json(run_dir / "run.json").get("weights_fingerprint")
-    return Reference("run", run_dir, model_dir, config, quant, load, recorded)
+    return Reference("run", path, model_dir, config, quant, load, recorded)
 
 
 def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any]) -> Reference:
@@ -90,13 +88,28 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
                                      "fingerprint")}
     if value is None:
         return Reference("default", model_dir, model_dir, _model_dir_config(model_dir), None, keep)
+    problems = reference_problems(value)
+    if problems:
+        raise TaskError(problems[0])
     path = Path(value).expanduser().absolute()
     if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
-        return _from_run(path)
+        return _from_run(path, bool(load.get("trust_remote_code")))
+    return Reference("model", path, path, _model_dir_config(path), None, keep)
+
+
+def reference_problems(value: Any) -> List[str]:
+    """Problems with ``task.reference`` found without reading any weight."""
+    if value is None:
+        return []
+    if not isinstance(value, str) or not value:
+        return [f"task.reference={value!r}: expected a model or run directory, or null"]
+    path = Path(value).expanduser().absolute()
+    if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
+        return []
     if (path / "config.json").is_file():
-        return Reference("model", path, path, _model_dir_config(path), None, keep)
+        return []
     what = "does not exist" if not path.exists() else "holds neither config.json nor run.json"
-    raise TaskError(f"task.reference={value}: {path} {what} (expected a model or run directory)")
+    return [f"task.reference={value}: {path} {what} (expected a model or run directory)"]
 
 
 def check_fingerprint(ref: Reference) -> str:
@@ -105,12 +118,12 @@ def check_fingerprint(ref: Reference) -> str:
     Raises:
         TaskError: a past run's weights changed since it ran.
     """
-    from ..weights import combined_fingerprint, describe_files, require_weight_files
+    from ..load.weight_files import combined_fingerprint, describe_files, require_weight_files
 
     try:
         files = require_weight_files(ref.model_dir)
     except FileNotFoundError as e:
-        raise TaskError(f"task.reference: {e}")
+        raise TaskError(f"task.reference: {e}") from e
     current = combined_fingerprint(describe_files(files, ref.load.get("fingerprint") or "fast"))
     if ref.weights_fingerprint is not None and ref.weights_fingerprint != current:
         raise TaskError(
@@ -127,8 +140,8 @@ def build_reference(ref: Reference):
     Returns:
         The model (evaluated).
     """
-    from ..loading import build_model
-    from ..quant import parse_quant
+    from ..load.loader import build_model
+    from ..load.quant_spec import parse_quant
 
     load = ref.load
     model, _, _ = build_model(

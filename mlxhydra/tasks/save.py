@@ -2,16 +2,13 @@
 
 import copy
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
-from omegaconf import DictConfig
-
-from ..compose import to_plain
 from ..errors import TaskError
+from ..runs.atomic import atomic_directory
+from .common import Metrics, TaskInput
 
 log = logging.getLogger("mlxhydra")
 
@@ -32,21 +29,26 @@ def copy_side_files(src: Path, dst: Path) -> List[str]:
     return names
 
 
-def target_path(value: Any, run_dir: Path) -> Path:
-    """``task.path`` as an absolute path (default ``<run_dir>/model``).
-
-    Raises:
-        TaskError: the path exists already, or its parent is not a directory.
-    """
-    path = run_dir / "model" if value in (None, "") else Path(str(value)).expanduser().absolute()
+def target_problems(value: Any) -> List[str]:
+    """Problems with an explicit ``task.path`` (the default in the run directory is always new)."""
+    if value in (None, ""):
+        return []
+    if not isinstance(value, str):
+        return [f"task.path={value!r}: expected a directory path or null"]
+    path = Path(value).expanduser().absolute()
     if path.exists() or path.is_symlink():
-        raise TaskError(f"task.path={path}: already exists; refusing to overwrite it")
+        return [f"task.path={path}: already exists; refusing to overwrite it"]
     if path.parent.exists() and not path.parent.is_dir():
-        raise TaskError(f"task.path={path}: {path.parent} is not a directory")
-    return path
+        return [f"task.path={path}: {path.parent} is not a directory"]
+    return []
 
 
-def save_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_dir: Path):
+def check(task: Dict[str, Any]) -> List[str]:
+    """Every problem of task=save's settings."""
+    return target_problems(task.get("path"))
+
+
+def execute(job: TaskInput) -> Metrics:
     """Save the model with mlx-lm's ``save_model``/``save_config`` and copy the tokenizer.
 
     Everything is written into a temporary directory next to the target, which
@@ -57,28 +59,27 @@ def save_task(cfg: DictConfig, model: Any, config: dict, model_dir: Path, run_di
         config's entry or None).
 
     Raises:
-        TaskError: the target exists.
+        TaskError: the target exists (or appeared while saving).
     """
     from mlx_lm.utils import save_config, save_model
 
-    from ..weights import combined_fingerprint, describe_files, weight_files
+    from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
 
-    target = target_path(to_plain(cfg.task).get("path"), run_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    value = job.task.get("path")
+    problems = target_problems(value)
+    if problems:  # checked before loading; it may have appeared since
+        raise TaskError(problems[0])
+    target = job.run_dir / "model" if value in (None, "") else Path(value).expanduser().absolute()
+    config = job.model_config
     try:
-        save_model(tmp, model)
-        saved_config = copy.deepcopy(config)
-        save_config(saved_config, tmp / "config.json")
-        copy_side_files(model_dir, tmp)
-        if target.exists():
-            raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it")
-        os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            save_model(tmp, job.model)
+            save_config(copy.deepcopy(config), tmp / "config.json")
+            copy_side_files(job.model_dir, tmp)
+    except FileExistsError:
+        raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it") from None
     files = sorted(p.name for p in target.iterdir())
-    described = describe_files(weight_files(target), "full")
+    described = describe_files(find_weight_files(target), "full")
     metrics = {
         "path": str(target),
         "bytes": sum(p.stat().st_size for p in target.iterdir() if p.is_file()),

@@ -28,8 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import diff
-from .diff import ABSENT, RunDirError, check_run_dir, table
+from ..config.overrides import parse_overrides
+from ..errors import RunDirError
+from .diff import ABSENT, differences, load_run, table
+from .record import same
+from .run_dir import RunDir, check_run_dir
 
 # Config keys that do not change a job's results (the multirun policy): shown, not checked.
 VOLATILE_CONFIG_KEYS: Tuple[str, ...] = ("sweep.",)
@@ -42,11 +45,11 @@ DROPPED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.sweeper", "h
                  "hydra/sweeper", "hydra/launcher", "hydra.job.id", "hydra.job.num")
 
 
-def recorded(run_dir: Path) -> Dict[str, Any]:
+def recorded(run_dir: RunDir) -> Dict[str, Any]:
     """The recorded cwd, model_dir, config options, hydra overrides and task overrides of a run."""
-    hc = (diff._yaml(run_dir / diff.HYDRA) or {}).get("hydra") or {}  # plain, unresolved
-    record = diff._json(run_dir / diff.RUN_RECORD) or {}
-    config = diff._yaml(run_dir / diff.CONFIG) or {}
+    hc = run_dir.read_hydra()  # plain, unresolved
+    record = run_dir.read_record()
+    config = run_dir.read_config()
     job, runtime = hc.get("job") or {}, hc.get("runtime") or {}
     options = []  # the primary config: --config-name, --config-dir as in the original command
     if job.get("config_name") not in (None, "config"):
@@ -58,7 +61,7 @@ def recorded(run_dir: Path) -> Dict[str, Any]:
         "cwd": runtime.get("cwd") or record.get("cwd"),
         "options": options,
         "model_dir": config.get("model_dir") or record.get("model_dir"),
-        "task": list(diff._yaml(run_dir / diff.OVERRIDES) or []),
+        "task": run_dir.read_overrides(),
         "hydra": [o for o in (hc.get("overrides") or {}).get("hydra") or []
                   if not o.lstrip("+~").startswith(DROPPED_HYDRA)],
     }
@@ -74,15 +77,15 @@ def new_run_dir() -> str:
 def _absolute_model(overrides: List[str], model_dir: Optional[str]) -> List[str]:
     """Rewrite a relative ``model=PATH`` override to the recorded absolute model_dir."""
     out = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.lstrip("+") == "model" and model_dir and not os.path.isabs(value):
-            o = f"{key}={model_dir}"
-        out.append(o)
+    for o in parse_overrides(overrides):
+        text = o.text
+        if o.key == "model" and model_dir and isinstance(o.value, str) and not os.path.isabs(o.value):
+            text = f"{o.prefix}model={model_dir}"
+        out.append(text)
     return out
 
 
-def replay_command(run_dir: Path) -> Tuple[List[str], Path, Path, List[str]]:
+def replay_command(run_dir: RunDir) -> Tuple[List[str], Path, Path, List[str]]:
     """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``."""
     rec = recorded(run_dir)
     notes = []
@@ -100,20 +103,20 @@ def replay_command(run_dir: Path) -> Tuple[List[str], Path, Path, List[str]]:
     return argv, cwd, cwd / out_dir, notes
 
 
-def compare(original: Path, replay: Path) -> List[Tuple[str, Any, Any, str]]:
+def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]:
     """``(field, original, replay, match)`` rows; match is ``yes``, ``NO`` or ``differs``.
 
     ``NO`` marks a checked field that differs; ``differs`` one that is only shown.
     """
-    a, b = diff.load_run(original), diff.load_run(replay)
+    a, b = load_run(original), load_run(replay)
     task = a["config"].get("task.name")
     rows: List[Tuple[str, Any, Any, str]] = []
 
     def check(field: str, va: Any, vb: Any, checked: bool = True) -> None:
-        rows.append((field, va, vb, "yes" if diff.same(va, vb) else ("NO" if checked else "differs")))
+        rows.append((field, va, vb, "yes" if same(va, vb) else ("NO" if checked else "differs")))
 
     check("status", a["status"][""], b["status"][""])
-    config_diffs = diff.differences({"config": a["config"]}, {"config": b["config"]})
+    config_diffs = differences({"config": a["config"]}, {"config": b["config"]})
     for f, va, vb in config_diffs:
         rows.append((f, va, vb, "differs" if f[len("config."):].startswith(VOLATILE_CONFIG_KEYS) else "NO"))
     if not config_diffs:
@@ -152,7 +155,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     for note in notes:
         sys.stderr.write(f"mlxhydra: {note}\n")
-    sys.stderr.write(f"mlxhydra: replaying {original}\n  in {cwd}: {' '.join(command[3:])}\n")
+    sys.stderr.write(f"mlxhydra: replaying {original.path}\n  in {cwd}: {' '.join(command[3:])}\n")
     sys.stderr.flush()
     try:
         stdout = sys.stderr.fileno()  # keep stdout for the table
@@ -163,12 +166,13 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("mlxhydra: replay interrupted\n")
         return 130
-    if not (out_dir / diff.OVERRIDES).is_file():
+    replayed = RunDir(out_dir)
+    if not replayed.overrides.is_file():
         sys.stderr.write(f"mlxhydra: replay failed (exit {rc}) before creating its run directory\n")
         return 1
-    rows = compare(original, out_dir)
+    rows = compare(original, replayed)
     print(table(("field", "original", "replay", "match"), rows))
-    print(f"\noriginal: {original}\nreplay:   {out_dir}")
+    print(f"\noriginal: {original.path}\nreplay:   {out_dir}")
     failed = [r[0] for r in rows if r[3] == "NO"]
     if rc != 0 and "status" not in failed:
         failed.insert(0, f"exit status {rc}")

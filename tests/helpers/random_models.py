@@ -1,6 +1,6 @@
 """Build a small random model with mlx-lm's own classes and save it as mlx-lm saves models.
 
-    python scripts/make_random_model.py OUT_DIR [--model-type llama] [--seed 0] [--shards 1]
+    python tests/helpers/random_models.py OUT_DIR [--model-type llama] [--seed 0] [--shards 1]
         [--quantize BITS] [--mode affine] [--set key=json ...]
 
 Used by the tests' fixtures and the benchmark; nothing is downloaded.
@@ -13,7 +13,9 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from mlx_lm.utils import _get_classes, make_shards, quantize_model, save_config, save_model
+from mlx_lm.utils import quantize_model, save_config, save_model
+
+from mlxhydra._upstream import get_classes
 
 BASE = {
     "llama": {
@@ -51,7 +53,7 @@ def build(out_dir, config, seed=0, shards=1, quantize=None, mode="affine", group
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(seed)
-    model_cls, args_cls = _get_classes(config)
+    model_cls, args_cls = get_classes(config)
     model = model_cls(args_cls.from_dict(config))
     if dtype is not None:
         model.set_dtype(getattr(mx, dtype))

@@ -27,10 +27,14 @@ def wants_help(args: Sequence[str]) -> bool:
 
 def install() -> bool:
     """Cache the config-group listings of this process; True when installed."""
+    from hydra.core.object_type import ObjectType
+
+    from .. import _upstream
+    from ..errors import UpstreamError
+
     try:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra.core.object_type import ObjectType
-    except ImportError:
+        ConfigLoaderImpl = _upstream.ConfigLoaderImpl
+    except UpstreamError:
         return False
     original = getattr(ConfigLoaderImpl, "get_group_options", None)
     if original is None or getattr(original, "_mlxhydra_cached", False):

@@ -9,18 +9,18 @@ when the sweep's ``multirun.yaml`` says which jobs were planned).
 
 import csv
 import io
-import json
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .records import write_bytes_atomic
+from ..config.overrides import override_texts, parse_overrides
+from ..errors import RunDirError
+from .atomic import write_bytes_atomic
+from .record import flatten
+from .run_dir import SweepDir, read_yaml
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png")
 # The metric plotted (and optimised by default) for each task.
 MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perplexity",
                "accuracy": "accuracy", "generate": "generation_tps", "bench": "generation_tps",
@@ -28,73 +28,39 @@ MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perple
 FIXED = ["job", "status", "bits_per_weight", "parameters", "peak_memory_mb", "load_s",
          "weights_cache"]
 TAIL = ["error", "run_dir"]
-_JOB_DIR = re.compile(r"^(\d+)(?:_|$)")
 
 
-def _job_dirs(sweep_dir: Path) -> Dict[int, Path]:
-    """Sub-directories named ``<num>_...`` (Hydra's sweep subdir), by job number."""
-    found: Dict[int, Path] = {}
-    for p in sorted(sweep_dir.iterdir()):
-        m = _JOB_DIR.match(p.name)
-        if not (m and p.is_dir()):
-            continue
-        num = int(m.group(1))
-        if num not in found or (p / "run.json").exists():
-            found[num] = p
-    return found
-
-
-def _sweep_plan(sweep_dir: Path) -> Tuple[List[str], Optional[List[List[str]]]]:
+def _sweep_plan(sweep: SweepDir) -> Tuple[List[str], Optional[List[List[str]]]]:
     """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.exists():
-        return [], None
-    try:
-        from omegaconf import OmegaConf
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        cfg = OmegaConf.load(path)
-        task = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
-        params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
-        target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="") or "")
-        parsed = OverridesParser.create().parse_overrides(
-            task + [f"{k}={v}" for k, v in params.items()]
-        )
-    except Exception as e:  # a summary must not fail on an odd multirun.yaml
-        log.debug("cannot read the sweep plan in %s: %s", path, e)
+    from .. import _upstream
+
+    try:
+        hydra = (read_yaml(sweep.plan) or {}).get("hydra") or {}
+        task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
+        sweeper = hydra.get("sweeper") or {}
+        params = sweeper.get("params") or {}
+        texts = task + [f"{k}={v}" for k, v in params.items()]
+        keys = [o.key for o in parse_overrides(texts) if o.is_sweep]
+    except (RunDirError, AttributeError) as e:  # a summary must not fail on an odd multirun.yaml
+        log.debug("cannot read the sweep plan in %s: %s", sweep.plan, e)
         return [], None
-    keys = [o.get_key_element() for o in parsed if o.is_sweep_override()]
-    if not target.endswith("BasicSweeper"):
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return keys, None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-        return keys, BasicSweeper.split_arguments(parsed, None)[0]
-    except Exception:
+        parsed = OverridesParser.create().parse_overrides(texts)
+        return keys, _upstream.split_sweep_arguments(parsed, None)[0]
+    except Exception:  # an override the plan cannot expand: the jobs found still show
         return keys, None
 
 
-def _overrides(items: Iterable[str]) -> Dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        if sep:
-            out[key.lstrip("+~")] = value
-    return out
-
-
-def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
-    """Nested metrics as dotted scalar columns (lists are left out)."""
-    out: Dict[str, Any] = {}
-    if not isinstance(d, dict):
-        return out
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, name + "."))
-        elif v is None or isinstance(v, (int, float, str, bool)):
-            out[name] = v
-    return out
+def _metric_columns(metrics: Any) -> Dict[str, Any]:
+    """Nested metrics as dotted scalar columns (lists and other values left out)."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {k: v for k, v in flatten(metrics, lists=False).items()
+            if v is None or isinstance(v, (int, float, str, bool))}
 
 
 def _row(num: int, run: Dict[str, Any], run_dir: Path, sweep_dir: Path) -> Dict[str, Any]:
@@ -114,8 +80,8 @@ def _row(num: int, run: Dict[str, Any], run_dir: Path, sweep_dir: Path) -> Dict[
         "objective": run.get("objective"),
         "error": (str(error).splitlines() or [""])[0][:200] if error else None,
         "run_dir": os.path.relpath(run_dir, sweep_dir),
-        "_overrides": _overrides(run.get("overrides") or []),
-        "_metrics": _flatten(run.get("metrics")),
+        "_overrides": override_texts(run.get("overrides") or []),
+        "_metrics": _metric_columns(run.get("metrics")),
         "_task": (run.get("choices") or {}).get("task"),
     }
 
@@ -126,22 +92,20 @@ def collect(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
     Raises:
         FileNotFoundError: the directory does not exist.
     """
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir}: no such sweep directory")
-    keys, plan = _sweep_plan(sweep_dir)
+    sweep = SweepDir(Path(sweep_dir))
+    if not sweep.path.is_dir():
+        raise FileNotFoundError(f"{sweep.path}: no such sweep directory")
+    keys, plan = _sweep_plan(sweep)
     rows: Dict[int, Dict[str, Any]] = {}
-    for num, d in _job_dirs(sweep_dir).items():
+    for num, job_dir in sweep.job_dirs().items():
         try:
-            run = json.loads((d / "run.json").read_text())
-        except FileNotFoundError:
-            run = {"status": "missing", "error": "no run.json"}
-        except (OSError, ValueError) as e:
-            run = {"status": "unreadable", "error": f"run.json: {e}"}
-        rows[num] = _row(num, run, d, sweep_dir)
+            run = dict(job_dir.read_record()) or {"status": "missing", "error": "no run.json"}
+        except RunDirError as e:
+            run = {"status": "unreadable", "error": str(e)}
+        rows[num] = _row(num, run, job_dir.path, sweep.path)
     for num, overrides in enumerate(plan or []):
         if num not in rows:
-            rows[num] = {"job": num, "status": "missing", "_overrides": _overrides(overrides),
+            rows[num] = {"job": num, "status": "missing", "_overrides": override_texts(overrides),
                          "_metrics": {}}
     ordered = [rows[n] for n in sorted(rows)]
     if not keys:  # no plan: the keys whose values differ between jobs
@@ -231,19 +195,20 @@ def write_summary(sweep_dir: Path, objective: Optional[str] = None) -> Dict[str,
     Returns:
         {"jobs", "statuses" (status -> count), "failed", "files", "metric"}.
     """
-    sweep_dir = Path(sweep_dir)
-    rows, keys = collect(sweep_dir)
+    sweep = SweepDir(Path(sweep_dir))
+    rows, keys = collect(sweep.path)
     columns, cells = table(rows, keys)
-    write_bytes_atomic(sweep_dir / "summary.csv", to_csv(columns, cells).encode())
+    csv_file, md_file, png_file = (sweep.summary_file(s) for s in ("csv", "md", "png"))
+    write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
     keep = FIXED + TAIL + list(keys) + ["objective"]
-    write_bytes_atomic(sweep_dir / "summary.md", to_markdown(sweep_dir, columns, cells, keep).encode())
+    write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
     metric = main_metric(rows, objective)
-    files = [sweep_dir / "summary.csv", sweep_dir / "summary.md"]
+    files = [csv_file, md_file]
     try:
-        from .sweep_plot import plot
+        from .plots import plot
 
-        if plot(sweep_dir / "summary.png", rows, keys, metric):
-            files.append(sweep_dir / "summary.png")
+        if plot(png_file, rows, keys, metric):
+            files.append(png_file)
     except Exception as e:  # the tables matter more than the figure
         log.warning("summary.png not written: %s", e)
     statuses: Dict[str, int] = {}

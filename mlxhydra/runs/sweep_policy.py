@@ -1,17 +1,19 @@
-"""Sweep policy: the Hydra callback that writes the summary, and each job's outcome.
+"""The sweep policy: what a failed job does to a multirun, its objective, and its summary.
 
+- :func:`run_swept_job` is what the command's task function does: a single
+  run raises on failure; in a multirun a failed job (already recorded as
+  failed in its run.json) lets the sweep go on, unless ``sweep.fail_fast=true``
+  (then :class:`~mlxhydra.errors.SweepStopped` ends the sweep). With
+  ``sweep.objective`` set it returns the float objective (for sweepers such
+  as hydra-optuna-sweeper).
 - :class:`SweepSummary` (configured under ``hydra.callbacks.summary``) writes
-  ``summary.csv``/``.md``/``.png`` at the sweep root when a multirun ends.
-- :func:`run_job` is what the ``@hydra.main`` task function does: a single run
-  raises on failure as before; in a multirun a failed job (already recorded
-  as failed in its run.json) lets the sweep go on, unless
-  ``sweep.fail_fast=true`` (then :class:`SweepStopped` ends the sweep).
-  With ``sweep.objective`` set it returns the float objective (for sweepers
-  such as hydra-optuna-sweeper).
-- :func:`exit_status` says, after a multirun, whether the command fails.
+  ``summary.csv``/``.md``/``.png`` at the sweep root when a multirun ends and
+  raises :class:`~mlxhydra.errors.SweepFailed` when jobs failed, so the
+  command exits 1.
+- A sweep stopped early (fail_fast, an interruption) gets its summary from
+  the job that stopped it.
 """
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -20,40 +22,27 @@ from typing import Any, Dict, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ..errors import Interrupted, SweepFailed, SweepStopped
+from .record import read_record, write_record
+from .run_dir import RunDir
+
 log = logging.getLogger("mlxhydra")
 
-# What the last multirun in this process left: its directory and summary result.
-STATE: Dict[str, Any] = {}
 PENALTY = 1e9
 
 
-class SweepStopped(BaseException):
-    """``sweep.fail_fast=true`` and a job failed.
-
-    A BaseException so that Hydra's launchers (which catch Exception per job)
-    do not run the remaining jobs.
-    """
-
-    def __init__(self, job: Any, error: str):
-        super().__init__(job, error)
-        self.job, self.error = job, error
-
-    def __str__(self) -> str:
-        return f"job {self.job} failed and sweep.fail_fast=true: {self.error}"
-
-
-def _sweep_cfg(cfg: DictConfig) -> Dict[str, Any]:
+def _sweep_settings(cfg: DictConfig) -> Dict[str, Any]:
     node = cfg.get("sweep") if isinstance(cfg, DictConfig) else None
     return dict(node) if node else {}
 
 
 def summarize(sweep_dir: Path, objective: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """Write the sweep's summary; log where it is (never raises for a bad job)."""
-    from .sweep import write_summary
+    from .summary import write_summary
 
     try:
         result = write_summary(Path(sweep_dir), objective)
-    except Exception as e:
+    except Exception as e:  # a summary must never hide the sweep's own outcome
         log.warning("sweep summary of %s not written: %s", sweep_dir, e)
         return None
     log.info("sweep summary: %s (%s)", Path(sweep_dir) / "summary.md",
@@ -62,20 +51,26 @@ def summarize(sweep_dir: Path, objective: Optional[str] = None) -> Optional[Dict
 
 
 class SweepSummary(Callback):
-    """Hydra callback: summary files at the end of every multirun."""
+    """Hydra callback: summary files at the end of every multirun; exit 1 when jobs failed."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.sweep_dir: Optional[Path] = None
+        self.objective: Optional[str] = None
+        self.result: Optional[Dict[str, Any]] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        STATE.clear()
-        STATE["sweep_dir"] = str(config.hydra.sweep.dir)
-        STATE["objective"] = _sweep_cfg(config).get("objective")
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.objective = _sweep_settings(config).get("objective")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = str(config.hydra.sweep.dir)
-        STATE["sweep_dir"] = sweep_dir
-        STATE["result"] = summarize(Path(sweep_dir), STATE.get("objective")) if self.enabled else None
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not self.enabled:
+            return
+        self.result = summarize(self.sweep_dir, self.objective)
+        if self.result and self.result.get("failed"):
+            raise SweepFailed(self.result["failed"], self.result["jobs"],
+                              str(self.sweep_dir / "summary.md"))
 
 
 def objective_value(cfg: DictConfig, run_dir: Path, metrics: Optional[Dict[str, Any]]) -> Optional[float]:
@@ -86,14 +81,14 @@ def objective_value(cfg: DictConfig, run_dir: Path, metrics: Optional[Dict[str, 
     or non-finite value, or bits per weight over ``sweep.max_bits_per_weight``
     gives ``sweep.penalty`` (default 1e9).
     """
-    sweep = _sweep_cfg(cfg)
+    sweep = _sweep_settings(cfg)
     name = sweep.get("objective")
     if not name:
         return None
     penalty = float(sweep.get("penalty") or PENALTY)
     try:
-        run = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
+        run = dict(RunDir(run_dir).read_record())
+    except Exception:  # a damaged record: the job counts as failed
         run = {}
     bpw = (run.get("quantization") or {}).get("bits_per_weight")
     budget = sweep.get("max_bits_per_weight")
@@ -115,24 +110,30 @@ def objective_value(cfg: DictConfig, run_dir: Path, metrics: Optional[Dict[str, 
     return value
 
 
-def run_job(cfg: DictConfig) -> Optional[float]:
-    """Run one job (``mlxhydra.run.run``) under the sweep policy; see the module doc."""
+def run_swept_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Optional[float]:
+    """Run one job (:func:`~mlxhydra.runs.job.run_job`) under the sweep policy; see the module doc."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from . import run as run_module
+    from .job import run_job
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        metrics = run_module.run(cfg)
+        metrics = run_job(cfg, compose_seconds)
+    except (KeyboardInterrupt, Interrupted):
+        if multirun:  # the callback's on_multirun_end will not run
+            summarize(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
+        raise
     except Exception as e:
-        if hc.mode != RunMode.MULTIRUN:
+        if not multirun:
             raise
-        if _sweep_cfg(cfg).get("fail_fast"):
+        if _sweep_settings(cfg).get("fail_fast"):
+            summarize(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
             raise SweepStopped(hc.job.get("num"), str(e) or type(e).__name__) from e
         log.error("job %s failed (recorded in %s); the sweep goes on", hc.job.get("num"),
-                  run_dir / "run.json")
+                  run_dir / RunDir.RECORD)
         metrics = None
     value = objective_value(cfg, run_dir, metrics)
     if value is not None:
@@ -142,24 +143,8 @@ def run_job(cfg: DictConfig) -> Optional[float]:
 
 def _record_objective(run_dir: Path, value: float) -> None:
     """Add the objective to the job's run.json (the summary shows it)."""
-    from .records import RUN_RECORD, read_json, write_json_atomic
-
-    path = run_dir / RUN_RECORD
+    path = RunDir(run_dir).record
     try:
-        write_json_atomic(path, {**read_json(path), "objective": value})
-    except (OSError, ValueError) as e:
+        write_record(path, {**read_record(path), "objective": value})
+    except Exception as e:  # the sweeper still gets the value
         log.warning("objective not recorded in %s: %s", path, e)
-
-
-def exit_status() -> int:
-    """1 when the last multirun had failed jobs (message on stderr), else 0."""
-    import sys
-
-    result = STATE.get("result")
-    if not result or not result.get("failed"):
-        return 0
-    sys.stderr.write(
-        f"mlxhydra: {result['failed']} of {result['jobs']} jobs failed "
-        f"(see {Path(STATE['sweep_dir']) / 'summary.md'})\n"
-    )
-    return 1

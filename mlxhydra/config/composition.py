@@ -1,10 +1,10 @@
-"""Composition with the package's config tree, and the plain-dict conversion."""
+"""Composition with the package's config tree, and the conversion to plain Python."""
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 from omegaconf import DictConfig, OmegaConf
 
-from ._resolvers import register_resolvers
+from .resolvers import register_resolvers
 
 CONFIG_MODULE = "mlxhydra.conf"
 CONFIG_NAME = "config"
@@ -45,7 +45,7 @@ def to_plain(node: Any) -> Any:
     try:
         return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:  # ${oc.env:UNSET}, ???, a bad resolver: one clear line
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         where = getattr(e, "full_key", None)
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -59,7 +59,3 @@ def changed_keys(config: Dict[str, Any], base: Dict[str, Any]) -> List[str]:
 
 def removed_keys(config: Dict[str, Any], base: Dict[str, Any]) -> List[str]:
     return sorted(k for k in base if k not in config)
-
-
-def model_dir_of(cfg: DictConfig) -> Optional[str]:
-    return cfg.get("model_dir")

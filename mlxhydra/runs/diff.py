@@ -12,91 +12,24 @@ directory reads `<run_dir>/...`).
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .records import RUN_RECORD, read_json
+from ..config.overrides import parse_overrides
+from ..errors import RunDirError
+from .record import flatten, same
+from .run_dir import RunDir, check_run_dir
 
 ABSENT = "(absent)"
 RUN_DIR_PLACEHOLDER = "<run_dir>"
-OVERRIDES = Path(".hydra") / "overrides.yaml"
-CONFIG = Path(".hydra") / "config.yaml"
-HYDRA = Path(".hydra") / "hydra.yaml"
 FINGERPRINT = re.compile(r"^([a-z]+:)?sha256:[0-9a-f]{64}$")
 
 
-class RunDirError(Exception):
-    """A path given on the command line is not a usable run directory."""
-
-
-def check_run_dir(path: str, command: str) -> Path:
-    """Return ``path`` as a Path, or raise RunDirError with a one-line message."""
-    run_dir = Path(path)
-    if not run_dir.exists():
-        raise RunDirError(f"{command} {path}: no such directory")
-    if not (run_dir / OVERRIDES).is_file():
-        raise RunDirError(f"{command} {path}: {path} is not a run directory (no {OVERRIDES})")
-    return run_dir.resolve()
-
-
-def flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
-    """Flatten nested dicts and lists into ``{"a.b.0.c": leaf}``.
-
-    Nested empty dicts and lists are kept as leaves so that "nothing" still
-    compares; an empty or missing top level flattens to no keys.
-    """
-    if not prefix and not value:
-        return {}
-    if isinstance(value, dict) and value:
-        out: Dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(value, (list, tuple)) and value:
-        out = {}
-        for i, v in enumerate(value):
-            out.update(flatten(v, f"{prefix}.{i}" if prefix else str(i)))
-        return out
-    return {prefix: value}
-
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality, with NaN equal to NaN and True not equal to 1."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
-
-
-def _json(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{path}: unreadable ({e})") from e
-
-
-def _yaml(path: Path) -> Any:
-    from omegaconf import OmegaConf
-
-    if not path.is_file():
-        return None
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
-def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
-    """``["quant.bits=4", "+x=1"]`` → ``{"quant.bits": "4", "+x": "1"}`` via Hydra's parser."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-        return {o.get_key_element(): o.get_value_element_as_str() for o in parsed}
-    except Exception:  # an override Hydra cannot parse still compares as text
-        return dict(o.split("=", 1) if "=" in o else (o, None) for o in overrides)
+def override_items(overrides: Sequence[str]) -> Dict[str, Any]:
+    """``["quant.bits=4", "+x=1"]`` → ``{"quant.bits": "4", "+x": "1"}`` (the prefix kept)."""
+    return {o.prefix + o.key: o.value_text for o in parse_overrides(overrides)}
 
 
 def layer_settings(layers: Optional[Dict[str, Any]]) -> Dict[str, int]:
@@ -117,23 +50,27 @@ def in_run_dir(value: Any, run_dirs: Sequence[str]) -> Any:
     return value
 
 
-def load_run(run_dir: Path) -> Dict[str, Dict[str, Any]]:
-    """Every compared section of a run directory, each flattened to dotted keys."""
-    record = _json(run_dir / RUN_RECORD) or {}
-    metrics = _json(run_dir / "metrics.json")
+def load_run(run_dir: RunDir) -> Dict[str, Dict[str, Any]]:
+    """Every compared section of a run directory, each flattened to dotted keys.
+
+    Raises:
+        RunDirError: a file of the run directory that is damaged, named.
+    """
+    record = run_dir.read_record()
+    metrics = run_dir.read_metrics()
     if metrics is None:
         metrics = record.get("metrics") or {}
     quant = dict(record.get("quantization") or {})
     layers = quant.pop("layers", None)
     if layers is not None:
         quant["layer_settings"] = layer_settings(layers)
-    own = [d for d in (record.get("run_dir"), str(run_dir)) if d]
+    own = [d for d in (record.get("run_dir"), str(run_dir.path)) if isinstance(d, str) and d]
     metrics = {k: in_run_dir(v, own) for k, v in flatten(metrics).items()}
     return {
         "status": {"": record.get("status")},
-        "overrides": parse_overrides(_yaml(run_dir / OVERRIDES) or []),
-        "config": flatten(_yaml(run_dir / CONFIG) or {}),
-        "model_config": flatten(_json(run_dir / "model_config.json") or {}),
+        "overrides": override_items(run_dir.read_overrides()),
+        "config": flatten(run_dir.read_config()),
+        "model_config": flatten(run_dir.read_model_config() or {}),
         "weights_fingerprint": {"": record.get("weights_fingerprint")},
         "versions": flatten(record.get("versions") or {}),
         "platform": flatten(record.get("platform") or {}),

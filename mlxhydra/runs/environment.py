@@ -1,19 +1,15 @@
-"""Run records: atomic JSON files and what a run directory says about a run."""
+"""What a record says about where a job ran: time, versions, platform, git state, memory."""
 
-import json
-import os
 import platform
 import resource
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 PACKAGES = ("mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra")
-RUN_RECORD = "run.json"
 
 
 def now() -> str:
@@ -21,47 +17,8 @@ def now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once, at import, before any thread writes files
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write bytes through a temporary file renamed into place.
-
-    A reader sees the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide records from others
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON atomically (see write_bytes_atomic)."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=True, default=str) + "\n"
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def versions() -> Dict[str, Optional[str]]:
+    """Python's version and each of :data:`PACKAGES`' (None when not installed)."""
     found: Dict[str, Optional[str]] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -95,11 +52,13 @@ def git_state(directory: Path) -> Optional[Dict[str, Any]]:
 
 
 def max_rss_bytes() -> int:
+    """The process's peak resident memory so far."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 
 
 def platform_info() -> Dict[str, Any]:
+    """Operating system, machine and MLX device."""
     info: Dict[str, Any] = {
         "system": platform.system(),
         "release": platform.release(),
@@ -118,21 +77,13 @@ def platform_info() -> Dict[str, Any]:
     return info
 
 
-class RunRecord:
-    """``run.json`` of one run: created as running, rewritten at each change."""
+def resources() -> Dict[str, Any]:
+    """MLX's peak memory and the process's peak RSS, for the end of a record."""
+    peak = None
+    try:
+        import mlx.core as mx
 
-    def __init__(self, directory: Path, /, **fields: Any):
-        self.path = Path(directory) / RUN_RECORD
-        self.data: Dict[str, Any] = {"status": "running", "started": now(), "ended": None, **fields}
-        self.save()
-
-    def update(self, **fields: Any) -> None:
-        self.data.update(fields)
-        self.save()
-
-    def finish(self, status: str, **fields: Any) -> None:
-        self.data.update(fields, status=status, ended=now())
-        self.save()
-
-    def save(self) -> None:
-        write_json_atomic(self.path, self.data)
+        peak = mx.get_peak_memory()
+    except Exception:  # a broken mlx must not hide the job's own outcome
+        pass
+    return {"peak_memory_bytes": peak, "max_rss_bytes": max_rss_bytes()}

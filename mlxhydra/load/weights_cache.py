@@ -1,7 +1,7 @@
 """Float weights reused by the jobs of one multirun process.
 
 A sweep over quantization settings loads the same model directory N times.
-With a key (the directory's weights fingerprint, given by run.py only in
+With a key (the directory's weights fingerprint, given by the job only in
 multirun mode) the first job's opened weights are kept and later jobs get a
 shallow copy of the same dict: the arrays are read from disk once (MLX keeps
 an evaluated array's data while it is referenced) and each job only
@@ -13,7 +13,7 @@ nothing is kept without a key, so a single run's memory is unchanged.
 """
 
 import threading
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 _lock = threading.Lock()
 _entry: Dict[str, dict] = {}
@@ -24,7 +24,7 @@ def open_weights(key: Optional[str], opener: Callable[[], dict]) -> Tuple[dict, 
 
     Args:
         key: The weights fingerprint, or None to read without caching.
-        opener: Reads the weight files into a dict (``loading._open_weights``).
+        opener: Reads the weight files into a dict (``loader.read_weights``).
 
     Returns:
         A dict the caller may change (pop, replace entries) freely, and
@@ -55,15 +55,16 @@ def cached_keys() -> list:
         return list(_entry)
 
 
-def job_key(cfg, fingerprint: Optional[str]) -> Optional[str]:
+def job_key(sweep: Mapping[str, Any], fingerprint: Optional[str]) -> Optional[str]:
     """The cache key for this job: the fingerprint in a multirun, else None.
 
-    ``sweep.reuse_weights=false`` turns the reuse off.
+    Args:
+        sweep: The ``sweep`` settings; ``reuse_weights: false`` turns the reuse off.
+        fingerprint: The weights fingerprint of the job's model directory.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    sweep = cfg.get("sweep") or {}
     if not fingerprint or not sweep.get("reuse_weights", True):
         return None
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:

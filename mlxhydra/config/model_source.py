@@ -18,10 +18,11 @@ from typing import Any, List, Optional
 
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.core.object_type import ObjectType
-from hydra.errors import CompactHydraException
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
+
+from ..errors import ModelDirError, ModelDirNotFound
 
 GROUP = "model"
 SCHEME = "mlxmodel"
@@ -31,18 +32,7 @@ EXPECTED = "expected a model directory holding config.json"
 
 _INTERPOLATION = re.compile(r"(\\*)\$\{")
 MISSING_MARKER = "???"
-LITERAL_MISSING = "${mlxhydra_question_marks:}"  # see mlxhydra._resolvers
-
-
-class ModelDirError(ConfigLoadError, CompactHydraException):
-    """A ``model=`` value that does not name a usable model directory.
-
-    Compact: Hydra prints the message alone, without a traceback.
-    """
-
-
-class ModelDirNotFound(ModelDirError, FileNotFoundError):
-    """The directory or its config.json does not exist."""
+LITERAL_MISSING = "${mlxhydra_question_marks:}"  # see mlxhydra.config.resolvers
 
 
 def embedded_models_dir() -> Path:
@@ -107,9 +97,9 @@ def read_config_json(model_dir: Path, option: Optional[str] = None) -> dict:
     try:
         text = config_file.read_text(encoding="utf-8")
     except PermissionError:
-        raise ModelDirError(f"{config_file}: permission denied (expected a readable file)")
+        raise ModelDirError(f"{config_file}: permission denied (expected a readable file)") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ModelDirError(f"{config_file}: cannot be read: {e}")
+        raise ModelDirError(f"{config_file}: cannot be read: {e}") from e
     if not text.strip():
         raise ModelDirError(f"{config_file} is empty (expected a JSON object)")
     try:
@@ -117,7 +107,7 @@ def read_config_json(model_dir: Path, option: Optional[str] = None) -> dict:
     except json.JSONDecodeError as e:
         raise ModelDirError(
             f"{config_file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        )
+        ) from None
     if not isinstance(config, dict):
         raise ModelDirError(
             f"{config_file}: expected a JSON object at the top level, "

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # mlx-lm's defaults per mode (mlx_lm.utils.quantize_model): (bits, group_size).
 MODE_DEFAULTS = {"affine": (4, 64), "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
@@ -203,7 +203,7 @@ def make_decider(spec: QuantSpec, model: Any) -> Callable[[str, Any], Optional[P
                 spec.recipe, model, spec.default["group_size"]
             )
         except (ValueError, AttributeError) as e:  # no down_proj layers, or no model.layers
-            raise ConfigError(f"quant.recipe={spec.recipe}: {e}")
+            raise ConfigError(f"quant.recipe={spec.recipe}: {e}") from e
     else:
         predicate = getattr(model, "quant_predicate", None)
 

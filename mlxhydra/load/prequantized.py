@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import mlx.nn as nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def find_quantization_config(model_dir: Path, config: dict) -> None:
@@ -26,7 +26,7 @@ def find_quantization_config(model_dir: Path, config: dict) -> None:
             try:
                 config["quantization_config"] = json.loads(hf_quant_config.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ConfigError(f"{hf_quant_config}: not readable as JSON: {e}")
+                raise ConfigError(f"{hf_quant_config}: not readable as JSON: {e}") from e
 
 
 def saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], dict]:
@@ -51,7 +51,7 @@ def saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], dic
             f"model.quantization_config={qc!r}: expected a mapping with a quant_method "
             "(mxfp4, mxfp8, fp8, compressed-tensors, modelopt, awq, gptq, bitnet)"
         )
-    from mlx_lm import utils as mu
+    from .. import _upstream
 
     method = qc.get("quant_method")
     if method == "mxfp4":
@@ -64,9 +64,9 @@ def saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], dic
         q = {"group_size": 32, "bits": 8, "mode": "mxfp8"}
     elif method == "compressed-tensors":
         try:
-            q = mu._compressed_tensors_quantization(qc)
+            q = _upstream.compressed_tensors_quantization(qc)
         except ValueError as e:
-            raise ConfigError(f"model.quantization_config: {e}")
+            raise ConfigError(f"model.quantization_config: {e}") from e
     elif method == "modelopt":
         settings = qc.get("quantization", qc)
         if settings.get("quant_algo") != "NVFP4":
@@ -74,9 +74,9 @@ def saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], dic
         q = {"group_size": settings.get("group_size", 16), "bits": 4, "mode": "nvfp4"}
     elif method in ("awq", "gptq"):
         try:
-            weights, q = mu._transform_awq_weights(weights, qc)
+            weights, q = _upstream.transform_awq_weights(weights, qc)
         except ValueError as e:
-            raise ConfigError(f"model.quantization_config ({method}): {e}")
+            raise ConfigError(f"model.quantization_config ({method}): {e}") from e
     else:
         return None, weights  # bitnet and float formats: handled by the caller / sanitize
     config["quantization"] = q
@@ -85,7 +85,7 @@ def saved_quantization(config: dict, weights: dict) -> Tuple[Optional[dict], dic
 
 
 def quantize_saved_layout(model: nn.Module, quantization: dict, weights: dict) -> None:
-    from mlx_lm.utils import _takes_global_scale, infer_quant_config
+    from .._upstream import infer_quant_config, takes_global_scale
 
     def class_predicate(path, module):
         if path in quantization:
@@ -93,7 +93,7 @@ def quantize_saved_layout(model: nn.Module, quantization: dict, weights: dict) -
         if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
             return False
         params = infer_quant_config(path, module, weights)
-        if f"{path}.global_scale" in weights and _takes_global_scale(module):
+        if f"{path}.global_scale" in weights and takes_global_scale(module):
             params["global_scale"] = True
         return params
 

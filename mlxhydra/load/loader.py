@@ -1,13 +1,15 @@
-"""Loading: classes → args → model → quantize → strict load.
+"""The loader: classes → args → model → quantize → strict load.
 
 Follows ``mlx_lm.utils.load_model`` step for step and calls mlx-lm's helpers,
 with three differences: every weight mismatch is reported in one error,
 runtime quantization happens layer by layer while the weights are read (so
-the float model is never whole in memory), and each stage is timed.
+the float model is never whole in memory), and each stage is timed in a
+:class:`LoadReport`.
 """
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -15,9 +17,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import arch
-from .errors import ConfigError, WeightsError
-from .model_source import read_config_json
+from ..config.model_source import read_config_json
+from ..errors import ConfigError, WeightsError
+from . import architecture, weights_cache
+from .load_settings import DTYPE_NAMES, check_dtype
 from .prequantized import (
     describe_settings,
     find_quantization_config,
@@ -25,18 +28,18 @@ from .prequantized import (
     quantize_saved_layout,
     saved_quantization,
 )
-from .quant import QuantSpec, parse_quant, same_settings
+from .quant_spec import QuantSpec, parse_quant, same_settings
 from .runtime_quant import (
     config_entry,
     describe_request,
     quantization_summary,
     quantize_while_loading,
 )
-from .weights import absent_shards, read_header, require_weight_files, weight_files
+from .weight_files import absent_shards, find_weight_files, read_header, require_weight_files
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+DTYPES = {name: getattr(mx, name) for name in DTYPE_NAMES}
 SHOWN = 5
 
 
@@ -103,11 +106,22 @@ def check_weights(model: nn.Module, weights: Mapping[str, mx.array], files: List
     return problems
 
 
+@dataclass
+class LoadReport:
+    """What loading did: stage times, files read, quantization applied, mismatches."""
+
+    times: Dict[str, float] = field(default_factory=dict)  # instantiate, load_weights, quantize
+    weight_files: List[str] = field(default_factory=list)
+    weights_cache: Optional[str] = None  # "hit", "miss", or None without a cache key
+    ignored_keys: List[str] = field(default_factory=list)  # keys ModelArgs.from_dict drops
+    weight_mismatches: List[str] = field(default_factory=list)  # with strict=False
+    quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
+    model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
+
+
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
     if dtype is None:
         return
-    if dtype not in DTYPES:
-        raise ConfigError(f"load.dtype={dtype!r}: expected one of {', '.join(DTYPES)} or null")
     target = DTYPES[dtype]
     keep = getattr(model, "cast_predicate", lambda _: True)
     for k, v in weights.items():
@@ -115,14 +129,19 @@ def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
             weights[k] = v.astype(target)
 
 
-def _open_weights(files: List[Path]) -> dict:
+def read_weights(files: List[Path]) -> dict:
+    """Open safetensors files (lazily, as ``mx.load`` does) into one dict.
+
+    Raises:
+        WeightsError: naming the file that cannot be read.
+    """
     weights = {}
     for f in files:
         read_header(f)
         try:
             weights.update(mx.load(str(f)))
         except (RuntimeError, ValueError, OSError) as e:
-            raise WeightsError(f"{f}: cannot be read as safetensors: {e}")
+            raise WeightsError(f"{f}: cannot be read as safetensors: {e}") from e
     return weights
 
 
@@ -139,7 +158,7 @@ def build_model(
     args_class: Optional[str] = None,
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
-) -> Tuple[nn.Module, dict, Dict[str, Any]]:
+) -> Tuple[nn.Module, dict, LoadReport]:
     """Instantiate, quantize and load a model from a ready config dict.
 
     Args:
@@ -151,38 +170,38 @@ def build_model(
         trust_remote_code: Allow the directory's ``model_file``.
         dtype: Cast floating-point weights (float16, bfloat16, float32).
         model_class, args_class: Import paths of your own classes.
-        classes: (Model, ModelArgs) already looked up with ``arch.get_classes``.
+        classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
         weights_key: The weights fingerprint: reuse (and keep) this process's
-            opened float weights (``mlxhydra.cache``; for multirun jobs only).
+            opened float weights (:mod:`.weights_cache`; for multirun jobs only).
 
     Returns:
-        (model, config, report): the report has the stage times, the
-        quantization applied and the weight files read.
+        (model, config, report).
 
     Raises:
         ConfigError, WeightsError: with every problem named.
     """
     model_dir = Path(model_dir)
     spec = quant if isinstance(quant, QuantSpec) or quant is None else parse_quant(quant)
-    times: Dict[str, float] = {}
-    report: Dict[str, Any] = {"times": times}
+    problems = check_dtype(dtype)
+    if problems:
+        raise ConfigError(problems)
+    report = LoadReport()
+    times = report.times
 
     t = time.perf_counter()
-    model_cls, args_cls = classes or arch.get_classes(
+    model_cls, args_cls = classes or architecture.get_classes(
         config, model_dir, trust_remote_code=trust_remote_code,
         model_class=model_class, args_class=args_class,
     )
     find_quantization_config(model_dir, config)
-    report["ignored_keys"] = arch.ignored_keys(config, args_cls)
-    model = arch.instantiate(model_cls, arch.make_args(config, args_cls), config)
+    report.ignored_keys = architecture.ignored_keys(config, args_cls)
+    model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
     times["instantiate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    files = require_weight_files(model_dir) if strict else weight_files(model_dir)
-    report["weight_files"] = [str(f) for f in files]
-    from . import cache
-
-    weights, report["weights_cache"] = cache.open_weights(weights_key, lambda: _open_weights(files))
+    files = require_weight_files(model_dir) if strict else find_weight_files(model_dir)
+    report.weight_files = [str(f) for f in files]
+    weights, report.weights_cache = weights_cache.open_weights(weights_key, lambda: read_weights(files))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
     saved, weights = saved_quantization(config, weights)
@@ -214,7 +233,7 @@ def build_model(
     problems = check_weights(model, weights, files)
     if problems and strict:
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
-    report["weight_mismatches"] = problems
+    report.weight_mismatches = problems
     if saved is None and spec is not None:
         applied = {"source": "runtime", **spec.describe(), **quantize_while_loading(model, weights, spec)}
         config["quantization"] = config_entry(spec, applied["layers"])
@@ -228,7 +247,8 @@ def build_model(
     if not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
-    report["quantization"] = {**applied, **quantization_summary(model)}
+    report.quantization = {**applied, **quantization_summary(model)}
+    report.model_config = config
     return model, config, report
 
 

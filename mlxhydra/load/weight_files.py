@@ -6,13 +6,13 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .errors import MissingWeightsError, WeightsError
+from ..errors import MissingWeightsError, WeightsError
 
 SAMPLE_BYTES = 1 << 20
 SAMPLES = 4
 
 
-def weight_files(model_dir: Path) -> List[Path]:
+def find_weight_files(model_dir: Path) -> List[Path]:
     """The ``model*.safetensors`` files of a directory, sorted (as mlx-lm globs them)."""
     return sorted(Path(model_dir).glob("model*.safetensors"))
 
@@ -23,7 +23,7 @@ def require_weight_files(model_dir: Path) -> List[Path]:
     Raises:
         MissingWeightsError: naming the directory when it has no weight file.
     """
-    files = weight_files(model_dir)
+    files = find_weight_files(model_dir)
     if not files:
         raise MissingWeightsError(
             f"{model_dir}: no model*.safetensors weight files (expected model.safetensors "
@@ -68,9 +68,9 @@ def read_header(file: Path) -> Dict[str, Any]:
                 )
             header = json.loads(f.read(header_len))
     except PermissionError:
-        raise WeightsError(f"{file}: permission denied (expected a readable weight file)")
+        raise WeightsError(f"{file}: permission denied (expected a readable weight file)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{file}: corrupt safetensors header: {e}")
+        raise WeightsError(f"{file}: corrupt safetensors header: {e}") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{file}: corrupt safetensors header (not a JSON object)")
     data_size = size - 8 - header_len
@@ -81,7 +81,7 @@ def read_header(file: Path) -> Dict[str, Any]:
         try:
             begin, end = info["data_offsets"]
         except (TypeError, KeyError, ValueError):
-            raise WeightsError(f"{file}: corrupt safetensors header entry {name!r}")
+            raise WeightsError(f"{file}: corrupt safetensors header entry {name!r}") from None
         needed = max(needed, end)
     if needed > data_size:
         raise WeightsError(

@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .records import write_bytes_atomic
-from .sweep import FIXED
+from .atomic import write_bytes_atomic
+from .summary import FIXED
 
 
 def _number(v: Any) -> Optional[float]:

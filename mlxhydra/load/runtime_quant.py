@@ -8,7 +8,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .prequantized import describe_settings
-from .quant import QuantSpec, make_decider
+from .quant_spec import QuantSpec, make_decider
 
 log = logging.getLogger("mlxhydra.loading")
 

@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from .errors import ConfigError, RemoteCodeError
+from ..errors import ConfigError, RemoteCodeError
 
 # mlx_lm.models modules that hold layers, not architectures.
 _HELPER_MODULES = {
@@ -31,7 +31,8 @@ _HELPER_MODULES = {
 def supported_model_types() -> List[str]:
     """Every model_type that mlx-lm's registry resolves, remapped names included."""
     import mlx_lm.models
-    from mlx_lm.utils import MODEL_REMAPPING
+
+    from .._upstream import MODEL_REMAPPING
 
     names = {
         m.name
@@ -52,7 +53,7 @@ def import_object(path: str, default_attr: Optional[str] = None) -> Any:
         module = importlib.import_module(module_name)
         return getattr(module, attr)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot import {path!r}: {e}")
+        raise ConfigError(f"cannot import {path!r}: {e}") from e
 
 
 def _from_model_file(model_dir: Path, model_file: Any, trust_remote_code: bool):
@@ -116,25 +117,27 @@ def get_classes(
             f"model.model_type is {'missing' if model_type is None else repr(model_type)}: "
             "expected the name of an mlx-lm architecture such as 'llama'"
         )
-    from mlx_lm.utils import _get_classes
+    from .._upstream import get_classes as mlx_lm_get_classes
 
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            classes = _get_classes(config)
+            classes = mlx_lm_get_classes(config)
         sys.stdout.write(printed.getvalue())
         return classes
     except SystemExit:
         # mlx-lm's olmo module prints what it needs and exits when that is missing.
         hint = " ".join(printed.getvalue().split()) or "it exited while importing"
-        raise ConfigError(f"model.model_type={model_type!r}: mlx-lm cannot import its module: {hint}")
+        raise ConfigError(
+            f"model.model_type={model_type!r}: mlx-lm cannot import its module: {hint}"
+        ) from None
     except ValueError:
         known = supported_model_types()
         close = difflib.get_close_matches(model_type, known, n=3, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ConfigError(
             f"model.model_type={model_type!r} is not an architecture mlx-lm supports{hint}"
-        )
+        ) from None
 
 
 def args_parameters(args_cls: Type) -> Dict[str, inspect.Parameter]:
@@ -214,7 +217,7 @@ def instantiate(model_cls: Type, args: Any, config: Dict[str, Any]) -> Any:
         raise ConfigError(
             f"{model_cls.__module__}.{model_cls.__name__} cannot be built from the model config: "
             f"{type(e).__name__}{f': {e}' if str(e) else ''}{where}{_suspects(config)}".replace("\n", " ")
-        )
+        ) from e
 
 
 def _suspects(config: Dict[str, Any]) -> str:
@@ -235,4 +238,4 @@ def make_args(config: Dict[str, Any], args_cls: Type) -> Any:
         raise ConfigError(
             f"{args_cls.__module__}.{args_cls.__name__} rejects the model config: "
             f"{type(e).__name__}: {e}{_suspects(config)}".replace("\n", " ")
-        )
+        ) from e

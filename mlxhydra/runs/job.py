@@ -1,0 +1,210 @@
+"""One job: validate → prepare the model → run the task, recorded in the run directory.
+
+:func:`prepare` is the loading half (usable without a run directory, as the
+tests and the Python API use it); :func:`run_job` is the whole job as the
+command runs it: it writes ``run.json`` (running → completed, failed or
+interrupted), ``model_config.json`` and ``metrics.json``.
+"""
+
+import logging
+import random
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig
+
+from ..config.composition import changed_keys, removed_keys, to_plain
+from ..config.model_source import read_config_json
+from ..config.validation import Settings, validate
+from ..errors import Interrupted, interruption_message, raise_interrupted
+from . import environment
+from .record import RecordWriter
+from .run_dir import RunDir
+
+log = logging.getLogger("mlxhydra")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's random, numpy and mlx."""
+    import mlx.core as mx
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    mx.random.seed(seed)
+
+
+def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
+            run_dir: Optional[RunDir] = None, record: Optional[RecordWriter] = None):
+    """Validate the config and build the model it describes.
+
+    Args:
+        cfg: The composed config.
+        settings: The result of :func:`validate` when already called.
+        run_dir, record: Where ``model_config.json`` and the record's model,
+            weight-file and quantization fields go (nothing is written without them).
+
+    Returns:
+        (model, report): the loaded model and its
+        :class:`~mlxhydra.load.loader.LoadReport` (``report.model_config`` is
+        the config the model was built from, with its quantization entry).
+
+    Raises:
+        ConfigError: every bad setting, before any weight is read.
+        WeightsError: weight files that cannot be read or do not fit.
+    """
+    from ..load import architecture, weights_cache
+    from ..load.loader import apply_mlx_lm_adjustments, build_model
+    from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
+
+    import mlx.core as mx
+
+    settings = settings or validate(cfg)
+    load = settings.load
+    mx.reset_peak_memory()
+    seed_everything(settings.seed)
+    model_dir = Path(settings.model_dir)
+    config = to_plain(cfg.model)
+    if run_dir is not None:
+        run_dir.write_model_config(config)
+    raw = read_config_json(model_dir)
+    user_keys = changed_keys(config, raw)
+    trust = bool(load.get("trust_remote_code"))
+    model_cls, args_cls = architecture.get_classes(
+        config, model_dir, trust_remote_code=trust,
+        model_class=load.get("model_class"), args_class=load.get("args_class"),
+    )
+    architecture.check_types(config, args_cls, user_keys)
+    ignored = [k for k in architecture.ignored_keys(config, args_cls) if k in user_keys]
+    if ignored:
+        log.warning(
+            "%s.ModelArgs ignores these model keys (not passed to the model): %s",
+            args_cls.__module__, ", ".join(ignored),
+        )
+    derived = apply_mlx_lm_adjustments(model_dir, config, raw)
+    if derived and run_dir is not None:  # model_config.json is the dict ModelArgs.from_dict receives
+        run_dir.write_model_config(config)
+    files = describe_files(find_weight_files(model_dir), load.get("fingerprint", "fast"))
+    fingerprint = combined_fingerprint(files)
+    if record is not None:
+        record.update(
+            model={
+                "model_type": config.get("model_type"),
+                "architecture": f"{model_cls.__module__}.{model_cls.__name__}",
+                "changed_keys": user_keys,
+                "removed_keys": removed_keys(config, raw),
+                "ignored_user_keys": ignored,
+                "derived_keys": derived,
+            },
+            weight_files=files,
+            weights_fingerprint=fingerprint,
+        )
+    model, config, report = build_model(
+        model_dir, config, quant=settings.quant,
+        strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
+        trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
+        weights_key=weights_cache.job_key(settings.sweep, fingerprint),
+    )
+    quantization = report.quantization
+    log.info(
+        "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight",
+        config.get("model_type"), model_dir, f"{quantization['parameters']:,}",
+        quantization["quantized_layers"], quantization["float_layers"],
+        quantization["bits_per_weight"] or 0.0,
+    )
+    return model, report
+
+
+def _hydra_fields(hc: Any) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return {
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        # resolve=False: the overrides as typed (``${oc.env:X}`` stays text, never a value).
+        "overrides": OmegaConf.to_container(hc.overrides.task, resolve=False),
+        "job_num": hc.job.get("num"),
+        "cwd": hc.runtime.cwd,
+        "choices": dict(hc.runtime.choices),
+        "log_file": str(Path(hc.runtime.output_dir) / f"{hc.job.name}.log"),
+    }
+
+
+def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[str, Any]:
+    """Run one job inside Hydra's run directory, recording every stage.
+
+    Args:
+        cfg: The composed config.
+        compose_seconds: How long Hydra took to compose it (recorded as ``times.compose``).
+
+    Returns:
+        The task's metrics.
+
+    Raises:
+        MlxhydraError: bad input, after the failure is recorded.
+        Interrupted, KeyboardInterrupt: after the interruption is recorded.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = RunDir(Path(hc.runtime.output_dir))
+    times: Dict[str, float] = {}
+    if compose_seconds is not None:
+        times["compose"] = compose_seconds
+    record = RecordWriter(
+        run_dir.record,
+        run_dir=str(run_dir.path),
+        **_hydra_fields(hc),
+        model_dir=cfg.get("model_dir"),
+        seed=cfg.get("seed"),
+        versions=environment.versions(),
+        platform=environment.platform_info(),
+        git=environment.git_state(Path(hc.runtime.cwd)),
+        times=times,
+    )
+    previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        metrics = _prepare_and_run(cfg, run_dir, record, times)
+    except (KeyboardInterrupt, Interrupted) as e:
+        record.finish("interrupted", error=interruption_message(e), **environment.resources())
+        raise
+    except BaseException as e:
+        record.finish("failed", error=str(e) or type(e).__name__, error_type=type(e).__name__,
+                      **environment.resources())
+        log.error("run failed: %s", e)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    record.finish("completed", metrics=metrics, **environment.resources())
+    return metrics
+
+
+def _prepare_and_run(cfg: DictConfig, run_dir: RunDir, record: RecordWriter,
+                     times: Dict[str, float]) -> Dict[str, Any]:
+    from ..tasks import TaskInput, run_task
+
+    settings = validate(cfg)
+    model, report = prepare(cfg, settings, run_dir, record)
+    if report.weights_cache:
+        record.update(weights_cache=report.weights_cache)  # multirun: hit or miss
+    times.update(report.times)
+    record.update(
+        times=times,
+        quantization=report.quantization,
+        parameters=report.quantization["parameters"],
+        ignored_keys=report.ignored_keys,
+        weight_mismatches=report.weight_mismatches,
+    )
+    t = time.perf_counter()
+    metrics = run_task(TaskInput(
+        task=settings.task, seed=settings.seed, load=settings.load, model=model,
+        model_config=report.model_config, model_dir=Path(settings.model_dir),
+        run_dir=run_dir.path,
+    ))
+    times["task"] = time.perf_counter() - t
+    run_dir.write_metrics(metrics)
+    return metrics
+

@@ -1,0 +1,183 @@
+"""run.json, the record of one job: its fields, how it is written and how it is read back."""
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TypedDict
+
+from ..errors import RunDirError
+from .atomic import read_json, write_json_atomic
+from .environment import now
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+class WeightFileRecord(TypedDict):
+    file: str
+    bytes: int
+    fingerprint: str  # "<fast|full>:sha256:<hex>"
+
+
+class ModelRecord(TypedDict, total=False):
+    model_type: Optional[str]
+    architecture: str  # "<module>.<class>"
+    changed_keys: List[str]  # model keys the command line or patches changed
+    removed_keys: List[str]
+    ignored_user_keys: List[str]  # changed keys that ModelArgs drops
+    derived_keys: List[str]  # keys mlx-lm's load_config derives (eos_token_id...)
+
+
+class QuantizationRecord(TypedDict, total=False):
+    source: str  # "none", "pre-quantized" or "runtime"
+    settings: Dict[str, Any]  # pre-quantized: as saved
+    default: Optional[Dict[str, Any]]  # runtime: the request
+    recipe: Optional[str]
+    rules: List[Dict[str, Any]]
+    layers: Dict[str, Dict[str, Any]]  # runtime: module path -> {bits, group_size, mode}
+    quantized: int
+    float_by_rule_or_predicate: int
+    float_indivisible: int
+    unmatched_rules: List[str]
+    quantized_layers: int
+    float_layers: int
+    bits_per_weight: Optional[float]
+    parameters: int
+
+
+class RunRecord(TypedDict, total=False):
+    """The fields of run.json, in the order they are written.
+
+    A job writes it when it starts (status running) and rewrites it at each
+    stage; a failure before the job (while Hydra composes) writes a shorter
+    one with ``stage: compose``.
+    """
+
+    status: str  # one of STATUSES
+    started: str  # ISO 8601 with the UTC offset
+    ended: Optional[str]
+    stage: str  # only for failures before the job: "compose"
+    run_dir: str
+    command: str  # the command line, shell-quoted
+    overrides: List[str]  # the task overrides as typed (never resolved)
+    job_num: Optional[int]  # multirun job number
+    cwd: str
+    choices: Dict[str, Optional[str]]  # config group -> option
+    log_file: str
+    model_dir: Optional[str]
+    seed: Any
+    versions: Dict[str, Optional[str]]
+    platform: Dict[str, Any]
+    git: Optional[Dict[str, Any]]
+    times: Dict[str, float]  # seconds per stage: compose, instantiate, load_weights, quantize, task
+    model: ModelRecord
+    weight_files: List[WeightFileRecord]
+    weights_fingerprint: str
+    weights_cache: Optional[str]  # multirun: "hit" or "miss"
+    quantization: QuantizationRecord
+    parameters: int
+    ignored_keys: List[str]  # config keys ModelArgs.from_dict drops
+    weight_mismatches: List[str]  # with load.strict=false
+    metrics: Dict[str, Any]  # the task's metrics (also in metrics.json)
+    objective: float  # sweep.objective's value, for sweepers
+    error: str  # failed/interrupted: the one-line message
+    error_type: Optional[str]
+    peak_memory_bytes: Optional[int]
+    max_rss_bytes: int
+
+
+FIELDS = tuple(RunRecord.__annotations__)
+
+
+def write_record(path: Path, fields: Dict[str, Any]) -> None:
+    """Write a whole record atomically, its fields in schema order.
+
+    Raises:
+        KeyError: a name that is not a field of :class:`RunRecord`.
+    """
+    unknown = [k for k in fields if k not in FIELDS]
+    if unknown:
+        raise KeyError(f"not run.json fields: {', '.join(unknown)}")
+    write_json_atomic(path, {k: fields[k] for k in FIELDS if k in fields})
+
+
+class RecordWriter:
+    """Writes one job's run.json: created as running, rewritten atomically at each change."""
+
+    def __init__(self, path: Path, /, **fields: Any):
+        self.path = Path(path)
+        self.data: Dict[str, Any] = {"status": "running", "started": now(), "ended": None}
+        self.update(**fields)
+
+    def update(self, **fields: Any) -> None:
+        """Set fields and rewrite the file.
+
+        Raises:
+            KeyError: a name that is not a field of :class:`RunRecord`.
+        """
+        write_record(self.path, {**self.data, **fields})
+        self.data.update(fields)
+
+    def finish(self, status: str, **fields: Any) -> None:
+        """Set the final status (completed, failed, interrupted) and the end time."""
+        assert status in STATUSES[1:], status
+        self.update(**fields, status=status, ended=now())
+
+
+
+def read_record(path: Path, missing_ok: bool = True) -> RunRecord:
+    """Read a run.json back as data.
+
+    Args:
+        missing_ok: Return ``{}`` for a file that does not exist.
+
+    Raises:
+        RunDirError: naming the file, when it is unreadable, not JSON or not an object.
+    """
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return RunRecord()
+        raise RunDirError(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path}: unreadable ({e})") from e
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data  # type: ignore[return-value]
+
+
+def flatten(value: Any, prefix: str = "", lists: bool = True) -> Dict[str, Any]:
+    """Flatten nested dicts (and lists) into ``{"a.b.0.c": leaf}``.
+
+    Args:
+        lists: Flatten lists by index; False leaves lists out (summary columns).
+
+    Nested empty dicts and lists are kept as leaves so that "nothing" still
+    compares; an empty or missing top level flattens to no keys.
+    """
+    if not prefix and not value:
+        return {}
+    if not lists and isinstance(value, (dict, list, tuple)) and not value:
+        return {}
+    if isinstance(value, dict) and value:
+        out: Dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k), lists))
+        return out
+    if isinstance(value, (list, tuple)):
+        if not lists:
+            return {}
+        if value:
+            out = {}
+            for i, v in enumerate(value):
+                out.update(flatten(v, f"{prefix}.{i}" if prefix else str(i), lists))
+            return out
+    return {prefix: value}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality, with NaN equal to NaN and True not equal to 1."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return isinstance(a, bool) == isinstance(b, bool) and a == b

@@ -1,0 +1,175 @@
+"""The run directory: where each file of a job lives, and how each is read back as data.
+
+A run directory holds ``run.json`` (:mod:`mlxhydra.runs.record`),
+``model_config.json`` (the dict handed to ``ModelArgs.from_dict``),
+``metrics.json`` (the task's metrics), Hydra's ``.hydra/`` (config.yaml,
+hydra.yaml, overrides.yaml) and the log. A sweep directory holds one job
+directory per job (``<num>_<overrides>``), ``multirun.yaml`` and the summary.
+
+Everything read back is data: YAML is never resolved (``${oc.env:...}``
+stays text) and nothing is instantiated.
+"""
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import RunDirError
+from .atomic import read_json, write_json_atomic
+from .record import RunRecord, read_record
+
+_JOB_DIR = re.compile(r"^(\d+)(?:_|$)")
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as plain data, unresolved; None when the file does not exist.
+
+    Raises:
+        RunDirError: naming the file, when it is not readable YAML.
+    """
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        return None
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # yaml's and OmegaConf's many errors
+        raise RunDirError(f"{path}: unreadable YAML ({' '.join(str(e).split())})") from e
+
+
+class RunDir:
+    """The files of one job's run directory."""
+
+    RECORD = "run.json"
+    MODEL_CONFIG = "model_config.json"
+    METRICS = "metrics.json"
+    HYDRA = ".hydra"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def record(self) -> Path:
+        return self.path / self.RECORD
+
+    @property
+    def model_config(self) -> Path:
+        return self.path / self.MODEL_CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def config(self) -> Path:
+        """Hydra's composed config (``.hydra/config.yaml``)."""
+        return self.path / self.HYDRA / "config.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        """The task overrides as typed (``.hydra/overrides.yaml``)."""
+        return self.path / self.HYDRA / "overrides.yaml"
+
+    @property
+    def hydra(self) -> Path:
+        """Hydra's own settings of the job (``.hydra/hydra.yaml``)."""
+        return self.path / self.HYDRA / "hydra.yaml"
+
+    def read_record(self) -> RunRecord:
+        return read_record(self.record)
+
+    def read_model_config(self) -> Optional[Dict[str, Any]]:
+        return self._json_object(self.model_config)
+
+    def read_metrics(self) -> Optional[Dict[str, Any]]:
+        return self._json_object(self.metrics)
+
+    def read_config(self) -> Dict[str, Any]:
+        """The composed config as plain, unresolved data ({} when absent)."""
+        return self._yaml_object(self.config) or {}
+
+    def read_hydra(self) -> Dict[str, Any]:
+        """The ``hydra`` node of hydra.yaml as plain, unresolved data ({} when absent)."""
+        return (self._yaml_object(self.hydra) or {}).get("hydra") or {}
+
+    def read_overrides(self) -> List[str]:
+        """The task overrides as typed ([] when absent)."""
+        value = read_yaml(self.overrides)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RunDirError(f"{self.overrides}: expected a list of override strings")
+        return value
+
+    def write_model_config(self, config: Dict[str, Any]) -> None:
+        write_json_atomic(self.model_config, config)
+
+    def write_metrics(self, metrics: Dict[str, Any]) -> None:
+        write_json_atomic(self.metrics, metrics)
+
+    def _json_object(self, path: Path) -> Optional[Dict[str, Any]]:
+        try:
+            value = read_json(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path}: unreadable ({e})") from e
+        if not isinstance(value, dict):
+            raise RunDirError(f"{path}: expected a JSON object, found {type(value).__name__}")
+        return value
+
+    @staticmethod
+    def _yaml_object(path: Path) -> Optional[Dict[str, Any]]:
+        value = read_yaml(path)
+        if value is not None and not isinstance(value, dict):
+            raise RunDirError(f"{path}: expected a mapping, found {type(value).__name__}")
+        return value
+
+
+class SweepDir:
+    """A multirun's directory: its job directories, plan and summary files."""
+
+    PLAN = "multirun.yaml"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def plan(self) -> Path:
+        return self.path / self.PLAN
+
+    def summary_file(self, suffix: str) -> Path:
+        """``summary.<suffix>`` at the sweep root."""
+        return self.path / f"summary.{suffix}"
+
+    def job_dirs(self) -> Dict[int, RunDir]:
+        """Sub-directories named ``<num>_...`` (Hydra's sweep subdir), by job number.
+
+        Where two directories share a number, the one holding run.json wins.
+        """
+        found: Dict[int, RunDir] = {}
+        for p in sorted(self.path.iterdir()):
+            m = _JOB_DIR.match(p.name)
+            if not (m and p.is_dir()):
+                continue
+            num = int(m.group(1))
+            if num not in found or (p / RunDir.RECORD).exists():
+                found[num] = RunDir(p)
+        return found
+
+
+def check_run_dir(path: str, command: str) -> RunDir:
+    """``path`` as a RunDir of an existing job.
+
+    Raises:
+        RunDirError: one line naming the subcommand and the path.
+    """
+    run_dir = RunDir(Path(path))
+    if not run_dir.path.exists():
+        raise RunDirError(f"{command} {path}: no such directory")
+    if not run_dir.overrides.is_file():
+        raise RunDirError(f"{command} {path}: {path} is not a run directory (no .hydra/overrides.yaml)")
+    return RunDir(run_dir.path.resolve())
