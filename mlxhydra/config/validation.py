@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from ..errors import ConfigError
 from ..load.load_settings import check_load
+from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..tasks import check_task
 from .composition import to_plain
@@ -97,6 +98,9 @@ def validate(cfg: DictConfig) -> Settings:
         spec = parse_quant(plain("quant"))
     except ConfigError as e:
         problems.extend(e.problems)
+    if spec is not None and isinstance(cfg.get("model"), DictConfig):
+        problems += model_problems(spec.method, plain("model", {}),
+                                   model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
     problems += check_task(task)
     sweep = plain("sweep", {})

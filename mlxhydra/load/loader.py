@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -36,6 +36,9 @@ from .runtime_quant import (
     quantize_while_loading,
 )
 from .weight_files import absent_shards, find_weight_files, read_header, require_weight_files
+
+if TYPE_CHECKING:
+    from .learned_quant import MethodRun
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,7 @@ def build_model(
     args_class: Optional[str] = None,
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
+    method_run: Optional["MethodRun"] = None,
 ) -> Tuple[nn.Module, dict, LoadReport]:
     """Instantiate, quantize and load a model from a ready config dict.
 
@@ -173,6 +177,9 @@ def build_model(
         classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
         weights_key: The weights fingerprint: reuse (and keep) this process's
             opened float weights (:mod:`.weights_cache`; for multirun jobs only).
+        method_run: The calibration data of a calibrated ``quant.method``
+            (:func:`.learned_quant.prepare_method`); by default the model
+            directory's ``eval.txt`` or the embedded corpus.
 
     Returns:
         (model, config, report).
@@ -195,7 +202,15 @@ def build_model(
     )
     find_quantization_config(model_dir, config)
     report.ignored_keys = architecture.ignored_keys(config, args_cls)
+    learned = spec is not None and spec.method != "rtn"
+    if learned:
+        from . import learned_quant
+
+        method_run = method_run or learned_quant.prepare_method(spec, model_dir, config)
+        learned_quant.seed_before_instantiation(method_run)
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
+    if learned:
+        learned_quant.choose_data(method_run)
     times["instantiate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -234,7 +249,7 @@ def build_model(
     if problems and strict:
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
     report.weight_mismatches = problems
-    if saved is None and spec is not None:
+    if saved is None and spec is not None and not learned:
         applied = {"source": "runtime", **spec.describe(), **quantize_while_loading(model, weights, spec)}
         config["quantization"] = config_entry(spec, applied["layers"])
         config["quantization_config"] = config["quantization"]
@@ -244,6 +259,13 @@ def build_model(
     model.eval()
     model.load_weights(list(weights.items()), strict=strict)
     del weights
+    if saved is None and learned:  # float weights read lazily, as the method reaches them
+        times["load_weights"] += time.perf_counter() - t
+        t = time.perf_counter()
+        model = learned_quant.quantize_with_method(model, config, method_run)
+        applied = {"source": "runtime", **spec.describe(), **learned_quant.describe_result(model, method_run)}
+        times["quantize"] += time.perf_counter() - t
+        t = time.perf_counter()
     if not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t

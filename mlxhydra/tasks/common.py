@@ -1,5 +1,6 @@
 """What the tasks share: their input, settings checks, tokenizer, data files, token chunks, progress."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "spiece.model", "tiktoken.model")
 
 
+def has_tokenizer(model_dir: Path) -> bool:
+    """Whether a model directory has one of the tokenizer files mlx-lm reads."""
+    model_dir = Path(model_dir)
+    return (any((model_dir / f).is_file() for f in TOKENIZER_FILES)
+            or bool(list(model_dir.glob("*.tiktoken"))))
+
+
 def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
     """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
 
@@ -53,9 +61,7 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
     model_dir = Path(model_dir)
-    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES) and not list(
-        model_dir.glob("*.tiktoken")
-    ):
+    if not has_tokenizer(model_dir):
         raise TaskError(
             f"{model_dir}: no tokenizer (expected tokenizer.json or tokenizer_config.json "
             "next to config.json); this task needs one"
@@ -145,6 +151,21 @@ def read_jsonl(path: Path, fields: Iterable[str], key: str = "task.data") -> Lis
     return rows
 
 
+@contextlib.contextmanager
+def long_documents_allowed():
+    """Silence transformers' warning that a document is longer than model_max_length.
+
+    Documents are cut into rows after tokenizing, so the warning is noise here.
+    """
+    quiet = logging.getLogger("transformers.tokenization_utils_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def token_chunks(tokenizer, texts: List[str], sequence_length: int, num_samples: int,
                  path: Path):
     """Tokenize documents and cut them into ``[samples, sequence_length]`` rows.
@@ -162,17 +183,11 @@ def token_chunks(tokenizer, texts: List[str], sequence_length: int, num_samples:
     dataset = TextDataset([{"text": t} for t in texts], tokenizer)
     wanted = sequence_length * num_samples if num_samples > 0 else None
     tokens: List[int] = []
-    # transformers warns when a document is longer than model_max_length: harmless here.
-    quiet = logging.getLogger("transformers.tokenization_utils_base")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with long_documents_allowed():
         for i in range(len(dataset)):
             tokens.extend(dataset.process(dataset[i])[0])
             if wanted is not None and len(tokens) >= wanted:
                 break
-    finally:
-        quiet.setLevel(level)
     rows = len(tokens) // sequence_length
     if num_samples > 0:
         rows = min(rows, num_samples)

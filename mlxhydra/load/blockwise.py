@@ -1,0 +1,148 @@
+"""GPTQ one transformer block at a time, with mlx-lm's own ``gptq_quantize``.
+
+``mlx_lm.quant.gptq.gptq_quantize(model, data, ...)`` runs the whole float
+model over the calibration data to collect every layer's Hessian at once,
+then quantizes each layer: the float model and all the Hessians are in
+memory together. :func:`gptq_by_block` gets the same numbers with one block
+in memory: it records what the model feeds its first block and the other
+arguments of every block (masks), then calls ``gptq_quantize`` on one block
+at a time with that block's float inputs (the previous float block's
+outputs), and last on the model with its blocks stood in for, which
+quantizes what lies outside them (``lm_head``, and the embedding at the
+fallback settings). The batches are the same as mlx-lm's, so every Hessian,
+and so every quantized weight, is the same.
+"""
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+log = logging.getLogger("mlxhydra.loading")
+
+Call = Tuple[tuple, dict]  # a block's arguments after the hidden state: (args, kwargs)
+
+
+class _Recorder(nn.Module):
+    """Stands in for a block: records its arguments and passes the hidden state through.
+
+    Attribute look-ups the model's loop makes on its blocks (``use_sliding``)
+    go to the block stood in for, which is not a child (its weights stay
+    out of the tree and unread).
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_block", block)
+        object.__setattr__(self, "inputs", [])
+        object.__setattr__(self, "calls", [])
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+    def __call__(self, x, *args, **kwargs):
+        self.inputs.append(x)
+        self.calls.append((args, kwargs))
+        return x
+
+
+class _Replay(_Recorder):
+    """Stands in for the last block: returns its recorded outputs, batch after batch."""
+
+    def __init__(self, block: nn.Module, outputs: List[mx.array]):
+        super().__init__(block)
+        object.__setattr__(self, "outputs", iter(outputs))
+
+    def __call__(self, x, *args, **kwargs):
+        return next(self.outputs)
+
+
+class _BlockRunner(nn.Module):
+    """One block as a "model" for ``gptq_quantize``: batch i runs with batch i's arguments.
+
+    Its outputs (float: the layers are not quantized yet while the Hessians
+    are collected) are kept as the next block's inputs.
+    """
+
+    def __init__(self, block: nn.Module, calls: List[Call]):
+        super().__init__()
+        self.block = block
+        object.__setattr__(self, "calls", calls)
+        object.__setattr__(self, "outputs", [])
+
+    def __call__(self, x):
+        args, kwargs = self.calls[len(self.outputs)]
+        y = self.block(x, *args, **kwargs)
+        mx.eval(y)
+        self.outputs.append(y)
+        return y
+
+
+def block_list(model: nn.Module) -> Optional[List[nn.Module]]:
+    """The model's list of transformer blocks (``model.layers``), or None."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, list) and layers and all(isinstance(b, nn.Module) for b in layers):
+        return layers
+    return None
+
+
+def _module_path(model: nn.Module, module: nn.Module) -> str:
+    return next(path for path, m in model.named_modules() if m is module)
+
+
+def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, group_size: int,
+                  fallback_bits: int, fallback_group_size: int, batch_size: int,
+                  progress: Callable = lambda it, total, desc: it) -> Dict[str, Any]:
+    """Quantize ``model`` in place as ``gptq(model, data, ...)`` would, one block at a time.
+
+    Args:
+        model: A float model with a ``layers`` list (see :func:`block_list`).
+        data: Calibration token rows ``[samples, length]``.
+        gptq: ``mlx_lm.quant.gptq.gptq_quantize``.
+        bits, group_size, fallback_bits, fallback_group_size, batch_size: as for ``gptq``.
+        progress: ``progress(iterable, total, desc)`` wrapping the loop over blocks.
+
+    Returns:
+        The ``quantization`` config entry, as ``gptq`` returns it.
+    """
+    blocks = block_list(model)
+    originals = list(blocks)
+    batches = [data[s: s + batch_size] for s in range(0, len(data), batch_size)]
+    recorders = [_Recorder(b) for b in originals]
+    blocks[:] = recorders
+    try:
+        for batch in batches:
+            model(batch)  # lazy: only what the recorders saw is evaluated
+            arrays = [v for r in recorders for _, v in tree_flatten(r.calls[-1])
+                      if isinstance(v, mx.array)]  # masks; "causal" and None are not arrays
+            mx.eval(recorders[0].inputs[-1], arrays)
+    finally:
+        blocks[:] = originals
+    hidden = recorders[0].inputs
+    entry: Dict[str, Any] = {"bits": bits, "group_size": group_size}
+    for i in progress(range(len(originals)), len(originals), "GPTQ blocks"):
+        runner = _BlockRunner(originals[i], recorders[i].calls)
+        _, block_entry = gptq(runner, mx.concatenate(hidden, axis=0), bits, group_size,
+                              fallback_bits, fallback_group_size, batch_size=batch_size)
+        prefix = _module_path(model, originals[i])
+        entry.update({f"{prefix}.{k[len('block.'):]}": v for k, v in block_entry.items()
+                      if k.startswith("block.")})
+        hidden = runner.outputs
+        del runner
+        mx.clear_cache()
+    # What lies outside the blocks (lm_head, the embedding), with the blocks stood in for:
+    # the first returns the last block's float outputs, the others pass them on.
+    stand_ins = [_Replay(originals[0], hidden)] + [_Recorder(b) for b in originals[1:]]
+    blocks[:] = stand_ins
+    try:
+        _, outer_entry = gptq(model, data, bits, group_size, fallback_bits, fallback_group_size,
+                              batch_size=batch_size)
+    finally:
+        blocks[:] = originals
+    entry.update({k: v for k, v in outer_entry.items() if k not in ("bits", "group_size")})
+    return entry
