@@ -173,8 +173,6 @@ def test_kl_falls_as_bits_rise_for_every_method(method, extra):
         quant = {"method": method, "bits": bits, **extra}
         if method != "rtn":
             quant["calibration"] = calibration(4, 32)
-        if method == "dynamic" and bits == 8:  # no wider width: finer groups for its sensitive layers
-            quant["dynamic"] = {"high_bits": 8, "high_group_size": 32}
         model, _ = mlxhydra.load_model(EMBEDDED_TINY, quant=quant)
         kl[bits] = kl_to_float(model, reference, rows)
     assert kl[2] > kl[4] > kl[8] > 0
@@ -234,7 +232,7 @@ def test_dynamic_reuses_its_sensitivities(tmp_path):
     ({"method": "awq", "mode": "mxfp4"}, "awq quantizes in affine mode only"),
     ({"method": "awq", "bits": 4, "rules": [{"pattern": "lm_head", "bits": 8}]},
      "quant.rules applies to quant.method=rtn only"),
-    ({"method": "dynamic", "bits": 8}, "no wider affine width for its sensitive layers"),
+    ({"method": "dynamic", "bits": 8, "group_size": 32}, "no finer default for its sensitive layers"),
     ({"method": "dynamic", "bits": 4, "dynamic": {"high_bits": 3}},
      "the sensitive layers must get more bits"),
     ({"method": "dwq", "dwq": {"steps": 10}, "calibration": {"num_samples": 8}},

@@ -202,11 +202,11 @@ def _dynamic(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
     from mlx_lm.quant.dynamic_quant import estimate_threshold
     from mlx_lm.utils import quantize_model
 
-    from .method_settings import next_bits
+    from .method_settings import high_settings
 
     s, d = run.spec.settings, run.spec.default
     low = (d["bits"], d["group_size"])
-    high = (s["high_bits"] or next_bits(d["bits"]), s["high_group_size"])
+    high = high_settings(d["bits"], d["group_size"], s)
     sensitivities = _sensitivities(model, run, low, high)
     target = s["target_bpw"]
     if target is None:  # halfway between every layer low and every layer high

@@ -105,11 +105,23 @@ def _node(quant: Mapping[str, Any], name: str, defaults: Mapping[str, Any],
     return {**defaults, **{k: v for k, v in given.items() if k in defaults}}
 
 
-def next_bits(bits: int) -> Optional[int]:
-    """The next affine width above ``bits`` (dynamic's default high bits), or None."""
-    from .quant_spec import AFFINE_BITS
+def high_settings(bits: int, group_size: int, settings: Mapping[str, Any]) -> Optional[Tuple[int, int]]:
+    """(bits, group size) of dynamic's sensitive layers, or None when there is no default.
 
-    return next((b for b in AFFINE_BITS if b > bits), None)
+    ``quant.dynamic.high_bits`` null means the next affine width above
+    ``quant.bits`` with ``high_group_size``; 8 bits has none, so then 8 bits
+    with half of ``quant.group_size``.
+    """
+    from .quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES
+
+    high, high_group = settings.get("high_bits"), settings.get("high_group_size")
+    if high is None:
+        high = next((b for b in AFFINE_BITS if b > bits), None)
+        if high is None:
+            high, high_group = bits, group_size // 2
+            if high_group not in AFFINE_GROUP_SIZES:
+                return None
+    return high, high_group
 
 
 def _check_method_settings(method: str, s: Dict[str, Any], bits: Any, group_size: Any,
@@ -142,15 +154,17 @@ def _check_method_settings(method: str, s: Dict[str, Any], bits: Any, group_size
         c.positive_int("batch_size")
         c.choice("accumulation_dtype", ACCUMULATION_DTYPES)
         c.boolean("grad_checkpoint")
-        if _is_int(bits) and s.get("high_bits") is None and next_bits(bits) is None:
-            problems.append(f"quant.method=dynamic with quant.bits={bits}: no wider affine width "
-                            "for its sensitive layers; set quant.dynamic.high_bits")
-        high, high_group = s.get("high_bits") or next_bits(bits or 0), s.get("high_group_size")
+        bits = 4 if bits is None else bits  # the affine defaults
         group_size = 64 if group_size is None else group_size
-        if (_is_int(bits) and _is_int(group_size) and _is_int(high) and _is_int(high_group)
-                and high <= bits and high_group >= group_size):
+        if not (_is_int(bits) and _is_int(group_size)):
+            return
+        high = high_settings(bits, group_size, s)
+        if high is None:
+            problems.append(f"quant.method=dynamic with quant.bits={bits}, group_size={group_size}: "
+                            "no finer default for its sensitive layers; set quant.dynamic.high_bits")
+        elif _is_int(high[0]) and _is_int(high[1]) and high[0] <= bits and high[1] >= group_size:
             problems.append(
-                f"quant.dynamic.high_bits={high}, high_group_size={high_group}: the sensitive "
+                f"quant.dynamic.high_bits={high[0]}, high_group_size={high[1]}: the sensitive "
                 f"layers must get more bits than quant.bits={bits}, group_size={group_size}")
 
 

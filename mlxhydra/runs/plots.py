@@ -1,4 +1,5 @@
-"""The summary figure of a sweep: the main metric against the swept numeric values."""
+"""The summary figure of a sweep: the main metric against the swept numeric values,
+or against bits per weight with the Pareto front when the summary marks one."""
 
 import io
 import math
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .atomic import write_bytes_atomic
+from .pareto import COLUMN as PARETO
 from .summary import FIXED
 
 
@@ -36,7 +38,9 @@ def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if numeric:
+    if any(PARETO in r for r in done):
+        _front(ax, [r for r in done if PARETO in r], keys, y_of, metric)
+    elif numeric:
         x_key = max(numeric, key=lambda k: len({r["_overrides"][k] for r in done}))
         others = [k for k in keys if k != x_key]
         lines: Dict[str, List[Tuple[float, float]]] = {}
@@ -62,3 +66,22 @@ def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: st
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return True
+
+
+def _front(ax, rows: List[Dict[str, Any]], keys: Sequence[str], y_of, metric: str) -> None:
+    """``metric`` against bits per weight: the jobs by their swept values, the front as a line."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    others = [k for k in keys if not any(k.endswith(b) for b in (".bits", ".group_size"))]
+    for r in rows:
+        label = ", ".join(f"{k}={r['_overrides'].get(k)}" for k in others) or metric
+        groups.setdefault(label, []).append(r)
+    for label, members in groups.items():
+        ax.scatter([r["bits_per_weight"] for r in members], [y_of(r) for r in members],
+                   label=label, zorder=3)
+    on = sorted((r["bits_per_weight"], y_of(r)) for r in rows if r[PARETO])
+    ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=1, zorder=2,
+            label="Pareto front")
+    if metric.startswith("kl") or metric.endswith("perplexity"):
+        ax.set_yscale("log")
+    ax.set_xlabel("bits per weight")
+    ax.legend(fontsize="small")

@@ -68,7 +68,6 @@ def summarize(t: Dict[str, np.ndarray]) -> Dict[str, Any]:
         "kl_median": float(np.median(kl)),
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
-        "kl_min": float(kl.min()),
         "kl_percentiles": _distribution(kl, KL_PERCENTILES),
         "top1_agreement": top1,
         "top1_agreement_stderr": math.sqrt(top1 * (1 - top1) / (n - 1)) if n > 1 else 0.0,
