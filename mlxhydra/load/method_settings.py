@@ -39,55 +39,16 @@ def _is_int(v: Any) -> bool:
     return type(v) is int
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+POSITIVE = math.ulp(0.0)  # the smallest positive float: number(low=POSITIVE) means "> 0"
 
 
-class _Checker:
-    """Collects ``quant.<node>.<key>=<value>: expected ...`` problems."""
+def _checker(node: str, values: Mapping[str, Any], problems: List[str]):
+    """A settings check whose problems read ``quant.<node>.<key>=<value>: expected ...``."""
+    from ..tasks.common import SettingsCheck
 
-    def __init__(self, node: str, values: Mapping[str, Any], problems: List[str]):
-        self.node, self.values, self.problems = node, values, problems
-
-    def fail(self, key: str, expected: str) -> None:
-        self.problems.append(f"quant.{self.node}.{key}={self.values.get(key)!r}: expected {expected}")
-
-    def positive_int(self, key: str, allow_null: bool = False, allow_all: bool = False) -> None:
-        v = self.values.get(key)
-        if (v is None and allow_null) or (_is_int(v) and (v > 0 or (allow_all and v == -1))):
-            return
-        self.fail(key, "a positive integer" + (" or -1 (all)" if allow_all else "")
-                  + (" or null" if allow_null else ""))
-
-    def positive_number(self, key: str, allow_null: bool = False) -> None:
-        v = self.values.get(key)
-        if (v is None and allow_null) or (_is_number(v) and v > 0):
-            return
-        self.fail(key, "a positive number" + (" or null" if allow_null else ""))
-
-    def choice(self, key: str, choices, allow_null: bool = False) -> None:
-        v = self.values.get(key)
-        if (v is None and allow_null) or (v in choices and type(v) in {type(c) for c in choices}):
-            return
-        self.fail(key, "one of " + ", ".join(map(str, choices)) + (" or null" if allow_null else ""))
-
-    def boolean(self, key: str) -> None:
-        if not isinstance(self.values.get(key), bool):
-            self.fail(key, "true or false")
-
-    def path(self, key: str) -> None:
-        v = self.values.get(key)
-        if v is None:
-            return
-        if not isinstance(v, str) or not v:
-            self.fail(key, "a file path or null")
-            return
-        p = Path(v).expanduser().absolute()
-        if not p.is_file():
-            self.problems.append(f"quant.{self.node}.{key}={v}: {p} "
-                                 f"{'is not a file' if p.exists() else 'does not exist'}")
-        elif p.stat().st_size == 0:
-            self.problems.append(f"quant.{self.node}.{key}: {p} is empty")
+    c = SettingsCheck(values, prefix=f"quant.{node}")
+    c.problems = problems
+    return c
 
 
 def _node(quant: Mapping[str, Any], name: str, defaults: Mapping[str, Any],
@@ -128,30 +89,30 @@ def _check_method_settings(method: str, s: Dict[str, Any], bits: Any, group_size
                            problems: List[str]) -> None:
     from .quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES
 
-    c = _Checker(method, s, problems)
+    c = _checker(method, s, problems)
     if method == "awq":
         c.choice("embed_bits", AFFINE_BITS)
         c.choice("embed_group_size", AFFINE_GROUP_SIZES)
-        c.positive_int("n_grid")
+        c.integer("n_grid")
     elif method == "gptq":
         c.choice("fallback_bits", AFFINE_BITS)
         c.choice("fallback_group_size", AFFINE_GROUP_SIZES)
-        c.positive_int("batch_size")
+        c.integer("batch_size")
         if _is_int(bits) and bits not in GPTQ_BITS:
             problems.append(f"quant.bits={bits}: mlx-lm's GPTQ packs 2, 4 or 8 bits only")
     elif method == "dwq":
-        c.positive_number("learning_rate")
-        c.positive_int("batch_size")
-        c.positive_int("steps", allow_null=True)
-        c.positive_int("num_valid_samples")
-        c.positive_number("temperature")
+        c.number("learning_rate", POSITIVE, expected="a positive number")
+        c.integer("batch_size")
+        c.integer("steps", optional=True)
+        c.integer("num_valid_samples")
+        c.number("temperature", POSITIVE, expected="a positive number")
         c.boolean("grad_checkpoint")
     elif method == "dynamic":
-        c.positive_number("target_bpw", allow_null=True)
-        c.choice("high_bits", AFFINE_BITS, allow_null=True)
+        c.number("target_bpw", POSITIVE, expected="a positive number or null", optional=True)
+        c.choice("high_bits", AFFINE_BITS + (None,))
         c.choice("high_group_size", AFFINE_GROUP_SIZES)
-        c.path("sensitivities")
-        c.positive_int("batch_size")
+        c.data_file("sensitivities")
+        c.integer("batch_size")
         c.choice("accumulation_dtype", ACCUMULATION_DTYPES)
         c.boolean("grad_checkpoint")
         bits = 4 if bits is None else bits  # the affine defaults
@@ -190,10 +151,10 @@ def parse_method(quant: Mapping[str, Any], bits: Any, group_size: Any, mode: Any
     every = {name: _node(quant, name, defaults, problems) for name, defaults in METHOD_DEFAULTS.items()}
     calibration = _node(quant, "calibration", {"data": None, "num_samples": None,
                                                "sequence_length": None, "seed": 123}, problems)
-    c = _Checker("calibration", calibration, problems)
-    c.path("data")
-    c.positive_int("num_samples", allow_null=True, allow_all=True)
-    c.positive_int("sequence_length", allow_null=True)
+    c = _checker("calibration", calibration, problems)
+    c.data_file("data")
+    c.integer("num_samples", allow_negative_one=True, optional=True)
+    c.integer("sequence_length", optional=True)
     seed = calibration.get("seed")
     if not _is_int(seed) or not 0 <= seed < 2**32:
         c.fail("seed", "an integer from 0 to 2**32-1")

@@ -218,24 +218,30 @@ class SettingsCheck:
     """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
     Each task's ``check(task)`` uses one and returns its ``problems``; the
-    validate stage reports them together before any weight is read.
+    validate stage reports them together before any weight is read. Other
+    nodes use it with their own ``prefix`` (``quant.dwq``).
     """
 
-    def __init__(self, task: Mapping[str, Any]):
+    def __init__(self, task: Mapping[str, Any], prefix: str = "task"):
         self.task = task
+        self.prefix = prefix
         self.problems: List[str] = []
 
     def fail(self, key: str, expected: str) -> None:
-        self.problems.append(f"task.{key}={self.task.get(key)!r}: expected {expected}")
+        self.problems.append(f"{self.prefix}.{key}={self.task.get(key)!r}: expected {expected}")
 
-    def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False) -> None:
-        """An integer >= ``minimum`` (1: positive, 0: or 0), or -1 when allowed."""
+    def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False,
+                optional: bool = False) -> None:
+        """An integer >= ``minimum`` (1: positive, 0: or 0), or -1 when allowed (null when optional)."""
         value = self.task.get(key)
+        if value is None and optional:
+            return
         ok = type(value) is int and (value >= minimum or (allow_negative_one and value == -1))
         if not ok:
             expect = ("a positive integer" if minimum == 1 else "a positive integer or 0"
                       if minimum == 0 else f"at least {minimum}")
-            self.fail(key, expect + (" or -1" if allow_negative_one else ""))
+            self.fail(key, expect + (" or -1" if allow_negative_one else "")
+                      + (" or null" if optional else ""))
 
     def number(self, key: str, low: float, high: Optional[float] = None, expected: str = "",
                optional: bool = False) -> None:
@@ -255,8 +261,9 @@ class SettingsCheck:
 
     def choice(self, key: str, choices: Sequence[Any], default: Any = None) -> None:
         if self.task.get(key, default) not in choices:
-            self.fail(key, "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c)
-                                                 for c in choices))
+            self.fail(key, "one of " + ", ".join(
+                "null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+                for c in choices))
 
     def data_file(self, key: str = "data") -> None:
         """An explicit data file must exist and not be empty (null: the default file)."""
@@ -269,9 +276,9 @@ class SettingsCheck:
         path = Path(value).expanduser().absolute()
         if not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
-            self.problems.append(f"task.{key}={value}: {path} {what}")
+            self.problems.append(f"{self.prefix}.{key}={value}: {path} {what}")
         elif path.stat().st_size == 0:
-            self.problems.append(f"task.{key}: {path} is empty")
+            self.problems.append(f"{self.prefix}.{key}: {path} is empty")
 
 
 def peak_memory_gb() -> float:
