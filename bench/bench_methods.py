@@ -45,43 +45,60 @@ RESULTS = bl.BENCH / "results_methods.json"
 TEXT = bl.ROOT / "mlxhydra" / "data" / "tiny_calibration.txt"
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TINY = bl.ROOT / "mlxhydra" / "models" / "tiny"
-# A small float16 llama: 4 blocks of hidden 512 (20M parameters, 40 MB).
+# A small float16 llama: 4 blocks of hidden 384 (9.4M parameters, 19 MB).
 SMALL = {
-    "model_type": "llama", "hidden_size": 512, "num_hidden_layers": 4, "intermediate_size": 1408,
-    "num_attention_heads": 8, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
-    "vocab_size": 8192, "max_position_embeddings": 1024, "rope_theta": 10000.0,
+    "model_type": "llama", "hidden_size": 384, "num_hidden_layers": 4, "intermediate_size": 1024,
+    "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+    "vocab_size": 4096, "max_position_embeddings": 1024, "rope_theta": 10000.0,
     "tie_word_embeddings": False, "torch_dtype": "float16",
+}
+# A float32 llama larger than the memory limit of the GPTQ/AWQ memory cases (130M parameters,
+# 520 MB): few blocks of moderate width, so that GPTQ's O(out x in^2) work fits a slow CPU.
+MEDIUM = {
+    "model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 12, "intermediate_size": 2048,
+    "num_attention_heads": 16, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+    "vocab_size": 8192, "max_position_embeddings": 1024, "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
 }
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 # method -> (mlx-lm command's arguments, mlxhydra overrides): the same settings.
 METHODS = {
-    "awq": (["awq", "--bits", "4", "--num-samples", "32", "--sequence-length", "128",
-             "--n-grid", "10"],
-            ["quant.method=awq", "quant.bits=4", "quant.awq.n_grid=10"]),
-    "gptq": (["gptq", "--bits", "4", "--num-samples", "32", "--sequence-length", "128"],
-             ["quant.method=gptq", "quant.bits=4"]),
+    "awq": (["awq", "--bits", "4", "--num-samples", "16", "--sequence-length", "64",
+             "--n-grid", "5"],
+            ["quant.method=awq", "quant.bits=4", "quant.awq.n_grid=5",
+             "quant.calibration.num_samples=16", "quant.calibration.sequence_length=64"]),
+    "gptq": (["gptq", "--bits", "4", "--num-samples", "32", "--sequence-length", "64"],
+             ["quant.method=gptq", "quant.bits=4", "quant.calibration.num_samples=32",
+              "quant.calibration.sequence_length=64"]),
+    # mlx_lm.dynamic_quant reads every 512-token row of its text: SHORT_TEXT has 4.
     "dynamic": (["dynamic_quant", "--low-bits", "3", "--high-bits", "4", "--target-bpw", "4.0"],
                 ["quant.method=dynamic", "quant.bits=3", "quant.dynamic.high_bits=4",
                  "quant.dynamic.target_bpw=4.0", "quant.calibration.num_samples=-1",
                  "quant.calibration.sequence_length=512"]),
-    "dwq": (["--bits", "3", "--num-samples", "32", "--num-valid-samples", "8",
-             "--max-seq-length", "129", "--learning-rate", "1e-4", "--batch-size", "4"],
-            ["quant.method=dwq", "quant.bits=3", "quant.calibration.sequence_length=129",
-             "quant.dwq.learning_rate=1e-4", "quant.dwq.num_valid_samples=8"]),
+    "dwq": (["--bits", "3", "--num-samples", "16", "--num-valid-samples", "4",
+             "--max-seq-length", "65", "--learning-rate", "1e-4", "--batch-size", "4"],
+            ["quant.method=dwq", "quant.bits=3", "quant.calibration.num_samples=16",
+             "quant.calibration.sequence_length=65", "quant.dwq.learning_rate=1e-4",
+             "quant.dwq.num_valid_samples=4"]),
 }
-CALIBRATION = {"awq": ["quant.calibration.num_samples=32", "quant.calibration.sequence_length=128"],
-               "gptq": ["quant.calibration.num_samples=32", "quant.calibration.sequence_length=128"],
-               "dynamic": [], "dwq": ["quant.calibration.num_samples=32"]}
-# The bigger-than-memory runs: few calibration tokens (the CPU is slow), the default grid cut.
+# The bigger-than-memory cases: (model, mlx-lm arguments, mlxhydra overrides). Few calibration
+# tokens: the CPU back end is slow. dynamic reads sensitivities (synthetic, written here) so that
+# neither side runs the sensitivity pass, which needs the whole model on both.
 MEMORY = {
-    "gptq": (["gptq", "--bits", "4", "--num-samples", "4", "--sequence-length", "64"],
-             ["quant.method=gptq", "quant.bits=4", "quant.calibration.num_samples=4",
+    "dynamic": ("llama-1b", ["dynamic_quant", "--low-bits", "3", "--high-bits", "4",
+                             "--target-bpw", "3.6", "--sensitivities", "{sensitivities}"],
+                ["quant.method=dynamic", "quant.bits=3", "quant.dynamic.high_bits=4",
+                 "quant.dynamic.target_bpw=3.6", "quant.dynamic.sensitivities={sensitivities}"]),
+    "gptq": ("medium", ["gptq", "--bits", "4", "--num-samples", "2", "--sequence-length", "64"],
+             ["quant.method=gptq", "quant.bits=4", "quant.calibration.num_samples=2",
               "quant.calibration.sequence_length=64"]),
-    "awq": (["awq", "--bits", "4", "--num-samples", "2", "--sequence-length", "64", "--n-grid", "2"],
+    "awq": ("medium", ["awq", "--bits", "4", "--num-samples", "1", "--sequence-length", "64",
+                       "--n-grid", "2"],
             ["quant.method=awq", "quant.bits=4", "quant.awq.n_grid=2",
-             "quant.calibration.num_samples=2", "quant.calibration.sequence_length=64"]),
+             "quant.calibration.num_samples=1", "quant.calibration.sequence_length=64"]),
 }
+SHORT_CHARS = 2100  # about four 512-token rows of the character-level tokenizer
 
 
 def with_tokenizer(model_dir: Path) -> Path:
@@ -91,23 +108,34 @@ def with_tokenizer(model_dir: Path) -> Path:
     return model_dir
 
 
-def small_model() -> Path:
-    target = bl.CACHE / "llama-small"
+def cached_model(name: str, config: Dict[str, Any], dtype: Optional[str]) -> Path:
+    """A random llama built once with mlx-lm's classes into bench/.cache/NAME."""
+    target = bl.CACHE / name
     stamp = target / "bench_config.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == SMALL):
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == config):
         shutil.rmtree(target, ignore_errors=True)
-        sets = [f"{k}={json.dumps(v)}" for k, v in SMALL.items() if k != "model_type"]
+        sets = [f"{k}={json.dumps(v)}" for k, v in config.items() if k != "model_type"]
         subprocess.run([bl.PY, str(bl.ROOT / "tests" / "helpers" / "random_models.py"), str(target),
-                        "--dtype", "float16", "--set", *sets], check=True)
-        stamp.write_text(json.dumps(SMALL))
+                        *(["--dtype", dtype] if dtype else []), "--set", *sets], check=True)
+        stamp.write_text(json.dumps(config))
     return with_tokenizer(target)
 
 
-def home_with_text(workdir: Path) -> Path:
+def text_for(method: str) -> Path:
+    """The calibration text: the embedded model's, or its first rows for dynamic."""
+    if method != "dynamic":
+        return TEXT
+    short = bl.CACHE / "calibration_short.txt"
+    bl.CACHE.mkdir(parents=True, exist_ok=True)
+    short.write_text(TEXT.read_text()[:SHORT_CHARS])
+    return short
+
+
+def home_with_text(workdir: Path, text: Path) -> Path:
     """A HOME where mlx_lm.quant.utils.load_data finds its calibration file (no download)."""
     cache = workdir / "home" / ".cache" / "mlx-lm"
     cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(TEXT, cache / "calibration_v5.txt")
+    shutil.copy(text, cache / "calibration_v5.txt")
     return workdir / "home"
 
 
@@ -115,25 +143,26 @@ def mlx_lm_command(method: str, args: List[str], model_dir: Path, out: Path, wor
     if method == "dwq":
         return [bl.PY, str(bl.BENCH / "mlx_lm_dwq.py"), "--model", str(model_dir), "--mlx-path",
                 str(out), "--data", str(TEXT), *args]
-    return ["env", f"HOME={home_with_text(workdir)}", bl.PY, "-m", "mlx_lm", *args,
-            "--model", str(model_dir), "--mlx-path", str(out)]
+    return ["env", f"HOME={home_with_text(workdir, text_for(method))}", bl.PY, "-m", "mlx_lm",
+            *args, "--model", str(model_dir), "--mlx-path", str(out)]
 
 
-def mlxhydra_command(overrides: List[str], model_dir: Path, out: Path) -> List[str]:
-    return bl.mlxhydra_cli(f"model={model_dir}", *overrides, f"quant.calibration.data={TEXT}",
-                           "task=save", f"task.path={out}")
+def mlxhydra_command(method: str, overrides: List[str], model_dir: Path, out: Path) -> List[str]:
+    return bl.mlxhydra_cli(f"model={model_dir}", *overrides,
+                           f"quant.calibration.data={text_for(method)}", "task=save",
+                           f"task.path={out}")
 
 
 def make_case(method: str, model_dir: Path) -> bl.Case:
     args, overrides = METHODS[method]
-    overrides = overrides + CALIBRATION[method]
     return bl.Case(
         method, f"{method}: mlx-lm's command vs python -m mlxhydra quant.method={method} task=save",
         baseline=bl.Side(f"mlx-lm {args[0] if method != 'dwq' else 'dwq steps'}",
                          lambda ctx: [mlx_lm_command(method, args, model_dir, ctx.workdir / "out",
                                                      ctx.workdir)]),
         candidate=bl.Side(f"mlxhydra quant.method={method}",
-                          lambda ctx: [mlxhydra_command(overrides, model_dir, ctx.workdir / "out")],
+                          lambda ctx: [mlxhydra_command(method, overrides, model_dir,
+                                                        ctx.workdir / "out")],
                           collect=bl.mlxhydra_records))
 
 
@@ -160,7 +189,7 @@ def verify(method: str, model_dir: Path) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mlxhydra-bench-") as tmp:
         work = Path(tmp)
         for argv in (mlx_lm_command(method, args, model_dir, work / "theirs", work),
-                     mlxhydra_command(overrides + CALIBRATION[method], model_dir, work / "ours")):
+                     mlxhydra_command(method, overrides, model_dir, work / "ours")):
             bl.run_process(argv, work, work / "log.txt")
         return same_weights(work / "theirs", work / "ours")
 
@@ -228,44 +257,74 @@ def _oom_kills(group: Path) -> int:
     return 0
 
 
-def run_memory(methods: Sequence[str], limit_gb: float) -> List[Dict[str, Any]]:
-    model_dir = with_tokenizer(bl.ensure_model())
-    size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+def synthetic_sensitivities(model_dir: Path, out: Path) -> Path:
+    """A sensitivities file as dynamic quantization writes one: a seeded value per quantizable layer.
+
+    The layers are the model's ``*.weight`` tensors that are not norms (read from the
+    safetensors index, no weight read); the values only decide which layers get more bits.
+    """
+    import random
+
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+    layers = sorted(k[: -len(".weight")] for k in index["weight_map"]
+                    if k.endswith(".weight") and "norm" not in k)
+    rng = random.Random(0)
+    out.write_text(json.dumps([[name, rng.random()] for name in layers]))
+    return out
+
+
+def memory_model(name: str) -> Path:
+    return with_tokenizer(bl.ensure_model()) if name == "llama-1b" else cached_model(
+        "llama-medium-f32", MEDIUM, None)
+
+
+def run_memory(methods: Sequence[str], limits_gb: Dict[str, float]) -> List[Dict[str, Any]]:
     results = []
     for method in methods:
-        args, overrides = MEMORY[method]
+        model_name, args, overrides = MEMORY[method]
+        model_dir = memory_model(model_name)
+        size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+        limit = int(limits_gb[model_name] * 1e9)
         sides = {}
         for which in ("baseline", "candidate"):
             with tempfile.TemporaryDirectory(prefix="mlxhydra-bench-") as tmp, \
-                    MemoryLimit(int(limit_gb * 1e9)) as group:
+                    MemoryLimit(limit) as group:
                 work = Path(tmp)
-                argv = (mlx_lm_command(method, args, model_dir, work / "out", work)
-                        if which == "baseline" else mlxhydra_command(overrides, model_dir, work / "out"))
+                fill = {"sensitivities": str(synthetic_sensitivities(model_dir, work / "sens.json"))}
+                argv = (mlx_lm_command(method, [a.format(**fill) for a in args], model_dir,
+                                       work / "out", work)
+                        if which == "baseline" else
+                        mlxhydra_command(method, [o.format(**fill) for o in overrides], model_dir,
+                                         work / "out"))
                 r = group.run(argv, work, work / "log.txt")
                 if which == "candidate" and r["ok"]:
                     record = json.loads(next((work / "outputs").rglob("run.json")).read_text())
                     r["mx_peak_bytes"] = record.get("peak_memory_bytes")
-                    r["quantized_bytes"] = sum(f.stat().st_size for f in (work / "out").glob("*.safetensors"))
                     r["times"] = record.get("times")
+                if r["ok"]:
+                    r["quantized_bytes"] = sum(f.stat().st_size
+                                               for f in (work / "out").glob("*.safetensors"))
             label = f"mlx-lm {args[0]}" if which == "baseline" else f"mlxhydra quant.method={method}"
             sides[which] = {"label": label, **r}
-            print(f"[memory] {method:<5} {which:<9} {'ok' if r['ok'] else r['error']:<28} "
-                  f"wall {r['wall_s']:7.1f} s  rss {r['max_rss_bytes'] / 1e9:5.2f} GB", flush=True)
-        results.append({"name": f"memory_{method}", "model_bytes": size, "limit_bytes": int(limit_gb * 1e9),
-                        **sides})
+            print(f"[memory] {method:<7} {which:<9} {'ok' if r['ok'] else r['error']:<28} "
+                  f"wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  "
+                  f"rss {r['max_rss_bytes'] / 1e9:5.2f} GB", flush=True)
+        results.append({"name": f"memory_{method}", "model": model_name, "model_bytes": size,
+                        "limit_bytes": limit, **sides})
     return results
 
 
 def memory_table(results: List[Dict[str, Any]]) -> str:
-    lines = ["| case | side | outcome | wall s | CPU s | peak RSS GB | mx peak GB |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| case | float model GB | limit GB | side | outcome | wall s | CPU s | peak RSS GB "
+             "| mx peak GB | saved GB |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         for which in ("baseline", "candidate"):
             s = r[which]
             outcome = "completed" if s["ok"] else s["error"]
-            lines.append(f"| {r['name']} | {s['label']} | {outcome} | {s['wall_s']:.1f} | "
-                         f"{s['cpu_s']:.1f} | {s['max_rss_bytes'] / 1e9:.2f} | "
-                         f"{bl._gb(s.get('mx_peak_bytes')).strip()} |")
+            lines.append(f"| {r['name']} | {r['model_bytes'] / 1e9:.2f} | {r['limit_bytes'] / 1e9:.2f} "
+                         f"| {s['label']} | {outcome} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | "
+                         f"{s['max_rss_bytes'] / 1e9:.2f} | {bl._gb(s.get('mx_peak_bytes')).strip()} | "
+                         f"{bl._gb(s.get('quantized_bytes')).strip()} |")
     return "\n".join(lines)
 
 
@@ -276,19 +335,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--memory", action="store_true", help="the bigger-than-memory cases instead")
     p.add_argument("--memory-methods", nargs="+", default=list(MEMORY), choices=list(MEMORY))
-    p.add_argument("--limit-gb", type=float, default=1.5)
+    p.add_argument("--limit-gb", type=float, default=1.2, help="limit for the 2.2 GB llama")
+    p.add_argument("--medium-limit-gb", type=float, default=0.5, help="limit for the 0.52 GB llama")
     p.add_argument("--output", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     previous = json.loads(a.output.read_text()) if a.output.is_file() else {}
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": bl.machine()}
     if a.memory:
-        results = run_memory(a.memory_methods, a.limit_gb)
+        results = run_memory(a.memory_methods, {"llama-1b": a.limit_gb, "medium": a.medium_limit_gb})
         print()
         print(memory_table(results))
-        out.update(model=bl.LLAMA_1B, memory_cases=results)
+        out.update(memory_models={"llama-1b": bl.LLAMA_1B, "medium": MEDIUM}, memory_cases=results)
         out = {**previous, **out}
     else:
-        model_dir = small_model()
+        model_dir = cached_model("llama-small", SMALL, "float16")
         checks = {m: verify(m, model_dir) for m in a.cases}
         for m, c in checks.items():
             print(f"[verify] {m:<8} identical to mlx-lm's: {c['identical']} ({c['tensors']} tensors)")

@@ -230,31 +230,24 @@ def _dynamic(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
 METHODS = {"awq": _awq, "gptq": _gptq, "dwq": _dwq, "dynamic": _dynamic}
 
 
-def quantize_with_method(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
+def quantize_with_method(model: nn.Module, config: dict, run: MethodRun) -> Tuple[nn.Module, Dict[str, Any]]:
     """Apply ``run.spec.method`` to a float model; ``config`` gets its ``quantization`` entry.
 
     Returns:
-        The quantized model (the same object, or a new one for dwq), evaluated
-        one module at a time so that lazily read float weights are freed as
-        their layer is done.
+        (model, applied): the quantized model (the same object, or a new one
+        for dwq), evaluated one module at a time so that lazily read float
+        weights are freed as their layer is done; and run.json's
+        ``quantization`` fields for it (the request, each layer's settings,
+        the calibration record).
     """
     model = METHODS[run.spec.method](model, config, run)
     for _, leaf in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
         mx.eval(leaf.parameters())
     mx.eval(model.parameters())
-    return model
-
-
-def layer_settings(model: nn.Module) -> Dict[str, Dict[str, Any]]:
-    """Each quantized module's settings, by path."""
-    return {path: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
-            for path, m in model.named_modules() if hasattr(m, "bits") and hasattr(m, "group_size")}
-
-
-def describe_result(model: nn.Module, run: MethodRun) -> Dict[str, Any]:
-    """The ``quantization`` fields of run.json that the method determined."""
-    layers = layer_settings(model)
+    layers = {path: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
+              for path, m in model.named_modules() if hasattr(m, "bits") and hasattr(m, "group_size")}
     floating = sum(1 for _, m in model.named_modules() if hasattr(m, "to_quantized"))
-    return {"layers": layers, "quantized": len(layers), "float_by_rule_or_predicate": floating,
-            "float_indivisible": 0, "unmatched_rules": [], "calibration": run.record}
+    return model, {"source": "runtime", **run.spec.describe(), "layers": layers,
+                   "quantized": len(layers), "float_by_rule_or_predicate": floating,
+                   "float_indivisible": 0, "unmatched_rules": [], "calibration": run.record}
 

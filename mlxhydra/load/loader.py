@@ -259,13 +259,11 @@ def build_model(
     model.eval()
     model.load_weights(list(weights.items()), strict=strict)
     del weights
-    if saved is None and learned:  # float weights read lazily, as the method reaches them
-        times["load_weights"] += time.perf_counter() - t
-        t = time.perf_counter()
-        model = learned_quant.quantize_with_method(model, config, method_run)
-        applied = {"source": "runtime", **spec.describe(), **learned_quant.describe_result(model, method_run)}
-        times["quantize"] += time.perf_counter() - t
-        t = time.perf_counter()
+    if saved is None and learned:  # the float weights are read lazily, as the method reaches them
+        start = time.perf_counter()
+        model, applied = learned_quant.quantize_with_method(model, config, method_run)
+        times["quantize"] += time.perf_counter() - start
+        t += time.perf_counter() - start
     if not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
