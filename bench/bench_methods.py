@@ -17,11 +17,13 @@ Before timing, one run of each side writes its model and the two are compared
 tensor by tensor (``identical`` in the results). Timing, peak RSS and the
 alternating order are bench_load.py's.
 
-``--memory`` runs GPTQ and AWQ on bench_load.py's ~1.1B float16 llama (2.2 GB)
-with both sides inside a cgroup v1 memory limit below the float model's size
-(``--limit-gb``, default 1.5): a side either finishes (peak RSS, mx peak) or is
-killed at the limit. It needs root and ``/sys/fs/cgroup/memory``. Run it
-alone (``flock /tmp/bench.lock``): it reads 2.2 GB per side and takes minutes.
+``--memory`` runs the bigger-than-memory cases, both sides inside a cgroup v1
+memory limit below the float model's size (it needs root and
+``/sys/fs/cgroup/memory``): GPTQ and AWQ on a 0.67 GB float32 llama under
+``--medium-limit-gb`` (0.56), and dynamic quantization from a sensitivities
+file on bench_load.py's 2.2 GB float16 llama under ``--limit-gb`` (1.2). A side
+either finishes (peak RSS, mx peak, saved size) or is killed at the limit.
+Run it alone (``flock /tmp/bench.lock``): it takes tens of minutes on 2 CPUs.
 Results: ``bench/results_methods.json``.
 """
 
@@ -52,10 +54,10 @@ SMALL = {
     "vocab_size": 4096, "max_position_embeddings": 1024, "rope_theta": 10000.0,
     "tie_word_embeddings": False, "torch_dtype": "float16",
 }
-# A float32 llama larger than the memory limit of the GPTQ/AWQ memory cases (130M parameters,
-# 520 MB): few blocks of moderate width, so that GPTQ's O(out x in^2) work fits a slow CPU.
+# A float32 llama larger than the memory limit of the GPTQ/AWQ memory cases (168M parameters,
+# 670 MB): blocks of moderate width, so that GPTQ's O(out x in^2) work fits a slow CPU.
 MEDIUM = {
-    "model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 12, "intermediate_size": 2048,
+    "model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 16, "intermediate_size": 2048,
     "num_attention_heads": 16, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
     "vocab_size": 8192, "max_position_embeddings": 1024, "rope_theta": 10000.0,
     "tie_word_embeddings": False,
@@ -336,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--memory", action="store_true", help="the bigger-than-memory cases instead")
     p.add_argument("--memory-methods", nargs="+", default=list(MEMORY), choices=list(MEMORY))
     p.add_argument("--limit-gb", type=float, default=1.2, help="limit for the 2.2 GB llama")
-    p.add_argument("--medium-limit-gb", type=float, default=0.5, help="limit for the 0.52 GB llama")
+    p.add_argument("--medium-limit-gb", type=float, default=0.56, help="limit for the 0.67 GB llama")
     p.add_argument("--output", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     previous = json.loads(a.output.read_text()) if a.output.is_file() else {}

@@ -8,9 +8,10 @@ in memory: it records what the model feeds its first block and the other
 arguments of every block (masks), then calls ``gptq_quantize`` on one block
 at a time with that block's float inputs (the previous float block's
 outputs), and last on the model with its blocks stood in for, which
-quantizes what lies outside them (``lm_head``, and the embedding at the
-fallback settings). The batches are the same as mlx-lm's, so every Hessian,
-and so every quantized weight, is the same.
+quantizes what lies outside them (``lm_head``). The embedding gets its
+fallback settings as soon as the first block's inputs are recorded. The
+batches are the same as mlx-lm's, so every Hessian, and so every quantized
+weight, is the same.
 """
 
 import logging
@@ -18,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 log = logging.getLogger("mlxhydra.loading")
 
@@ -95,6 +96,27 @@ def _module_path(model: nn.Module, module: nn.Module) -> str:
     return next(path for path, m in model.named_modules() if m is module)
 
 
+def _fallback_outside(model: nn.Module, blocks: List[nn.Module], bits: int,
+                      group_size: int) -> Dict[str, Any]:
+    """Quantize, now, what ``gptq`` would give the fallback settings outside the blocks.
+
+    That is every quantizable layer outside the blocks that is not a GPTQ layer (the
+    embedding): its float output is no longer needed once the first block's inputs are
+    recorded, and quantizing it at once frees its float weights for the rest of the run.
+    """
+    from mlx_lm.models.switch_layers import SwitchLinear
+
+    inside = {id(m) for b in blocks for _, m in b.named_modules()}
+    leaves = tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+    outside = [(path, m) for path, m in leaves if id(m) not in inside and hasattr(m, "to_quantized")
+               and type(m) not in (nn.Linear, SwitchLinear)]
+    settings = {"bits": bits, "group_size": group_size}
+    quantized = [(path, m.to_quantized(**settings)) for path, m in outside]
+    model.update_modules(tree_unflatten(quantized))
+    mx.eval([m.parameters() for _, m in quantized])
+    return {path: settings for path, _ in quantized}
+
+
 def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, group_size: int,
                   fallback_bits: int, fallback_group_size: int, batch_size: int,
                   progress: Callable = lambda it, total, desc: it) -> Dict[str, Any]:
@@ -125,6 +147,7 @@ def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, g
         blocks[:] = originals
     hidden = recorders[0].inputs
     entry: Dict[str, Any] = {"bits": bits, "group_size": group_size}
+    entry.update(_fallback_outside(model, originals, fallback_bits, fallback_group_size))
     for i in progress(range(len(originals)), len(originals), "GPTQ blocks"):
         runner = _BlockRunner(originals[i], recorders[i].calls)
         _, block_entry = gptq(runner, mx.concatenate(hidden, axis=0), bits, group_size,
