@@ -261,3 +261,19 @@ def test_unsupported_architecture_fails_before_reading_weights(tmp_path):
     assert "'qwen3_moe'" in r.stderr and "Traceback" not in r.stderr
     record = read_run(run_dirs(tmp_path)[-1])
     assert record["status"] == "failed" and "AWQ supports" in record["error"]
+
+
+@pytest.mark.slow
+def test_kl_against_a_past_calibrated_run_of_the_same_settings_is_zero(tmp_path):
+    """The reference is rebuilt from the past run's record: the same calibration file, same model."""
+    settings = ("quant.method=gptq", "quant.bits=2", "quant.calibration.num_samples=4",
+                "quant.calibration.sequence_length=64",
+                "quant.calibration.data=${mlxhydra_data:tiny_calibration.txt}")
+    r = run_cli(*settings, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    past = run_dirs(tmp_path)[-1]
+    r = run_cli(*settings, "task=kl", f"task.reference={past}", "task.num_samples=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = read_run(run_dirs(tmp_path)[-1])["metrics"]
+    assert metrics["reference"]["kind"] == "run"
+    assert metrics["kl_mean"] == 0.0 and metrics["top1_agreement"] == 1.0

@@ -62,13 +62,27 @@ def _from_run(path: Path, trust_remote_code: bool) -> Reference:
         load = {**(saved.get("load") or {}), "trust_remote_code": trust_remote_code}
         model_dir = Path(saved.get("model_dir") or "")
         config = run_dir.read_model_config() or saved.get("model")
-        recorded = run_dir.read_record().get("weights_fingerprint")
+        record = run_dir.read_record()
+        recorded = record.get("weights_fingerprint")
+        quant = _recorded_calibration(quant, record)
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
     if not isinstance(config, dict) or not (model_dir / "config.json").is_file():
         raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone")
     apply_mlx_lm_adjustments(model_dir, config)
     return Reference("run", path, model_dir, config, quant, load, recorded)
+
+
+def _recorded_calibration(quant: Any, record: Dict[str, Any]) -> Any:
+    """A calibrated method's quant settings with the calibration file the run used.
+
+    ``.hydra/config.yaml`` keeps ``quant.calibration.data`` as written (null for the
+    task's file, or an interpolation); run.json has the file that was read.
+    """
+    used = ((record.get("quantization") or {}).get("calibration") or {}).get("data")
+    if not isinstance(quant, dict) or not used:
+        return quant
+    return {**quant, "calibration": {**(quant.get("calibration") or {}), "data": used}}
 
 
 def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any]) -> Reference:
