@@ -131,9 +131,10 @@ def test_dwq_equals_mlx_lm_functions(llama):
                for k in scales)  # the scales moved away from round-to-nearest's
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "gemma3_text"])
+@pytest.mark.parametrize("model_type", ["qwen3", "gemma3_text", "qwen3_moe"])
 def test_gptq_block_by_block_equals_whole_model(tmp_path, model_type):
-    """Tied embeddings (qwen3) and per-block masks (gemma3's sliding window)."""
+    """Tied embeddings (qwen3), per-block masks (gemma3's sliding window), experts and a
+    ``layers`` property that returns a copy of the block list (qwen3_moe)."""
     from mlx_lm.quant.gptq import gptq_quantize
 
     from mlxhydra.load.calibration import choose_rows
@@ -277,3 +278,17 @@ def test_kl_against_a_past_calibrated_run_of_the_same_settings_is_zero(tmp_path)
     metrics = read_run(run_dirs(tmp_path)[-1])["metrics"]
     assert metrics["reference"]["kind"] == "run"
     assert metrics["kl_mean"] == 0.0 and metrics["top1_agreement"] == 1.0
+
+
+def test_a_kernel_the_back_end_lacks_is_one_line(tmp_path):
+    """bfloat16 experts on the CPU back end: mlx has no such kernel there."""
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the CPU back end's limit")
+    model_dir = with_tokenizer(tmp_path / "moe", "qwen3_moe", dtype="bfloat16")
+    with pytest.raises(ConfigError) as e:
+        mlxhydra.load_model(model_dir, quant={"method": "dynamic", "bits": 4, "group_size": 32,
+                                              "calibration": calibration(2, 32)})
+    assert str(e.value).startswith("quant.method=dynamic cannot run on this back end")
+    assert "load.dtype=float32" in str(e.value) and "\n" not in str(e.value)

@@ -85,10 +85,20 @@ class _BlockRunner(nn.Module):
 
 
 def block_list(model: nn.Module) -> Optional[List[nn.Module]]:
-    """The model's list of transformer blocks (``model.layers``), or None."""
+    """The list of transformer blocks the model runs (``model.layers``), or None.
+
+    The list itself, which the model's loop reads: ``model.layers`` may return a
+    copy (models with pipeline parallelism slice their list), so the list held in
+    the module tree with the same blocks is looked up.
+    """
     layers = getattr(model, "layers", None)
-    if isinstance(layers, list) and layers and all(isinstance(b, nn.Module) for b in layers):
-        return layers
+    if not (isinstance(layers, list) and layers and all(isinstance(b, nn.Module) for b in layers)):
+        return None
+    for _, module in model.named_modules():
+        for value in module.values():
+            if (isinstance(value, list) and len(value) == len(layers)
+                    and all(a is b for a, b in zip(value, layers))):
+                return value
     return None
 
 

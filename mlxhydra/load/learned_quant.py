@@ -240,10 +240,16 @@ def quantize_with_method(model: nn.Module, config: dict, run: MethodRun) -> Tupl
         ``quantization`` fields for it (the request, each layer's settings,
         the calibration record).
     """
-    model = METHODS[run.spec.method](model, config, run)
-    for _, leaf in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
-        mx.eval(leaf.parameters())
-    mx.eval(model.parameters())
+    try:
+        model = METHODS[run.spec.method](model, config, run)
+        for _, leaf in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+            mx.eval(leaf.parameters())
+        mx.eval(model.parameters())
+    except RuntimeError as e:  # an mlx kernel this back end lacks
+        hint = (" (mlx's CPU back end runs mixture-of-experts layers in float32 only: "
+                "load.dtype=float32, or a GPU)" if "only supports float32" in str(e) else "")
+        raise ConfigError(f"quant.method={run.spec.method} cannot run on this back end "
+                          f"({mx.default_device()}): {str(e).splitlines()[0]}{hint}") from e
     layers = {path: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
               for path, m in model.named_modules() if hasattr(m, "bits") and hasattr(m, "group_size")}
     floating = sum(1 for _, m in model.named_modules() if hasattr(m, "to_quantized"))
