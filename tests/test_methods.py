@@ -69,7 +69,11 @@ def calibration(num_samples, sequence_length, seed=123, data=TEXT):
 
 
 def mlx_lm_tool(name, model_dir, out, *args, monkeypatch):
-    """Run ``mlx_lm.<name>``'s main() here and load what it saved."""
+    """Run ``mlx_lm.<name>``'s main() here and load what it saved.
+
+    In ``out``'s parent: mlx_lm.dynamic_quant writes its sensitivities to the working directory.
+    """
+    monkeypatch.chdir(Path(out).parent)
     monkeypatch.setattr(sys, "argv", [name, "--model", str(model_dir), "--mlx-path", str(out), *args])
     importlib.import_module(f"mlx_lm.quant.{name}").main()
     return mu.load_model(Path(out))
