@@ -14,8 +14,8 @@ seed and calibration text, and saves it:
 - candidate: ``python -m mlxhydra model=DIR quant.method=... task=save``.
 
 Before timing, one run of each side writes its model and the two are compared
-tensor by tensor (``identical`` in the results). Timing, peak RSS and the
-alternating order are bench_load.py's.
+tensor by tensor (``identical`` in the results); these runs are also the
+warm-up. Timing, peak RSS and the alternating order are bench_load.py's.
 
 ``--memory`` runs the bigger-than-memory cases, both sides inside a cgroup v1
 memory limit below the float model's size (it needs root and
@@ -66,10 +66,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 # method -> (mlx-lm command's arguments, mlxhydra overrides): the same settings.
 METHODS = {
-    "awq": (["awq", "--bits", "4", "--num-samples", "16", "--sequence-length", "64",
-             "--n-grid", "5"],
-            ["quant.method=awq", "quant.bits=4", "quant.awq.n_grid=5",
-             "quant.calibration.num_samples=16", "quant.calibration.sequence_length=64"]),
+    "awq": (["awq", "--bits", "4", "--num-samples", "4", "--sequence-length", "32",
+             "--n-grid", "3"],
+            ["quant.method=awq", "quant.bits=4", "quant.awq.n_grid=3",
+             "quant.calibration.num_samples=4", "quant.calibration.sequence_length=32"]),
     "gptq": (["gptq", "--bits", "4", "--num-samples", "32", "--sequence-length", "64"],
              ["quant.method=gptq", "quant.bits=4", "quant.calibration.num_samples=32",
               "quant.calibration.sequence_length=64"]),
@@ -334,7 +334,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (median taken)")
     p.add_argument("--cases", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--memory", action="store_true", help="the bigger-than-memory cases instead")
     p.add_argument("--memory-methods", nargs="+", default=list(MEMORY), choices=list(MEMORY))
     p.add_argument("--limit-gb", type=float, default=1.2, help="limit for the 2.2 GB llama")
@@ -354,8 +353,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checks = {m: verify(m, model_dir) for m in a.cases}
         for m, c in checks.items():
             print(f"[verify] {m:<8} identical to mlx-lm's: {c['identical']} ({c['tensors']} tensors)")
+        # The verification runs were the warm-up: both sides have read the model.
         results = bl.run_cases([make_case(m, model_dir) for m in a.cases], a.repeats, model_dir,
-                               warmup=not a.no_warmup)
+                               warmup=False)
         for r in results:
             r["output"] = checks[r["name"]]
         print()
