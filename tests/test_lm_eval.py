@@ -327,3 +327,18 @@ def test_sweep_over_bits_summarises_scores_with_error_bars(tmp_path):
         assert (job / "lm_eval").is_dir() and len(list((job / "lm_eval").glob("samples_*"))) == 2
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| score |" in (sweep / "summary.md").read_text()
+
+
+@needs_lm_eval
+def test_tiny_sums_answers_are_task_accuracy_predictions(tmp_path):
+    """Two implementations, one answer: lm-eval's tiny_sums (mlx-lm's batch_generate) and
+    task=accuracy (stream_generate) decode the same greedy answers to the same problems."""
+    ours, loaded = task(EMBEDDED_TINY, tmp_path / "lm_eval", "task=lm_eval", "task.tasks=tiny_sums",
+                        "task.limit=40")
+    accuracy, _ = task(EMBEDDED_TINY, tmp_path / "accuracy", "task=accuracy", "task.num_samples=40",
+                       model=loaded)
+    predictions = [json.loads(x) for x in Path(accuracy["predictions"]).read_text().splitlines()]
+    assert [s["doc"]["question"] for s in samples(ours, "tiny_sums")] == [p["prompt"] for p in predictions]
+    assert [s["filtered_resps"][0] for s in samples(ours, "tiny_sums")] == [
+        p["prediction"] for p in predictions]
+    assert ours["tiny_sums.exact_match"] == accuracy["accuracy"]
