@@ -384,6 +384,9 @@ def test_wheel_ships_the_config_tree(tmp_path):
     assert "hydra_plugins/mlxhydra_model_source/__init__.py" in names
     assert "mlxhydra/models/tiny/config.json" in names
     assert any(n.startswith("mlxhydra/models/tiny/") and n.endswith(".safetensors") for n in names)
+    assert {f"mlxhydra/lm_eval_tasks/{n}" for n in (
+        "__init__.py", "tiny_sums.yaml", "tiny_sums_mc.yaml", "tiny_sums_test.jsonl",
+        "tiny_sums_fewshot.jsonl")} <= names  # task=lm_eval's offline default tasks
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # The metric plotted (and optimised by default) for each task.
 MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perplexity",
                "accuracy": "accuracy", "generate": "generation_tps", "bench": "generation_tps",
-               "save": "bits_per_weight"}
+               "save": "bits_per_weight", "lm_eval": "score"}
 FIXED = ["job", "status", "bits_per_weight", "parameters", "peak_memory_mb", "load_s",
          "weights_cache"]
 TAIL = ["error", "run_dir"]
