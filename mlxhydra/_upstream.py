@@ -11,7 +11,7 @@ mlx-lm.
 """
 
 from importlib import import_module, metadata
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import UpstreamError
 
@@ -93,3 +93,69 @@ def clear_eos_tokens(tokenizer: Any) -> None:
             f"mlxhydra supports mlx-lm{SUPPORTED['mlx-lm']}"
         )
     tokenizer._eos_token_ids = set()
+
+
+_IN_MEMORY_MLXLM: Any = None
+
+
+def in_memory_mlxlm(model: Any, tokenizer: Any, max_tokens: Optional[int] = None,
+                    batch_size: int = 8, use_chat_template: Optional[bool] = None,
+                    sampler: Optional[Callable] = None,
+                    chat_template_args: Optional[Dict[str, Any]] = None,
+                    model_info: Optional[Dict[str, Any]] = None) -> Any:
+    """mlx-lm's lm-evaluation-harness model (``mlx_lm.evaluate.MLXLM``) around a model in memory.
+
+    ``MLXLM.__init__`` takes a path and loads the model itself; task=lm_eval
+    must score the model mlxhydra has built (quantized, patched, with
+    adapters), so this subclass skips that constructor and sets the private
+    attributes it would have set (``_model``, ``_max_tokens``,
+    ``_batch_size``, ``_sampler``). Everything else — log-likelihoods,
+    batched greedy generation, the chat template — is mlx-lm's own code.
+    Importing it imports lm-eval (mlx_lm.evaluate does).
+
+    Args:
+        model: The mlx-lm model.
+        tokenizer: mlx-lm's ``TokenizerWrapper`` for it.
+        max_tokens: Cap on generated tokens; None: each task's own ``max_gen_toks``.
+        batch_size: Sequences scored or generated at once.
+        use_chat_template: None: the tokenizer's chat template when it has one
+            (``mlx_lm.evaluate``'s rule).
+        sampler: None: greedy, as ``mlx_lm.evaluate``'s default sampler.
+        chat_template_args: Extra arguments for ``apply_chat_template``
+            (``mlx_lm.evaluate --chat-template-args``), per instance.
+        model_info: What lm-eval's results JSON records under ``config``.
+    """
+    global _IN_MEMORY_MLXLM
+    if _IN_MEMORY_MLXLM is None:
+        _IN_MEMORY_MLXLM = _define_in_memory_mlxlm()
+    return _IN_MEMORY_MLXLM(model, tokenizer, max_tokens, batch_size, use_chat_template,
+                            sampler, chat_template_args, model_info)
+
+
+def _define_in_memory_mlxlm() -> Any:
+    from types import MethodType
+
+    from lm_eval.api.model import LM
+    from mlx_lm.evaluate import MLXLM, chat_template_fn
+
+    class InMemoryMLXLM(MLXLM):
+        def __init__(self, model, tokenizer, max_tokens, batch_size, use_chat_template,
+                     sampler, chat_template_args, model_info) -> None:
+            LM.__init__(self)  # not MLXLM.__init__, which loads a model from a path
+            self._model = model
+            self.tokenizer = tokenizer
+            self._max_tokens = max_tokens
+            self._batch_size = batch_size
+            self.use_chat_template = (tokenizer.chat_template is not None
+                                      if use_chat_template is None else use_chat_template)
+            self._sampler = sampler
+            if chat_template_args:
+                # mlx_lm.evaluate sets this on the class for the whole process; per instance here.
+                self.apply_chat_template = MethodType(chat_template_fn(**chat_template_args), self)
+            self._model_info = dict(model_info or {})
+
+        def get_model_info(self) -> Dict[str, Any]:
+            """Merged into the ``config`` entry of lm-eval's results by ``simple_evaluate``."""
+            return dict(self._model_info)
+
+    return InMemoryMLXLM

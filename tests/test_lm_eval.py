@@ -104,13 +104,13 @@ def test_without_lm_eval_the_check_names_the_extra(monkeypatch):
 
 @needs_lm_eval
 def test_in_memory_adapter_has_what_mlx_lm_own_constructor_sets():
-    """InMemoryMLXLM sets the attributes MLXLM.__init__ sets (its private names included)."""
+    """in_memory_mlxlm sets the attributes MLXLM.__init__ sets (its private names included)."""
     from mlx_lm.evaluate import MLXLM
 
-    from mlxhydra.tasks.lm_eval_model import InMemoryMLXLM
+    from mlxhydra._upstream import in_memory_mlxlm
 
     own = MLXLM(str(EMBEDDED_TINY), batch_size=4)
-    ours = InMemoryMLXLM(own._model, own.tokenizer, batch_size=4)
+    ours = in_memory_mlxlm(own._model, own.tokenizer, batch_size=4)
     assert set(vars(ours)) - {"_model_info"} == set(vars(own))
     fresh = {"cache_hook"}  # a new (empty) CacheHook per instance, from lm-eval's LM.__init__
     assert ({k: v for k, v in vars(ours).items() if k not in fresh | {"_model_info"}}
@@ -124,12 +124,12 @@ def test_loglikelihood_is_the_sum_of_the_models_log_probabilities(bits, tmp_path
     from lm_eval.api.instance import Instance
 
     from mlxhydra.runs.job import prepare
-    from mlxhydra.tasks.lm_eval_model import InMemoryMLXLM
+    from mlxhydra._upstream import in_memory_mlxlm
 
     cfg = compose([f"model={EMBEDDED_TINY}"] + ([f"quant.bits={bits}"] if bits else []))
     model, report = prepare(cfg)
     tokenizer = load_tokenizer(EMBEDDED_TINY, report.model_config)
-    lm = InMemoryMLXLM(model, tokenizer, use_chat_template=False)
+    lm = in_memory_mlxlm(model, tokenizer, use_chat_template=False)
     pairs = [("16+99=", "115"), ("16+99=", "116"), ("16+99=", "1"), ("41+28=069\n90-11=", "079\n"),
              ("7", "3+12=015")]
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
@@ -148,7 +148,7 @@ def test_loglikelihood_is_the_sum_of_the_models_log_probabilities(bits, tmp_path
     assert got[0][0] != got[1][0]
     if bits:  # the quantized model is what was scored, not the float one
         float_model, _ = prepare(compose([f"model={EMBEDDED_TINY}"]))
-        float_value = InMemoryMLXLM(float_model, tokenizer, use_chat_template=False).loglikelihood(
+        float_value = in_memory_mlxlm(float_model, tokenizer, use_chat_template=False).loglikelihood(
             requests[:1])[0][0]
         assert float_value != pytest.approx(got[0][0], abs=1e-3)
 

@@ -1,7 +1,7 @@
 """``task=lm_eval``: lm-evaluation-harness tasks on the model mlxhydra built, in memory.
 
-The model goes to lm-eval through mlx-lm's own adapter class (see
-:mod:`.lm_eval_model`), so scores are those ``mlx_lm.evaluate`` reports for
+The model goes to lm-eval through mlx-lm's own adapter class (wrapped
+around the model in memory by ``mlxhydra._upstream.in_memory_mlxlm``), so scores are those ``mlx_lm.evaluate`` reports for
 the same model, with the settings under the names that command and lm-eval
 use. lm-eval's results JSON and per-sample logs go to ``<run_dir>/lm_eval/``;
 each task's metrics with their standard errors, and the data each task read,
@@ -207,14 +207,14 @@ def execute(job: TaskInput) -> Metrics:
     from lm_eval.loggers import EvaluationTracker
 
     from . import lm_eval_results as results_io
-    from .lm_eval_model import InMemoryMLXLM
+    from .._upstream import in_memory_mlxlm
 
     task = job.task
     specs = task_specs(task["tasks"])
     paths = include_paths(task.get("include_path"))
     seed = job.seed if task.get("seed") is None else task["seed"]
     tokenizer = load_tokenizer(job.model_dir, job.model_config)
-    lm = InMemoryMLXLM(
+    lm = in_memory_mlxlm(
         job.model, tokenizer, max_tokens=task.get("max_tokens"), batch_size=task["batch_size"],
         use_chat_template=task.get("apply_chat_template"),
         chat_template_args=task.get("chat_template_args") or None,
