@@ -49,11 +49,15 @@ def split_hub_id(value: Any) -> Optional[Tuple[str, Optional[str]]]:
     """``(repo_id, revision)`` when ``value`` has the shape of a Hub id, else None.
 
     ``org/name`` has no revision; ``org/name@REV`` names a branch, tag or
-    commit (a branch may contain ``/``: ``org/name@refs/pr/1``).
+    commit (a branch may contain ``/``: ``org/name@refs/pr/1``). In a Hydra
+    defaults list ``@`` selects a package, so there the revision is written
+    ``org/name:REV`` (git forbids ``:`` in branch and tag names).
     """
     if not isinstance(value, str):
         return None
     repo_id, sep, revision = value.partition("@")
+    if not sep:
+        repo_id, sep, revision = value.partition(":")
     if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
         return None
     if repo_id.endswith((".", "-")) or (sep and not revision):

@@ -102,7 +102,7 @@ def apply_adapters(model, value: str, fuse: bool = False) -> Dict[str, Any]:
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import load_adapters
 
-    from .weight_files import combined_fingerprint, describe_files
+    from .weight_files import fingerprint
 
     path = adapter_dir(value)
     config = read_adapter_config(path)
@@ -123,7 +123,7 @@ def apply_adapters(model, value: str, fuse: bool = False) -> Dict[str, Any]:
     return {
         "path": str(path),
         "config": config,
-        "fingerprint": combined_fingerprint(describe_files([path / WEIGHTS_FILE], "full")),
+        "fingerprint": fingerprint(path / WEIGHTS_FILE, "full"),
         "fused": fuse,
         "parameters": after - before,
     }

@@ -195,10 +195,9 @@ def cache_key(ref: Reference, tokens_sha256: str, data_sha256: str, settings: Di
     }
     if ref.load.get("adapter_path"):  # a past run's adapters (the key of runs without stays as it was)
         from ..load.adapters import WEIGHTS_FILE, adapter_dir
-        from ..load.weight_files import combined_fingerprint, describe_files
+        from ..load.weight_files import fingerprint
 
-        content["adapter"] = combined_fingerprint(describe_files(
-            [adapter_dir(ref.load["adapter_path"]) / WEIGHTS_FILE], "full"))
+        content["adapter"] = fingerprint(adapter_dir(ref.load["adapter_path"]) / WEIGHTS_FILE, "full")
         content["fuse"] = bool(ref.load.get("fuse"))
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
