@@ -193,3 +193,15 @@ def test_documented_forms_of_prompts_hydra_would_reject():
         ["task.prompt=\"What's 2+2?\"", "task.prompt='Hello, world'", "task.prompt='a=b: [c]'"],
         strict=True)]
     assert values == ["What's 2+2?", "Hello, world", "a=b: [c]"]
+
+
+def test_a_bad_prompt_file_line_is_named(tmp_path):
+    from mlxhydra.tasks.prompts import read_prompt_file
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1="}\n\n{"text": "2+2="}\n')
+    with pytest.raises(TaskError, match=rf"task.prompt_file={bad}: {bad} line 3: expected an object"):
+        read_prompt_file(str(bad))
+    bad.write_text('{"prompt": "1+1="}\n{oops\n')
+    with pytest.raises(TaskError, match=rf"{bad} line 2: invalid JSON"):
+        read_prompt_file(str(bad))

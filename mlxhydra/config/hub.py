@@ -129,7 +129,8 @@ def describe_failure(key: str, value: str, error: BaseException) -> str:
     if isinstance(error, errors.HFValidationError):
         return f"{key}={value}: not a Hugging Face repo id ({' '.join(str(error).split())})"
     detail = " ".join(str(error).split()) or type(error).__name__
-    return f"{key}={value}: cannot download {repo_id}{shown_revision} from the Hugging Face Hub: {detail}"
+    return (f"{key}={value}: cannot download {repo_id}{shown_revision} from the Hugging Face "
+            f"Hub: {detail}")
 
 
 def resolve_hub_id(value: str, key: str = "model") -> HubSnapshot:
@@ -148,7 +149,8 @@ def resolve_hub_id(value: str, key: str = "model") -> HubSnapshot:
     """
     parts = split_hub_id(value)
     if parts is None:
-        raise HubError(f"{key}={value}: expected a Hugging Face repo id 'org/name' or 'org/name@REVISION'")
+        raise HubError(f"{key}={value}: expected a Hugging Face repo id 'org/name' or "
+                       "'org/name@REVISION'")
     repo_id, revision = parts
     memo = (repo_id, revision, _cache_dir(), _offline(), os.getenv("MLXLM_USE_MODELSCOPE"))
     with _lock:

@@ -23,6 +23,9 @@ def check_draft(c: SettingsCheck) -> None:
         compose_model_option(value, KEY)
     except ConfigError as e:
         c.problems.extend(e.problems)
+    if task.get("max_tokens") == -1:
+        c.problems.append("task.max_tokens=-1 with task.draft_model: speculative decoding needs "
+                          "a limit; set task.max_tokens to a positive number")
     if task.get("max_kv_size") is not None:
         c.problems.append("task.max_kv_size with task.draft_model: speculative decoding needs a "
                           "trimmable KV cache, which a bounded one is not; set only one of them")

@@ -62,7 +62,7 @@ def make_sampler_from(task: Mapping[str, Any], tokenizer=None):
         min_tokens_to_keep=int(task.get("min_tokens_to_keep") or 1),
         top_k=task.get("top_k") or 0,
         xtc_probability=float(task.get("xtc_probability") or 0.0),
-        xtc_threshold=float(task.get("xtc_threshold") if task.get("xtc_threshold") is not None else 0.1),
+        xtc_threshold=float(0.1 if task.get("xtc_threshold") is None else task["xtc_threshold"]),
         xtc_special_tokens=special,
     )
     penalty = task.get("repetition_penalty")

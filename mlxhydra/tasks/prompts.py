@@ -8,13 +8,12 @@ template (with the system prompt, the template's arguments and a prefilled
 response) when there is one, else as plain text.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import TaskError
-from .common import SettingsCheck
+from .common import SettingsCheck, read_jsonl
 
 JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -33,7 +32,7 @@ class PromptItem:
 
 
 def unescape(text: str) -> str:
-    r"""``\n`` and ``\t`` typed on the command line as newline and tab, as ``mlx_lm.generate`` reads its prompt."""
+    r"""``\n`` and ``\t`` typed on the command line as newline and tab (as ``mlx_lm.generate``)."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
@@ -58,34 +57,31 @@ def read_prompt_file(value: str) -> List[PromptItem]:
     """
     path = Path(value).expanduser().absolute()
     key = f"task.prompt_file={value}"
+    if not path.is_file():
+        raise TaskError(f"{key}: {path} {'is not a file' if path.exists() else 'does not exist'}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskError(f"{key}: {path} does not exist") from None
+        if path.suffix in JSON_SUFFIXES:
+            items = [_json_prompt(key, path, n, row) for n, row in read_jsonl(path, (), key)]
+        else:
+            items = [PromptItem(f"task.prompt_file line {n}", prompt=line)
+                     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                     if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise TaskError(f"{key}: {path} cannot be read ({e})") from e
-    items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        source = f"task.prompt_file line {n}"
-        if path.suffix not in JSON_SUFFIXES:
-            items.append(PromptItem(source, prompt=line))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{key}: {path} line {n}: invalid JSON: {e.msg}") from None
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"]:
-            items.append(PromptItem(source, prompt=row["prompt"]))
-        elif isinstance(row, dict) and "messages" in row and messages_problem(row["messages"]) is None:
-            items.append(PromptItem(source, messages=row["messages"]))
-        else:
-            raise TaskError(f"{key}: {path} line {n}: expected an object with a non-empty "
-                            '"prompt" string or "messages" [{role, content}, ...]')
     if not items:
         raise TaskError(f"{key}: {path} holds no prompts")
     return items
+
+
+def _json_prompt(key: str, path: Path, n: int, row: Any) -> PromptItem:
+    """One JSON line of a prompt file: ``{"prompt": ...}`` or ``{"messages": [...]}``."""
+    source = f"task.prompt_file line {n}"
+    if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"]:
+        return PromptItem(source, prompt=row["prompt"])
+    if isinstance(row, dict) and "messages" in row and messages_problem(row["messages"]) is None:
+        return PromptItem(source, messages=row["messages"])
+    raise TaskError(f"{key}: {path} line {n}: expected an object with a non-empty "
+                    '"prompt" string or "messages" [{role, content}, ...]')
 
 
 def prompt_items(task: Mapping[str, Any]) -> List[PromptItem]:
@@ -199,7 +195,10 @@ def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[
         return list(tokenizer.encode(item.prompt))
     system = task.get("system_prompt")
     messages = ([{"role": "system", "content": system}] if system is not None else [])
-    messages += item.messages if item.messages is not None else [{"role": "user", "content": item.prompt}]
+    if item.messages is not None:
+        messages += item.messages
+    else:
+        messages.append({"role": "user", "content": item.prompt})
     if prefill is not None:
         messages.append({"role": "assistant", "content": prefill})
     text = tokenizer.apply_chat_template(

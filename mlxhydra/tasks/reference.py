@@ -74,7 +74,8 @@ def _from_run(path: Path, trust_remote_code: bool) -> Reference:
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
     if isinstance(load.get("adapter_path"), str):  # relative to that run's working directory
-        load["adapter_path"] = str(Path(record.get("cwd") or ".") / Path(load["adapter_path"]).expanduser())
+        adapter = Path(load["adapter_path"]).expanduser()
+        load["adapter_path"] = str(Path(record.get("cwd") or ".") / adapter)
     if not isinstance(config, dict) or not (model_dir / "config.json").is_file():
         raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone")
     apply_mlx_lm_adjustments(model_dir, config)
