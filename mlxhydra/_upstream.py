@@ -27,6 +27,8 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     "takes_global_scale": ("mlx-lm", "mlx_lm.utils", "_takes_global_scale"),
     "transform_awq_weights": ("mlx-lm", "mlx_lm.utils", "_transform_awq_weights"),
     "compressed_tensors_quantization": ("mlx-lm", "mlx_lm.utils", "_compressed_tensors_quantization"),
+    # mlx-lm: how mlx_lm.load turns a Hugging Face repo id into a local snapshot (its allow patterns).
+    "download_model": ("mlx-lm", "mlx_lm.utils", "_download"),
     # Hydra: the command-line parser of @hydra.main (to read argv as Hydra will).
     "hydra_args_parser": ("hydra-core", "hydra._internal.utils", "get_args_parser"),
     # Hydra: how the basic sweeper expands sweep overrides into jobs.

@@ -44,6 +44,10 @@ class ModelDirNotFound(ModelDirError, FileNotFoundError):
     """The directory or its config.json does not exist."""
 
 
+class HubError(ModelDirError):
+    """A Hugging Face Hub id that cannot be resolved (offline and not cached, gated, no such repo)."""
+
+
 class OverrideSyntaxError(MlxhydraError, ValueError):
     """A command-line override that Hydra's grammar rejects, named in the message."""
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..tasks import check_task
@@ -99,6 +100,7 @@ def validate(cfg: DictConfig) -> Settings:
         problems.extend(e.problems)
     task = plain("task", {})
     problems += check_task(task)
+    problems += save_problems(load, task)
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
     if problems:

@@ -2,6 +2,8 @@
 
 from typing import Any, List, Mapping
 
+from .adapters import adapter_problems
+
 FLAGS = ("strict", "lazy", "trust_remote_code")
 FINGERPRINTS = ("fast", "full")
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
@@ -34,4 +36,4 @@ def check_load(load: Mapping[str, Any]) -> List[str]:
         value = load.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             problems.append(f"load.{key}={value!r}: expected an import path 'package.module:Class' or null")
-    return problems
+    return problems + adapter_problems(load)

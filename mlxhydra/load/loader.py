@@ -20,6 +20,7 @@ from mlx.utils import tree_flatten
 from ..config.model_source import read_config_json
 from ..errors import ConfigError, WeightsError
 from . import architecture, weights_cache
+from .adapters import apply_adapters
 from .load_settings import DTYPE_NAMES, check_dtype
 from .prequantized import (
     describe_settings,
@@ -117,6 +118,7 @@ class LoadReport:
     weight_mismatches: List[str] = field(default_factory=list)  # with strict=False
     quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
     model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
+    adapter: Optional[Dict[str, Any]] = None  # see runs.record.AdapterRecord
 
 
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
@@ -158,6 +160,8 @@ def build_model(
     args_class: Optional[str] = None,
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
+    adapter_path: Optional[str] = None,
+    fuse: bool = False,
 ) -> Tuple[nn.Module, dict, LoadReport]:
     """Instantiate, quantize and load a model from a ready config dict.
 
@@ -173,6 +177,9 @@ def build_model(
         classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
         weights_key: The weights fingerprint: reuse (and keep) this process's
             opened float weights (:mod:`.weights_cache`; for multirun jobs only).
+        adapter_path: LoRA/DoRA adapters applied after quantization, as
+            ``mlx_lm.load(adapter_path=...)`` applies them (:mod:`.adapters`).
+        fuse: Fuse the adapters into the weights.
 
     Returns:
         (model, config, report).
@@ -247,8 +254,14 @@ def build_model(
     if not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
-    report.quantization = {**applied, **quantization_summary(model)}
+    report.quantization = {**applied, **quantization_summary(model)}  # of the base model
     report.model_config = config
+    if adapter_path is not None:
+        t = time.perf_counter()
+        report.adapter = apply_adapters(model, adapter_path, fuse)
+        if not lazy:
+            mx.eval(model.parameters())
+        times["adapters"] = time.perf_counter() - t
     return model, config, report
 
 

@@ -69,6 +69,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     seed_everything(settings.seed)
     model_dir = Path(settings.model_dir)
     config = to_plain(cfg.model)
+    hub = to_plain(cfg.get("model_hub"))
+    if record is not None and hub:
+        record.update(hub={"model": hub})
     if run_dir is not None:
         run_dir.write_model_config(config)
     raw = read_config_json(model_dir)
@@ -108,7 +111,10 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
         trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
         weights_key=weights_cache.job_key(settings.sweep, fingerprint),
+        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
     )
+    if record is not None and report.adapter is not None:
+        record.update(adapter=report.adapter)
     quantization = report.quantization
     log.info(
         "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight",
@@ -199,11 +205,16 @@ def _prepare_and_run(cfg: DictConfig, run_dir: RunDir, record: RecordWriter,
         weight_mismatches=report.weight_mismatches,
     )
     t = time.perf_counter()
-    metrics = run_task(TaskInput(
+    job = TaskInput(
         task=settings.task, seed=settings.seed, load=settings.load, model=model,
         model_config=report.model_config, model_dir=Path(settings.model_dir),
         run_dir=run_dir.path,
-    ))
+    )
+    try:
+        metrics = run_task(job)
+    finally:
+        if job.hub:  # Hugging Face ids the task resolved (draft model, reference)
+            record.update(hub={**record.data.get("hub", {}), **job.hub})
     times["task"] = time.perf_counter() - t
     run_dir.write_metrics(metrics)
     return metrics

@@ -27,6 +27,21 @@ class ModelRecord(TypedDict, total=False):
     derived_keys: List[str]  # keys mlx-lm's load_config derives (eos_token_id...)
 
 
+class HubRecord(TypedDict):
+    repo_id: str  # "org/name"
+    revision: Optional[str]  # as requested (branch, tag or commit); None: the default branch
+    commit: Optional[str]  # the commit it resolved to
+    snapshot: str  # the local snapshot directory
+
+
+class AdapterRecord(TypedDict, total=False):
+    path: str  # the adapter directory (absolute)
+    config: Dict[str, Any]  # its adapter_config.json
+    fingerprint: str  # "full:sha256:<hex>" of adapters.safetensors
+    fused: bool  # load.fuse: merged into the weights
+    parameters: int  # adapter parameters added to the model (0 when fused)
+
+
 class QuantizationRecord(TypedDict, total=False):
     source: str  # "none", "pre-quantized" or "runtime"
     settings: Dict[str, Any]  # pre-quantized: as saved
@@ -64,6 +79,9 @@ class RunRecord(TypedDict, total=False):
     choices: Dict[str, Optional[str]]  # config group -> option
     log_file: str
     model_dir: Optional[str]
+    # Hugging Face ids resolved for this job, by the setting that names them:
+    # "model", "task.draft_model", "task.reference".
+    hub: Dict[str, HubRecord]
     seed: Any
     versions: Dict[str, Optional[str]]
     platform: Dict[str, Any]
@@ -72,6 +90,7 @@ class RunRecord(TypedDict, total=False):
     model: ModelRecord
     weight_files: List[WeightFileRecord]
     weights_fingerprint: str
+    adapter: AdapterRecord  # load.adapter_path
     weights_cache: Optional[str]  # multirun: "hit" or "miss"
     quantization: QuantizationRecord
     parameters: int

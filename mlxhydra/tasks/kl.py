@@ -29,6 +29,7 @@ from .common import (
     peak_memory_gb,
     progress,
 )
+from .kv_cache import ThroughCache, check_kv, uses_cache
 from .perplexity import check_eval_data, eval_data
 from .reference import (
     build_reference,
@@ -47,6 +48,7 @@ def check(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=kl's settings."""
     c = SettingsCheck(task)
     check_eval_data(c)
+    check_kv(c)
     c.choice("cache_dtype", CACHE_DTYPES, default="float32")
     c.boolean("cache")
     cache_dir = task.get("cache_dir")
@@ -175,6 +177,8 @@ def execute(job: TaskInput) -> Metrics:
     tokenizer = load_tokenizer(job.model_dir, job.model_config)
     tokens, path = eval_data(task, tokenizer, job.model_dir)
     ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
+    if ref.hub:
+        job.hub["task.reference"] = ref.hub
     check_fingerprint(ref)
     settings = {k: task.get(k) for k in ("sequence_length", "num_samples", "batch_size")}
     settings["cache_dtype"] = dtype
@@ -199,7 +203,8 @@ def execute(job: TaskInput) -> Metrics:
         del reference
         mx.clear_cache()
     try:
-        out = summarize(compare(job.model, tokens, batch_size, target))
+        model = ThroughCache(job.model, task) if uses_cache(task) else job.model
+        out = summarize(compare(model, tokens, batch_size, target))
     finally:
         if scratch is not None:
             scratch.cleanup()
