@@ -133,6 +133,7 @@ class SweepDir:
     """A multirun's directory: its job directories, plan and summary files."""
 
     PLAN = "multirun.yaml"
+    TRACKING = "tracking.json"  # the trackers' sweep-level runs (the MLflow parent run...)
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -140,6 +141,10 @@ class SweepDir:
     @property
     def plan(self) -> Path:
         return self.path / self.PLAN
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / self.TRACKING
 
     def summary_file(self, suffix: str) -> Path:
         """``summary.<suffix>`` at the sweep root."""
