@@ -60,8 +60,11 @@ class SweepSummary(Callback):
         self.result: Optional[Dict[str, Any]] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .latest import mark_latest
+
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.objective = _sweep_settings(config).get("objective")
+        mark_latest(self.sweep_dir, "sweep", Path(str(config.hydra.runtime.cwd)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
