@@ -51,15 +51,18 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-# Folders under outputs/ that hold copies of records, not runs (trackers' artifacts).
+# Folders under outputs/ that hold copies of records, not runs (trackers' artifacts); hidden
+# folders (a resumed sweep's .attempts/) are left out too.
 NOT_RUNS = {LATEST, "mlartifacts", "mlruns", "tensorboard"}
 
 
 def all_run_dirs(root: Path) -> List[Path]:
     """Every directory holding a run.json under ``root`` (single runs and sweep jobs)."""
     root = Path(root)
-    return sorted(p.parent for p in root.rglob("run.json")
-                  if not NOT_RUNS & set(p.relative_to(root).parts))
+    def kept(parts):
+        return not NOT_RUNS & set(parts) and not any(part.startswith(".") for part in parts)
+
+    return sorted(p.parent for p in root.rglob("run.json") if kept(p.relative_to(root).parts[:-1]))
 
 
 def _unique_child(base: Path, prefix: str) -> Path:

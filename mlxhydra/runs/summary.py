@@ -37,7 +37,7 @@ SHOWN_WHEN_VARYING = ["parameters"]
 TAIL = ["error", "run_dir"]
 
 
-def _sweep_plan(sweep: SweepDir) -> Tuple[List[str], Optional[List[List[str]]]]:
+def sweep_plan(sweep: SweepDir) -> Tuple[List[str], Optional[List[List[str]]]]:
     """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -102,7 +102,7 @@ def collect(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
     sweep = SweepDir(Path(sweep_dir))
     if not sweep.path.is_dir():
         raise FileNotFoundError(f"{sweep.path}: no such sweep directory")
-    keys, plan = _sweep_plan(sweep)
+    keys, plan = sweep_plan(sweep)
     rows: Dict[int, Dict[str, Any]] = {}
     for num, job_dir in sweep.job_dirs().items():
         try:
@@ -276,7 +276,9 @@ def summarize_main(argv: Sequence[str]) -> int:
     from .latest import find_run
 
     try:
-        result = write_summary(find_run(args.sweep_dir), args.objective)
+        named = args.sweep_dir
+        result = write_summary(Path(named) if "/" in named and not named.startswith("latest/")
+                               else find_run(named), args.objective)
     except (FileNotFoundError, NotADirectoryError, RunDirError) as e:
         sys.stderr.write(f"mlxhydra summarize: {e}\n")
         return 2

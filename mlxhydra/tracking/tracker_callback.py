@@ -120,23 +120,41 @@ class TrackerCallback(Callback):
         except Exception as e:
             log.warning("%s: the sweep is not tracked: %s", self.name, e)
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        run_dir = Path(str(config.hydra.runtime.output_dir))
-        if not RunDir(run_dir).record.is_file():
-            return
+    def _log_and_record(self, settings: Dict[str, Any], run_dir: Path) -> None:
         try:
-            info = self.log_job(logger_settings(config, self.name), read_tracked_job(run_dir))
+            info = self.log_job(settings, read_tracked_job(run_dir))
         except Exception as e:
             message = " ".join(f"{type(e).__name__}: {e}".split())[:500]
             log.warning("%s: job not logged: %s", self.name, message)
             info = {"error": message}
         record_tracking(run_dir, self.name, info)
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        if RunDir(run_dir).record.is_file():
+            self._log_and_record(logger_settings(config, self.name), run_dir)
+
+    def log_untracked_jobs(self, settings: Dict[str, Any], sweep_dir: Path) -> None:
+        """Log the sweep's finished jobs that this tracker has not logged yet.
+
+        A job whose process was killed after its record was complete (or that
+        ran before the tracker was added, in a resumed sweep) is logged here.
+        """
+        for job in SweepDir(sweep_dir).job_dirs().values():
+            try:
+                record = read_record(job.record)
+            except Exception:  # a damaged record is the summary's to report
+                continue
+            if record.get("status") in ("completed", "failed") and self.name not in (record.get("tracking") or {}):
+                self._log_and_record(settings, job.path)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from ..runs.sweep_policy import summarize
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
+            settings = logger_settings(config, self.name)
+            self.log_untracked_jobs(settings, sweep_dir)
             if not summary_is_current(sweep_dir):
                 summarize(sweep_dir, OmegaConf.select(config, "sweep.objective"))
             from ..runs.summary import collect
@@ -145,7 +163,6 @@ class TrackerCallback(Callback):
             statuses: Dict[str, int] = {}
             for r in rows:
                 statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-            self.end_sweep(logger_settings(config, self.name), sweep_dir,
-                           {"jobs": len(rows), "statuses": statuses})
+            self.end_sweep(settings, sweep_dir, {"jobs": len(rows), "statuses": statuses})
         except Exception as e:
             log.warning("%s: the sweep's end is not tracked: %s", self.name, e)
