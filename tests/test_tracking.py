@@ -177,3 +177,17 @@ def test_two_sweeps_at_once_on_a_new_store(tmp_path):
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(r.data.params["quant.bits"] for r in children) == ["4", "8"]
         assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_logger_settings_are_validated():
+    from mlxhydra.tracking.logger_settings import check_logger
+
+    assert check_logger({}) == []
+    assert check_logger({"mlflow": {"tracking_uri": "sqlite:///x.db", "experiment": "e", "artifacts": True},
+                         "csv": {"path": "t.csv"}, "tensorboard": {"log_dir": None}}) == []
+    assert check_logger({"csv": {"path": 3}, "mlflow": {"artifacts": "yes", "uri": "x"}, "wandb": {}}) == [
+        "logger.csv.path=3: expected a CSV file path",
+        "logger.mlflow.artifacts='yes': expected true or false",
+        "logger.mlflow.uri: unknown key (expected tracking_uri, experiment, artifacts)",
+        "logger.wandb: unknown logger (expected mlflow, tensorboard, csv)",
+    ]

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..tasks import check_task
+from ..tracking.logger_settings import check_logger
 from .composition import to_plain
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
@@ -101,6 +102,7 @@ def validate(cfg: DictConfig) -> Settings:
     problems += check_task(task)
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
+    problems += check_logger(plain("logger", {}))
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)
