@@ -189,5 +189,5 @@ def test_logger_settings_are_validated():
         "logger.csv.path=3: expected a CSV file path",
         "logger.mlflow.artifacts='yes': expected true or false",
         "logger.mlflow.uri: unknown key (expected tracking_uri, experiment, artifacts)",
-        "logger.wandb: unknown logger (expected mlflow, tensorboard, csv)",
+        "logger.wandb: unknown logger (expected one of mlflow, tensorboard, csv)",
     ]
