@@ -129,7 +129,7 @@ def test_resume_runs_only_what_did_not_complete(killed_and_resumed):
     md = (sweep / "summary.md").read_text()
     assert "4 jobs: 4 completed" in md and md.count("\n| ") == 5
     again = run_cli("resume", str(sweep), cwd=cwd)
-    assert again.returncode == 0 and "nothing to resume: all 4 jobs" in again.stdout
+    assert again.returncode == 0 and "nothing to resume: all 4 jobs" in again.stdout, again.stdout
 
 
 def test_the_tracker_covers_the_resumed_sweep(killed_and_resumed):
@@ -204,3 +204,39 @@ def test_pareto_front_and_binomial_interval():
     below, above = error_bar("accuracy", {"correct": 8, "total": 10}, 0.8)
     assert (0.8 - below, 0.8 + above) == pytest.approx((low, high))
     assert wilson_interval(40, 100)[1] - wilson_interval(40, 100)[0] < high - low  # more data, narrower
+
+
+def test_an_optuna_search_resumes_from_its_recorded_trials(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "outputs" / "multirun" / "search"
+    first = run_cli("-m", "hydra/sweeper=quant_search", "hydra.sweeper.n_trials=4",
+                    "hydra.sweeper.sampler.n_startup_trials=2", "sweep.objective=bits_per_weight",
+                    "task=load", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (sweep / "multirun.yaml").is_file()  # written for sweepers that do not write it
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4
+    # as a SIGKILL during job 2 leaves it: running, and job 3 never started
+    killed = read_run(jobs[2])
+    (jobs[2] / "run.json").write_text(json.dumps({**killed, "status": "running", "ended": None}))
+    for p in jobs[3].iterdir():
+        p.unlink() if p.is_file() else None
+    import shutil
+
+    shutil.rmtree(jobs[3])
+    kept = [read_run(p) for p in jobs[:2]]
+    resumed = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "job 2 (running)" in resumed.stdout and "job 3 (missing): (new trial)" in resumed.stdout
+    log = resumed.stdout + resumed.stderr
+    assert "2 finished trials from the jobs' records, 1 queued again, 2 to run" in log
+    now = job_dirs(sweep)
+    assert [int(p.name.split("_")[0]) for p in now] == [0, 1, 2, 3]
+    assert [read_run(p) for p in now[:2]] == kept
+    again = read_run(now[2])
+    assert again["status"] == "completed" and again["overrides"] == killed["overrides"]  # same trial
+    assert read_run(now[3])["status"] == "completed"
+    import yaml
+
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    assert best == min(read_run(p)["objective"] for p in now)  # over the recorded trials too

@@ -7,7 +7,8 @@ recorded working directory, with the recorded overrides and launcher, into
 the same sweep directory, and with ``hydra/sweeper=resume``
 (``hydra_plugins.mlxhydra_resume.ResumeSweeper``) launching only the jobs
 that are missing, failed or interrupted (or left ``running`` by a killed
-process) under their own job numbers. Completed jobs are not touched; the
+process) under their own job numbers. An Optuna search goes on from its
+recorded trials instead (:mod:`.resume_search`). Completed jobs are not touched; the
 directory of a job that is run again is first moved, whole, to
 ``.attempts/`` in the sweep. The summary, a tracker's parent run (the
 sweep's ``tracking.json``) and ``mlxhydra runs`` then cover the whole sweep.
@@ -108,20 +109,46 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def resume_command(sweep: SweepDir, jobs: Sequence[int]) -> Tuple[List[str], Path]:
-    """(argv, cwd) of the command that runs ``jobs`` of the sweep again."""
-    hc = (read_yaml(sweep.plan) or {}).get("hydra") or {}
+def resume_command(sweep: SweepDir, hc: Dict[str, Any], replaced: Sequence[str],
+                   added: Sequence[str]) -> Tuple[List[str], Path]:
+    """(argv, cwd) of the resumed command: the recorded one, its ``replaced`` Hydra overrides
+    dropped and ``added`` appended, into the same sweep directory."""
     overrides = hc.get("overrides") or {}
     cwd = Path((hc.get("runtime") or {}).get("cwd") or ".")
     if not cwd.is_dir():
         raise RunDirError(f"{sweep.path}: its working directory {cwd} is gone")
-    hydra = [o for o in overrides.get("hydra") or [] if not o.lstrip("+~").startswith(REPLACED_HYDRA)]
+    hydra = [o for o in overrides.get("hydra") or [] if not o.lstrip("+~").startswith(tuple(replaced))]
     where = _quoted(str(sweep.path.resolve()))
     argv = [sys.executable, "-m", "mlxhydra", "-m", *primary_config_options(hc),
-            *(overrides.get("task") or []), *hydra, f"hydra.sweep.dir={where}",
-            "hydra/sweeper=resume", f"hydra.sweeper.sweep_dir={where}",
-            f"hydra.sweeper.jobs=[{','.join(str(j) for j in jobs)}]"]
+            *(overrides.get("task") or []), *hydra, f"hydra.sweep.dir={where}", *added]
     return argv, cwd
+
+
+def plan_resume(sweep: SweepDir) -> Tuple[List[int], Dict[int, str], Dict[int, List[str]], List[str], Path, bool]:
+    """(jobs to run, recorded statuses, overrides of each job to run (when known), argv, cwd,
+    whether it is an Optuna search).
+
+    Raises:
+        RunDirError: not a sweep, or one that cannot be resumed (named).
+    """
+    from .resume_search import REPLACED, is_search, search_command_overrides
+
+    if not sweep.plan.is_file():
+        raise RunDirError(f"{sweep.path}: not a sweep directory (no {SweepDir.PLAN})")
+    recorded = read_yaml(sweep.plan) or {}
+    hc = recorded.get("hydra") or {}
+    statuses = job_statuses(sweep)
+    if is_search(hc):
+        todo, added, known = search_command_overrides(sweep, recorded, statuses)
+        argv, cwd = resume_command(sweep, hc, REPLACED, added)
+        return todo, statuses, known, argv, cwd, True
+    plan = planned_jobs(sweep)
+    todo = jobs_to_run(plan, statuses)
+    where = _quoted(str(sweep.path.resolve()))
+    argv, cwd = resume_command(sweep, hc, REPLACED_HYDRA, [
+        "hydra/sweeper=resume", f"hydra.sweeper.sweep_dir={where}",
+        f"hydra.sweeper.jobs=[{','.join(str(j) for j in todo)}]"])
+    return todo, statuses, {n: plan[n] for n in todo}, argv, cwd, False
 
 
 def main(argv: Sequence[str]) -> int:
@@ -135,24 +162,23 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
     try:
         sweep = SweepDir(find_run(args.sweep_dir).resolve())
-        plan = planned_jobs(sweep)
-        statuses = job_statuses(sweep)
-        todo = jobs_to_run(plan, statuses)
-        command, cwd = resume_command(sweep, todo)
+        todo, statuses, known, command, cwd, search = plan_resume(sweep)
     except RunDirError as e:
         sys.stderr.write(f"mlxhydra: resume {e}\n")
         return 2
+    total = len(set(statuses) | set(todo))
     if not todo:
-        print(f"nothing to resume: all {len(plan)} jobs of {shown(sweep.path)} completed")
+        print(f"nothing to resume: all {total} jobs of {shown(sweep.path)} finished")
         return 0
     for n in todo:
-        print(f"job {n} ({statuses.get(n, 'missing')}): {' '.join(plan[n])}")
-    print(f"resuming {len(todo)} of {len(plan)} jobs in {shown(sweep.path)}")
+        print(f"job {n} ({statuses.get(n, 'missing')}): {' '.join(known.get(n, ['(new trial)']))}")
+    print(f"resuming {len(todo)} of {total} jobs in {shown(sweep.path)}")
     sys.stdout.flush()
     if args.dry_run:
         print(f"in {cwd}: {' '.join(command[3:])}")
         return 0
-    set_aside(sweep, todo)
+    if not search:  # a search's sweeper reads the unfinished trials first, then sets them aside
+        set_aside(sweep, todo)
     try:
         return subprocess.run(command, cwd=cwd).returncode
     except KeyboardInterrupt:
