@@ -8,6 +8,7 @@ once, one summary, one MLflow child per job, and the figure drawn from it.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_run, run_cli
+from conftest import read_run, run_cli, sweep_job_dirs as job_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +41,6 @@ def status_of(sweep: Path, num: int):
     except ValueError:  # never half a file (atomic writes), but be safe while polling
         return None
 
-
-def job_dirs(sweep: Path) -> list:
-    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()),
-                  key=lambda p: int(p.name.split("_")[0]))
 
 
 @pytest.fixture(scope="module")
@@ -209,33 +206,29 @@ def test_pareto_front_and_binomial_interval():
 def test_an_optuna_search_resumes_from_its_recorded_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "outputs" / "multirun" / "search"
-    first = run_cli("-m", "hydra/sweeper=quant_search", "hydra.sweeper.n_trials=4",
+    first = run_cli("-m", "hydra/sweeper=quant_search", "hydra.sweeper.n_trials=3",
                     "hydra.sweeper.sampler.n_startup_trials=2", "sweep.objective=bits_per_weight",
                     "task=load", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert (sweep / "multirun.yaml").is_file()  # written for sweepers that do not write it
     jobs = job_dirs(sweep)
-    assert len(jobs) == 4
-    # as a SIGKILL during job 2 leaves it: running, and job 3 never started
-    killed = read_run(jobs[2])
-    (jobs[2] / "run.json").write_text(json.dumps({**killed, "status": "running", "ended": None}))
-    for p in jobs[3].iterdir():
-        p.unlink() if p.is_file() else None
-    import shutil
-
-    shutil.rmtree(jobs[3])
-    kept = [read_run(p) for p in jobs[:2]]
+    assert len(jobs) == 3
+    # as a SIGKILL during job 1 leaves it: running, and job 2 never started
+    killed = read_run(jobs[1])
+    (jobs[1] / "run.json").write_text(json.dumps({**killed, "status": "running", "ended": None}))
+    shutil.rmtree(jobs[2])
+    kept = read_run(jobs[0])
     resumed = run_cli("resume", str(sweep), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "job 2 (running)" in resumed.stdout and "job 3 (missing): (new trial)" in resumed.stdout
+    assert "job 1 (running)" in resumed.stdout and "job 2 (missing): (new trial)" in resumed.stdout
     log = resumed.stdout + resumed.stderr
-    assert "2 finished trials from the jobs' records, 1 queued again, 2 to run" in log
+    assert "1 finished trials from the jobs' records, 1 queued again, 2 to run" in log
     now = job_dirs(sweep)
-    assert [int(p.name.split("_")[0]) for p in now] == [0, 1, 2, 3]
-    assert [read_run(p) for p in now[:2]] == kept
-    again = read_run(now[2])
+    assert [int(p.name.split("_")[0]) for p in now] == [0, 1, 2]
+    assert read_run(now[0]) == kept
+    again = read_run(now[1])
     assert again["status"] == "completed" and again["overrides"] == killed["overrides"]  # same trial
-    assert read_run(now[3])["status"] == "completed"
+    assert read_run(now[2])["status"] == "completed"
     import yaml
 
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_run, run_cli
+from conftest import read_run, run_cli, sweep_job_dirs as job_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +24,16 @@ pytest.importorskip("tensorboardX")
 BENCH = ("task=bench", "task.prompt_tokens=16", "task.generation_tokens=4", "task.trials=2")
 
 
-def job_dirs(sweep: Path) -> list:
-    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()),
-                  key=lambda p: int(p.name.split("_")[0]))
-
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    """One working directory: a single bench run, a basic sweep, a joblib sweep with a failed job."""
+    """One working directory: a single bench run and a joblib sweep with a failed job.
+
+    (A basic sweep in MLflow, killed and resumed, is in test_resume.py.)
+    """
     cwd = tmp_path_factory.mktemp("tracked")
     single = run_cli("logger=[mlflow,csv,tensorboard]", *BENCH, cwd=cwd)
     assert single.returncode == 0, single.stderr[-3000:]
-    basic = run_cli("-m", "logger=mlflow", "quant.bits=4,8", "task=load",
-                    "hydra.sweep.dir=outputs/multirun/basic", cwd=cwd)
-    assert basic.returncode == 0, basic.stderr[-3000:]
     joblib = run_cli("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "logger=[mlflow,csv]",
                      "quant.bits=4,7,8", "task=load", "hydra.sweep.dir=outputs/multirun/joblib", cwd=cwd)
     assert joblib.returncode == 1, joblib.stderr[-3000:]  # bits=7 fails
@@ -85,14 +81,14 @@ def test_single_run_in_mlflow(tracked):
 def test_sweeps_have_a_parent_run_with_nested_jobs(tracked):
     cwd, client, _ = tracked
     experiment, runs = runs_of(client)
-    for name, statuses in (("basic", ["completed", "completed"]),
-                           ("joblib", ["completed", "failed", "completed"])):
+    for name, statuses in (("joblib", ["completed", "failed", "completed"]),):
         sweep = cwd / "outputs" / "multirun" / name
         state = json.loads((sweep / "tracking.json").read_text())["mlflow"]
         parent = client.get_run(state["run_id"])
         assert parent.info.run_name == name
-        assert parent.info.status == ("FINISHED" if name == "basic" else "FAILED")
-        assert parent.data.params["quant.bits"] == ("4,8" if name == "basic" else "4,7,8")
+        assert parent.info.status == "FAILED"  # a job failed
+        assert parent.data.params["quant.bits"] == "4,7,8"
+        assert parent.data.params["launcher"] == "JoblibLauncher"
         assert parent.data.metrics["jobs"] == len(statuses)
         assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
             "summary.csv", "summary.md", "multirun.yaml"}
@@ -110,8 +106,8 @@ def test_sweeps_have_a_parent_run_with_nested_jobs(tracked):
             else:
                 assert "quant.bits=7" in child.data.tags["mlxhydra.error"]
                 assert "bits_per_weight" not in child.data.metrics
-    # one experiment, created once: 1 single run + 2 parents + 5 jobs
-    assert len(runs) == 8
+    # one experiment, created once: 1 single run + 1 parent + 3 jobs
+    assert len(runs) == 5
 
 
 def test_tensorboard_event_files_read_back(tracked):
@@ -147,20 +143,20 @@ def test_csv_has_every_job(tracked):
 
 
 def test_a_failing_tracker_never_fails_the_run(tmp_path):
-    proc = run_cli("logger=[mlflow,csv]", "logger.mlflow.tracking_uri=sqlite:////proc/no/such/mlflow.db",
-                   cwd=tmp_path)
+    """TensorBoard cannot write its directory: a warning and a line in run.json, exit 0."""
+    proc = run_cli("logger=[tensorboard,csv]", "logger.tensorboard.log_dir=/proc/no/such/dir", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mlflow: job not logged:" in proc.stdout + proc.stderr
+    assert "tensorboard: job not logged:" in proc.stdout + proc.stderr
     (run_json,) = (tmp_path / "outputs").rglob("run.json")
     record = json.loads(run_json.read_text())
     assert record["status"] == "completed"
-    assert "/proc/no" in record["tracking"]["mlflow"]["error"]
+    assert "/proc/no" in record["tracking"]["tensorboard"]["error"]
     assert record["tracking"]["csv"]["path"] == str(tmp_path / "outputs" / "tracking.csv")
 
 
 def test_two_sweeps_at_once_on_a_new_store(tmp_path):
     """Both create the database and experiment at the same time: no migration race, two parents."""
-    command = [sys.executable, "-m", "mlxhydra", "-m", "logger=mlflow", "quant.bits=4,8", "task=load"]
+    command = [sys.executable, "-m", "mlxhydra", "-m", "logger=mlflow", "quant.bits=4", "task=load"]
     procs = [subprocess.Popen(command + [f"hydra.sweep.dir=outputs/multirun/s{i}"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -175,7 +171,7 @@ def test_two_sweeps_at_once_on_a_new_store(tmp_path):
     assert sorted(r.info.run_name for r in parents) == ["s0", "s1"]
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert sorted(r.data.params["quant.bits"] for r in children) == ["4", "8"]
+        assert [r.data.params["quant.bits"] for r in children] == ["4"]
         assert all(r.info.status == "FINISHED" for r in children)
 
 
