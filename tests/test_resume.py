@@ -129,6 +129,28 @@ def test_resume_runs_only_what_did_not_complete(killed_and_resumed):
     assert again.returncode == 0 and "nothing to resume: all 4 jobs" in again.stdout, again.stdout
 
 
+def test_runs_are_named_by_latest_and_by_prefix(killed_and_resumed):
+    cwd, sweep, _, _, resumed, _ = killed_and_resumed
+    assert resumed.stdout.splitlines()[-1] == f"sweep directory: {sweep.relative_to(cwd)}"
+    assert (cwd / "outputs" / "latest").resolve() == sweep.resolve()
+    jobs = job_dirs(sweep)
+    diff = run_cli("diff", "latest/0", "latest/1", cwd=cwd)  # job prefixes inside the latest sweep
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stdout.splitlines()[2].split()[:3] == ["overrides.quant.bits", "2", "3"]
+    by_prefix = run_cli("diff", jobs[0].name[:15], str(jobs[1]), cwd=cwd)
+    assert by_prefix.stdout == diff.stdout.replace("A: latest/0", f"A: {jobs[0].name[:15]}").replace(
+        "B: latest/1", f"B: {jobs[1]}")
+    singles = sorted(p.parent.name for p in (cwd / "outputs" / "runs").rglob("run.json"))
+    common = os.path.commonprefix(singles)  # the two single runs started seconds apart
+    if common:
+        ambiguous = run_cli("diff", common, "latest/1", cwd=cwd)
+        assert ambiguous.returncode == 2
+        assert f"diff {common}: 2 runs start with it" in ambiguous.stderr
+    sweep_itself = run_cli("replay", "latest", cwd=cwd)
+    assert sweep_itself.returncode == 2
+    assert f"is a sweep; name one of its jobs (latest/{jobs[0].name})" in sweep_itself.stderr
+
+
 def test_the_tracker_covers_the_resumed_sweep(killed_and_resumed):
     cwd, sweep, _, _, _, tracked = killed_and_resumed
     if not tracked:
@@ -233,3 +255,29 @@ def test_an_optuna_search_resumes_from_its_recorded_trials(tmp_path):
 
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
     assert best == min(read_run(p)["objective"] for p in now)  # over the recorded trials too
+
+
+def test_a_speed_panel_when_bench_results_exist():
+    """Rows as summary.collect gives them for `-m task=kl,bench quant.bits=2,8`."""
+    import matplotlib.pyplot as plt
+
+    from mlxhydra.runs.plots import figure
+
+    def row(job, task, bits, bpw, metrics):
+        return {"job": job, "status": "completed", "bits_per_weight": bpw, "_task": task,
+                "_overrides": {"task": task, "quant.bits": str(bits)}, "_metrics": metrics}
+
+    rows = [row(0, "kl", 2, 3.06, {"kl_mean": 0.24, "kl_mean_stderr": 0.03}),
+            row(1, "kl", 8, 9.04, {"kl_mean": 4e-5, "kl_mean_stderr": 1e-5}),
+            row(2, "bench", 2, 3.06, {"generation_tps": 900.0}),
+            row(3, "bench", 8, 9.04, {"generation_tps": 600.0})]
+    fig = figure(rows, ["task", "quant.bits"], "kl_mean")
+    try:
+        quality, speed = fig.axes
+        assert quality.get_xlabel() == "bits per weight" and quality.get_yscale() == "log"
+        assert speed.get_xlabel() == "generation tokens/s (task=bench)" and speed.get_yscale() == "log"
+        (points,) = speed.get_lines()
+        assert list(zip(points.get_xdata(), points.get_ydata())) == [(900.0, 0.24), (600.0, 4e-5)]
+        assert sorted(t.get_text() for t in speed.texts) == ["bits=2", "bits=8"]
+    finally:
+        plt.close(fig)

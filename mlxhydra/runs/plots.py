@@ -156,13 +156,15 @@ def figure(rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
         return _figure_by_key(plt, done, keys, metric, y_of)
     budget = _number(sweep.get("max_bits_per_weight"))
     penalty = _number(sweep.get("penalty"))
+    # label with the swept values that differ between the plotted jobs (not task=kl on each)
+    label_keys = [k for k in keys if len({r["_overrides"].get(k) for r in done}) > 1] or list(keys)
     points = []
     for r in done:
         y = y_of(r)
         objective = _number(r.get("objective"))
         over = budget is not None and r["bits_per_weight"] > budget
         points.append({"x": r["bits_per_weight"], "y": y, "job": r["job"],
-                       "label": setting_label(r["_overrides"], keys) or str(r["job"]),
+                       "label": setting_label(r["_overrides"], label_keys) or str(r["job"]),
                        "err": error_bar(metric, r["_metrics"], y), "objective": objective,
                        "penalised": over or (penalty is not None and objective == penalty)})
     best = None

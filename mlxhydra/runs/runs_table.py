@@ -10,7 +10,6 @@ task override such as ``quant.bits``, or any run.json field such as
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..config.overrides import override_texts
 from ..errors import RunDirError
 from .diff import table
-from .latest import LATEST, OUTPUTS, all_run_dirs, find_run, shown
+from .latest import OUTPUTS, all_run_dirs, find_run, shown
 from .record import flatten
 from .run_dir import RunDir
 from .summary import MAIN_METRIC

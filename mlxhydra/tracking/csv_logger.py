@@ -45,8 +45,8 @@ class CsvLogger(TrackerCallback):
 
     def log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
         path = Path(settings.get("path") or DEFAULT_PATH)
-        if not path.is_absolute():
-            path = Path(os.getcwd()) / path
+        if not path.is_absolute():  # relative to where the command ran (hydra.job.chdir aside)
+            path = Path(job.cwd or os.getcwd()) / path
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerows(job_rows(job))

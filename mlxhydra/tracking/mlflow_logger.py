@@ -111,8 +111,8 @@ class MlflowLogger(TrackerCallback):
     name = "mlflow"
 
     @staticmethod
-    def _store(settings: Dict[str, Any]) -> Tuple[Any, str, str]:
-        uri = absolute_uri(settings.get("tracking_uri") or DEFAULT_URI)
+    def _store(settings: Dict[str, Any], cwd: Optional[str] = None) -> Tuple[Any, str, str]:
+        uri = absolute_uri(settings.get("tracking_uri") or DEFAULT_URI, cwd)
         client, experiment_id = open_store(uri, settings.get("experiment") or DEFAULT_EXPERIMENT)
         return client, experiment_id, uri
 
@@ -131,7 +131,7 @@ class MlflowLogger(TrackerCallback):
         return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id}
 
     def log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
-        client, experiment_id, uri = self._store(settings)
+        client, experiment_id, uri = self._store(settings, job.cwd)
         parent = (self.sweep_state or {}).get("run_id")
         tags = {"mlxhydra.kind": "job"}
         if job.tags.get("git_commit", "null") != "null":  # shown by MLflow's UI

@@ -22,7 +22,10 @@ class TensorBoardLogger(TrackerCallback):
     def log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
         from tensorboardX import SummaryWriter
 
-        log_dir = Path(settings.get("log_dir") or job.run_dir / SUBDIR)
+        log_dir = job.run_dir / SUBDIR
+        if settings.get("log_dir"):  # one folder for all runs: a sweep's jobs under the sweep's name
+            name = f"{job.run_dir.parent.name}/{job.name}" if job.job_num is not None else job.name
+            log_dir = Path(job.cwd or ".") / settings["log_dir"] / name
         wall = job.ended or job.started
         writer = SummaryWriter(str(log_dir))
         try:

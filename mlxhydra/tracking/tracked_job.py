@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from ..config.overrides import override_texts
 from ..runs.record import flatten
-from ..runs.run_dir import RunDir, SweepDir, read_yaml
+from ..runs.run_dir import RunDir, SweepDir
 
 # The record's key settings, as params (the overrides are added to them).
 _QUANT_KEYS = ("bits", "group_size", "mode")
@@ -37,7 +37,8 @@ class TrackedJob:
     """
 
     run_dir: Path
-    name: str
+    name: str  # the run directory's name
+    cwd: Optional[str]  # where the command ran (relative tracker paths start there)
     status: str
     job_num: Optional[int]
     started: Optional[float]  # seconds since the epoch
@@ -153,7 +154,7 @@ def read_tracked_job(path: Path) -> TrackedJob:
     artifacts = [p for p in (run_dir.record, run_dir.model_config, run_dir.metrics,
                              run_dir.path / RunDir.HYDRA) if p.exists()]
     return TrackedJob(
-        run_dir=run_dir.path, name=run_dir.path.name, status=tags["status"],
+        run_dir=run_dir.path, name=run_dir.path.name, cwd=record.get("cwd"), status=tags["status"],
         job_num=record.get("job_num"), started=epoch_seconds(record.get("started")),
         ended=epoch_seconds(record.get("ended")), params=params, metrics=scalars, steps=steps,
         tags=tags, artifacts=artifacts,
