@@ -15,8 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import UpstreamError
 
-SUPPORTED = {"mlx-lm": ">=0.32.2,<0.33", "hydra-core": ">=1.3.2,<1.4"}
+SUPPORTED = {"mlx-lm": ">=0.32.2,<0.33", "hydra-core": ">=1.3.2,<1.4",
+             "hydra-optuna-sweeper": ">=1.2,<1.4"}
 
+# Packages of optional extras ([search]): their names are checked only when installed.
+OPTIONAL = ("hydra-optuna-sweeper",)
 # name used here -> (package, module, attribute path in that module)
 NAMES: Dict[str, Tuple[str, str, str]] = {
     # mlx-lm: architecture lookup and the remapping of model_type names.
@@ -36,6 +39,9 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
                               "BasicSweeper.split_arguments"),
     # Hydra: the config loader whose group listing --help repeats (config/help_cache.py).
     "ConfigLoaderImpl": ("hydra-core", "hydra._internal.config_loader_impl", "ConfigLoaderImpl"),
+    # hydra-optuna-sweeper: a search's Optuna distributions from its overrides (runs/resume_search.py).
+    "optuna_params_from_overrides": ("hydra-optuna-sweeper", "hydra_plugins.hydra_optuna_sweeper._impl",
+                                     "create_params_from_overrides"),
 }
 
 
@@ -77,6 +83,8 @@ def missing() -> List[str]:
     """The message for every upstream name that cannot be imported (empty when all can)."""
     problems = []
     for name in NAMES:
+        if NAMES[name][0] in OPTIONAL and _version(NAMES[name][0]) == "not installed":
+            continue  # an extra that is not installed: nothing to check
         try:
             load(name)
         except UpstreamError as e:

@@ -19,6 +19,7 @@ from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..tasks import check_task
+from ..tracking.logger_settings import check_logger
 from .composition import to_plain
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
@@ -103,6 +104,7 @@ def validate(cfg: DictConfig) -> Settings:
     problems += save_problems(load, task)
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
+    problems += check_logger(plain("logger", {}))
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)

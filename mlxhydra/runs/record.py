@@ -98,6 +98,7 @@ class RunRecord(TypedDict, total=False):
     weight_mismatches: List[str]  # with load.strict=false
     metrics: Dict[str, Any]  # the task's metrics (also in metrics.json)
     objective: float  # sweep.objective's value, for sweepers
+    tracking: Dict[str, Any]  # logger name (mlflow...) -> where the job was logged, or its error
     error: str  # failed/interrupted: the one-line message
     error_type: Optional[str]
     peak_memory_bytes: Optional[int]

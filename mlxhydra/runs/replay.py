@@ -54,21 +54,27 @@ DROPPED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.sweeper", "h
                  "hydra/sweeper", "hydra/launcher", "hydra.job.id", "hydra.job.num")
 
 
-def recorded(run_dir: RunDir) -> Dict[str, Any]:
-    """The recorded cwd, model_dir, config options, hydra overrides and task overrides of a run."""
-    hc = run_dir.read_hydra()  # plain, unresolved
-    record = run_dir.read_record()
-    config = run_dir.read_config()
+def primary_config_options(hc: Dict[str, Any]) -> List[str]:
+    """``--config-name``/``--config-dir`` as in the original command, from a recorded ``hydra`` node."""
     job, runtime = hc.get("job") or {}, hc.get("runtime") or {}
-    options = []  # the primary config: --config-name, --config-dir as in the original command
+    options = []
     if job.get("config_name") not in (None, "config"):
         options += ["--config-name", job["config_name"]]
     for source in runtime.get("config_sources") or []:
         if source.get("provider") == "command-line" and source.get("schema") == "file":
             options += ["--config-dir", source["path"]]
+    return options
+
+
+def recorded(run_dir: RunDir) -> Dict[str, Any]:
+    """The recorded cwd, model_dir, config options, hydra overrides and task overrides of a run."""
+    hc = run_dir.read_hydra()  # plain, unresolved
+    record = run_dir.read_record()
+    config = run_dir.read_config()
+    runtime = hc.get("runtime") or {}
     return {
         "cwd": runtime.get("cwd") or record.get("cwd"),
-        "options": options,
+        "options": primary_config_options(hc),
         "model_dir": config.get("model_dir") or record.get("model_dir"),
         "task": run_dir.read_overrides(),
         "hub": record.get("hub") or {},
