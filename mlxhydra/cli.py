@@ -18,6 +18,7 @@ SUBCOMMANDS: Dict[str, str] = {
     "replay": "mlxhydra.runs.replay:main",
     "diff": "mlxhydra.runs.diff:main",
     "summarize": "mlxhydra.runs.summary:summarize_main",
+    "launch": "mlxhydra.runs.launch:main",
 }
 
 
@@ -58,9 +59,10 @@ def run_hydra(args: List[str]) -> int:
     from .config.overrides import check_override_syntax, overrides_of_argv, quote_model_paths
     from .config.resolvers import register_resolvers
     from .errors import (
-        Interrupted, OverrideSyntaxError, SweepFailed, SweepStopped, exit_code,
-        interruption_message, raise_interrupted,
+        ConfigError, Interrupted, MlxhydraError, OverrideSyntaxError, SweepFailed, SweepStopped,
+        exit_code, interruption_message, raise_interrupted,
     )
+    from .runs import ranks
     from .runs.early_failure import record_early_failure
     from .runs.environment import now
 
@@ -68,7 +70,7 @@ def run_hydra(args: List[str]) -> int:
     started = now()
 
     def record_if_no_job(error: Optional[BaseException]) -> None:
-        if not job.called:
+        if not job.called and ranks.world().leads:  # rank 0 alone writes (distributed runs)
             record_early_failure(error, args, started)
 
     register_resolvers()
@@ -81,6 +83,18 @@ def run_hydra(args: List[str]) -> int:
         record_if_no_job(e)
         sys.stderr.write(f"{e}\n")
         return 1
+    try:
+        world = ranks.join()  # launched by mlx.launch: every rank joins here
+    except MlxhydraError as e:
+        sys.stderr.write(f"mlxhydra: {e}\n")
+        return 1
+    refusal = ranks.multirun_refusal(args)
+    if refusal is not None:
+        record_if_no_job(ConfigError(refusal))
+        sys.stderr.write(f"mlxhydra: {refusal}\n")
+        return 1
+    if not world.leads:
+        sys.argv[1:] = args + ranks.FOLLOWER_OVERRIDES
     # SIGTERM while composing: recorded and exit 143, as during the job.
     signal.signal(signal.SIGTERM, raise_interrupted)
     main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config", version_base="1.3")(job)
@@ -110,7 +124,10 @@ def run_hydra(args: List[str]) -> int:
 
 def main() -> None:
     """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
+    from .runs.launch import exit_status_kept
+
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         sys.exit(run_subcommand(args))
-    sys.exit(run_hydra(args))
+    with exit_status_kept():  # for `mlxhydra launch`, which runs this on every rank
+        sys.exit(run_hydra(args))

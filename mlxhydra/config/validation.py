@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..runs.ranks import check_world
 from ..tasks import check_task
 from .composition import to_plain
 
@@ -101,6 +102,7 @@ def validate(cfg: DictConfig) -> Settings:
     problems += check_task(task)
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
+    problems += check_world(load, task)  # several ranks (mlx.launch): what runs sharded
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)

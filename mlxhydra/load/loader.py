@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 
 from ..config.model_source import read_config_json
 from ..errors import ConfigError, WeightsError
-from . import architecture, weights_cache
+from . import architecture, sharding, weights_cache
 from .load_settings import DTYPE_NAMES, check_dtype
 from .prequantized import (
     describe_settings,
@@ -28,7 +28,7 @@ from .prequantized import (
     quantize_saved_layout,
     saved_quantization,
 )
-from .quant_spec import QuantSpec, parse_quant, same_settings
+from .quant_spec import QuantSpec, make_decider, parse_quant, same_settings
 from .runtime_quant import (
     config_entry,
     describe_request,
@@ -117,6 +117,8 @@ class LoadReport:
     weight_mismatches: List[str] = field(default_factory=list)  # with strict=False
     quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
     model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
+    # sharded: mode, rank, layers, weight_files, weight_bytes_read, parameter_bytes
+    sharding: Dict[str, Any] = field(default_factory=dict)
 
 
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
@@ -158,6 +160,8 @@ def build_model(
     args_class: Optional[str] = None,
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
+    shard: Optional[str] = None,
+    group: Any = None,
 ) -> Tuple[nn.Module, dict, LoadReport]:
     """Instantiate, quantize and load a model from a ready config dict.
 
@@ -173,6 +177,9 @@ def build_model(
         classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
         weights_key: The weights fingerprint: reuse (and keep) this process's
             opened float weights (:mod:`.weights_cache`; for multirun jobs only).
+        shard: ``load.shard`` (auto, none, tensor, pipeline): how to split the
+            model across ``group`` (:mod:`.sharding`).
+        group: The ``mx.distributed`` group of the ranks, or None in one process.
 
     Returns:
         (model, config, report).
@@ -196,14 +203,24 @@ def build_model(
     find_quantization_config(model_dir, config)
     report.ignored_keys = architecture.ignored_keys(config, args_cls)
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
+    decide = None
+    if spec is not None and group is not None:  # on the whole model: recipes count its layers
+        decide = make_decider(spec, model)
+    plan = sharding.plan_sharding(model, shard, group, config)
     times["instantiate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     files = require_weight_files(model_dir) if strict else find_weight_files(model_dir)
+    if plan is not None:  # a cache would keep every rank's whole float model
+        weights_key = None
+        if plan.mode == "pipeline":
+            files = sharding.files_for_layers(files, plan.layers)
     report.weight_files = [str(f) for f in files]
     weights, report.weights_cache = weights_cache.open_weights(weights_key, lambda: read_weights(files))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
+    if plan is not None and plan.mode == "pipeline":
+        weights = sharding.drop_other_layers(weights, plan.layers)
     saved, weights = saved_quantization(config, weights)
     times["load_weights"] = time.perf_counter() - t
 
@@ -235,7 +252,10 @@ def build_model(
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
     report.weight_mismatches = problems
     if saved is None and spec is not None:
-        applied = {"source": "runtime", **spec.describe(), **quantize_while_loading(model, weights, spec)}
+        # Tensor parallelism: quantized lazily, evaluated slice by slice after shard().
+        evaluate = plan is None or plan.mode != "tensor"
+        applied = {"source": "runtime", **spec.describe(),
+                   **quantize_while_loading(model, weights, spec, decide=decide, evaluate=evaluate)}
         config["quantization"] = config_entry(spec, applied["layers"])
         config["quantization_config"] = config["quantization"]
     times["quantize"] = time.perf_counter() - t
@@ -244,10 +264,12 @@ def build_model(
     model.eval()
     model.load_weights(list(weights.items()), strict=strict)
     del weights
-    if not lazy:
+    report.quantization = {**applied, **quantization_summary(model)}  # tensor: of the whole model
+    if plan is not None:
+        report.sharding = sharding.shard_and_evaluate(model, plan, files, lazy)
+    elif not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
-    report.quantization = {**applied, **quantization_summary(model)}
     report.model_config = config
     return model, config, report
 

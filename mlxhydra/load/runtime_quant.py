@@ -1,7 +1,7 @@
 """Runtime quantization of float weights, layer by layer while they are read."""
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -14,14 +14,21 @@ log = logging.getLogger("mlxhydra.loading")
 
 
 def quantize_while_loading(
-    model: nn.Module, weights: dict, spec: QuantSpec
+    model: nn.Module, weights: dict, spec: QuantSpec,
+    decide: Optional[Callable[[str, Any], Optional[dict]]] = None, evaluate: bool = True,
 ) -> Dict[str, Any]:
     """Quantize each chosen layer as soon as its float weights are read.
 
     At most two layers' float weights are in memory at a time: each is read,
     quantized and put in place while the layer before is evaluated.
+
+    Args:
+        decide: ``make_decider(spec, model)`` made earlier (on the whole model,
+            before a pipeline rank dropped layers); made here when None.
+        evaluate: False leaves the quantized layers lazy (tensor parallelism
+            evaluates each rank's slices after sharding).
     """
-    decide = make_decider(spec, model)
+    decide = decide or make_decider(spec, model)
     layers: Dict[str, dict] = {}
     counts = {"quantized": 0, "float_by_rule_or_predicate": 0, "float_indivisible": 0}
     plan = []
@@ -61,8 +68,9 @@ def quantize_while_loading(
         for name, value in tree_flatten(qmodule.parameters()):
             weights[f"{path}.{name}"] = value
             arrays.append(value)
-        mx.async_eval(arrays)
-        pending.append(arrays)
+        if evaluate:
+            mx.async_eval(arrays)
+            pending.append(arrays)
         if len(pending) > 1:
             mx.eval(pending.pop(0))
         model.update_modules(tree_unflatten([(path, qmodule)]))

@@ -8,6 +8,9 @@ from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer
 
 log = logging.getLogger("mlxhydra")
 
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
+
 
 def check_prompt(check: SettingsCheck) -> None:
     """The prompt settings shared with task=accuracy: chat, prompt or messages."""

@@ -22,6 +22,9 @@ from .common import (
 
 log = logging.getLogger("mlxhydra")
 
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
+
 DEFAULT_DATA = "eval.txt"
 
 
