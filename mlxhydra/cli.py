@@ -70,8 +70,12 @@ def run_hydra(args: List[str]) -> int:
     started = now()
 
     def record_if_no_job(error: Optional[BaseException]) -> None:
-        if not job.called and ranks.world().leads:  # rank 0 alone writes (distributed runs)
+        if job.called:
+            return
+        if ranks.world().leads:
             record_early_failure(error, args, started)
+        elif error is not None:  # another rank of a distributed run: rank 0 records its cause
+            ranks.report_failure(error)
 
     register_resolvers()
     install_for(args)  # --help: the same text; Hydra's group listings computed once

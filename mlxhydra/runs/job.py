@@ -170,7 +170,7 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
         platform=environment.platform_info(),
         git=environment.git_state(Path(hc.runtime.cwd)),
         times=times,
-        **ranks.describe(OmegaConf.select(cfg, "load.shard", default=None,
+        **ranks.record_entry(OmegaConf.select(cfg, "load.shard", default=None,
                                          throw_on_resolution_failure=False)),
     )
     previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
@@ -220,6 +220,6 @@ def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optiona
     if run_dir is not None and record is not None:
         run_dir.write_metrics(metrics)
         if per_rank is not None:
-            record.update(**ranks.describe(settings.load.get("shard"), per_rank))
+            record.update(**ranks.record_entry(settings.load.get("shard"), per_rank))
     return metrics
 

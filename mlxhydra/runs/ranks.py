@@ -194,7 +194,8 @@ def check_world(load: Mapping[str, Any], task: Mapping[str, Any]) -> List[str]:
     return problems
 
 
-def describe(shard_requested: Any, ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+def record_entry(shard_requested: Any,
+                 ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """The run record's ``distributed`` entry (``{}`` in one process)."""
     w = world()
     if not w.distributed:
@@ -269,30 +270,39 @@ def lead(run: Callable[[], T]) -> T:
         raise cause from e
 
 
+def report_failure(error: BaseException) -> int:
+    """On another rank than 0: send ``error`` to rank 0, show it as one line; the exit code.
+
+    A lost connection is not sent: it echoes another rank's end, which reports its own cause.
+    """
+    w = world()
+    if isinstance(error, (KeyboardInterrupt, Interrupted)):
+        signum = error.signum if isinstance(error, Interrupted) else int(signal.SIGINT)
+        message = interruption_message(error)
+        report: Optional[Dict[str, Any]] = {"status": "interrupted", "signum": signum, "error": message}
+        code = exit_code(error)
+    else:
+        message = str(error) if isinstance(error, MlxhydraError) else f"{type(error).__name__}: {error}"
+        report = None if lost_peer(error) else {"status": "failed", "error": message,
+                                                "error_type": type(error).__name__}
+        code = 1
+    if report is not None and w.reports is not None:
+        w.reports.send(report)
+    sys.stderr.write(f"mlxhydra: rank {w.rank}: {message}\n")
+    return code
+
+
 def follow(run: Callable[[], T]) -> T:
     """Run the job on another rank than 0: nothing is written.
 
     A failure or interruption is sent to rank 0, shown as one line on stderr,
     and ends this process (exit 1, or 128 + the signal number).
     """
-    w = world()
     previous = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return run()
-    except (KeyboardInterrupt, Interrupted) as e:
-        signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
-        message = interruption_message(e)
-        report: Optional[Dict[str, Any]] = {"status": "interrupted", "signum": signum, "error": message}
-        code = exit_code(e)
     except BaseException as e:
-        message = f"{type(e).__name__}: {e}" if not isinstance(e, MlxhydraError) else str(e)
-        # a lost connection is the echo of another rank's end, which reports its own cause
-        report = None if lost_peer(e) else {"status": "failed", "error": message,
-                                            "error_type": type(e).__name__}
-        code = 1
+        code = report_failure(e)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if report is not None and w.reports is not None:
-        w.reports.send(report)
-    sys.stderr.write(f"mlxhydra: rank {w.rank}: {message}\n")
     raise SystemExit(code)
