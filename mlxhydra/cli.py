@@ -1,6 +1,6 @@
 """The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
-``mlxhydra replay|diff|summarize ARGS`` run a subcommand; anything else is
+``mlxhydra replay|diff|summarize|launch ARGS`` run a subcommand; anything else is
 Hydra's command line: ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
 """
 

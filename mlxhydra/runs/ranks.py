@@ -13,7 +13,6 @@ by rank 0, with its cause (see :mod:`.rank_reports`).
 """
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -26,8 +25,6 @@ from ..errors import (
     raise_interrupted,
 )
 from .rank_reports import RankReports
-
-log = logging.getLogger("mlxhydra")
 
 T = TypeVar("T")
 REPORT_WAIT = 5.0  # seconds rank 0 waits for the report of the rank that stopped
