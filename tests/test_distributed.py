@@ -142,6 +142,21 @@ def test_rank0_records_and_prints_others_write_nothing(tmp_path):
         assert rank["peak_memory_bytes"] > 0 and rank["max_rss_bytes"] > 0
 
 
+def single_process_perplexity(model_dir: Path, task: dict) -> float:
+    """exp(mean NLL) of the model on its eval.txt rows, in this process (kl's own formula)."""
+    import mlx.core as mx
+
+    from mlxhydra.load.loader import load_model
+    from mlxhydra.tasks.common import load_tokenizer
+    from mlxhydra.tasks.kl import log_probs
+    from mlxhydra.tasks.perplexity import eval_data
+
+    model, config = load_model(model_dir)
+    tokens, _ = eval_data(task, load_tokenizer(model_dir, config), model_dir)
+    lp = mx.take_along_axis(log_probs(model, tokens), tokens[:, 1:, None], axis=-1)
+    return float(np.exp(-np.array(lp, dtype=np.float64).mean()))
+
+
 @pytest.mark.slow
 def test_pipeline_kl_of_a_model_with_itself_is_zero(models, tmp_path):
     """kl on a pipeline-sharded deepseek_v3: the reference is sharded too, rank 0 caches it."""
@@ -153,6 +168,8 @@ def test_pipeline_kl_of_a_model_with_itself_is_zero(models, tmp_path):
     assert run["status"] == "completed"
     assert run["metrics"]["kl_mean"] == pytest.approx(0.0, abs=1e-6)
     assert run["metrics"]["top1_agreement"] == 1.0
+    assert run["metrics"]["perplexity"] == pytest.approx(single_process_perplexity(
+        models["deepseek_v3"], {"sequence_length": 32, "num_samples": 4}), rel=1e-5)
     cached = [p for p in files_under(tmp_path / "outputs" / ".cache") if p.endswith(".safetensors")]
     assert len(cached) == 1  # 4 samples in one batch, written once (by rank 0)
     ranks = run["distributed"]["ranks"]
