@@ -35,11 +35,12 @@ RESULTS = BENCH / "results_distributed.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def mlx_launch(ranks: int, *command: str) -> List[str]:
+def mlx_launch(ctx: Context, ranks: int, *command: str) -> List[str]:
+    """mlx.launch on 127.0.0.1; its temporary files (mktemp) go into the measurement's directory."""
     from mlxhydra.runs.launch import find_mlx_launch, free_ports
 
-    return [find_mlx_launch(), "-n", str(ranks), "--backend", "ring",
-            "--starting-port", str(free_ports(ranks)), "--", *command]
+    return ["env", f"TMPDIR={ctx.workdir}", find_mlx_launch(), "-n", str(ranks), "--backend",
+            "ring", "--starting-port", str(free_ports(ranks)), "--", *command]
 
 
 def rank_records(ctx: Context) -> Dict[str, Any]:
@@ -63,7 +64,7 @@ CASES = {
     "ranks2": Case(
         "ranks2", "2 ranks, tensor parallel: mlx-lm sharded_load vs mlxhydra launch -n 2",
         baseline=Side("mlx-lm sharded_load, 2 ranks", lambda ctx: [mlx_launch(
-            2, PY, str(BENCH / "mlx_lm_sharded_load.py"), str(ctx.model_dir))]),
+            ctx, 2, PY, str(BENCH / "mlx_lm_sharded_load.py"), str(ctx.model_dir))]),
         candidate=Side("mlxhydra launch -n 2", lambda ctx: [mlxhydra_cli(
             "launch", "-n", "2", f"model={ctx.model_dir}")], collect=rank_records),
     ),

@@ -79,6 +79,7 @@ def test_sharded_logits_equal_single_process(models, tmp_path):
         [find_mlx_launch(), "-n", "2", "--backend", "ring", "--starting-port", str(free_ports(2)),
          "--", sys.executable, str(script), str(tmp_path), str(tmp_path / "cases.json")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # mlx.launch's temporary files
     )
     for case, (model, shard, quant) in zip(spec, cases):
         ranks = [json.loads((tmp_path / f"{case['name']}.{r}.json").read_text()) for r in (0, 1)]

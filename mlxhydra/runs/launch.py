@@ -111,7 +111,9 @@ def main(argv: Sequence[str]) -> int:
             *(["--verbose"] if args.verbose else []),
             "--", sys.executable, "-m", "mlxhydra", *overrides,
         ]
-        env = {**os.environ, STATUS_DIR_ENV: status_dir}
+        # mlx.launch leaves each rank's hostfile and pid file (mktemp) behind: here they go
+        # into this temporary directory, removed at the end.
+        env = {**os.environ, STATUS_DIR_ENV: status_dir, "TMPDIR": status_dir}
         proc = subprocess.Popen(command, env=env)
         try:
             proc.wait()
