@@ -65,7 +65,8 @@ def single_process(model_dir: Path, quant=None):
 @pytest.mark.slow
 def test_sharded_logits_equal_single_process(models, tmp_path):
     """Tensor (llama, qwen3, deepseek_v3) and pipeline (deepseek_v3) sharding, float and 4-bit."""
-    q4 = {"bits": 4, "group_size": 32}
+    # The rule matches rank 1's layers only: decided on the whole model, it is no typo on rank 0.
+    q4 = {"bits": 4, "group_size": 32, "rules": [{"pattern": r"layers\.0\.mlp", "bits": 8}]}
     cases = [
         ("llama", "tensor", None), ("qwen3", "auto", None), ("deepseek_v3", "pipeline", None),
         ("deepseek_v3", "tensor", None), ("llama", "tensor", q4), ("deepseek_v3", "pipeline", q4),
@@ -93,6 +94,7 @@ def test_sharded_logits_equal_single_process(models, tmp_path):
             np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=case["name"])
             assert ranks[r]["mode"] == ("pipeline" if shard == "pipeline" else "tensor")
             assert 0.45 < ranks[r]["parameter_bytes"] / total < 0.6, (case["name"], ranks[r])
+            assert ranks[r]["unmatched_rules"] == ([] if quant else None)
         if shard == "pipeline":  # rank 1 runs the first layers, rank 0 the last (mlx-lm's split)
             assert [r["layers"] for r in ranks] == [[2, 4], [0, 2]]
             files = [set(r["weight_files"]) for r in ranks]

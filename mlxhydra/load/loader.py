@@ -32,6 +32,7 @@ from .quant_spec import QuantSpec, make_decider, parse_quant, same_settings
 from .runtime_quant import (
     config_entry,
     describe_request,
+    quantizable_paths,
     quantization_summary,
     quantize_while_loading,
 )
@@ -203,9 +204,9 @@ def build_model(
     find_quantization_config(model_dir, config)
     report.ignored_keys = architecture.ignored_keys(config, args_cls)
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
-    decide = None
+    decide = paths = None
     if spec is not None and group is not None:  # on the whole model: recipes count its layers
-        decide = make_decider(spec, model)
+        decide, paths = make_decider(spec, model), quantizable_paths(model)
     plan = sharding.plan_sharding(model, shard, group, config)
     times["instantiate"] = time.perf_counter() - t
 
@@ -255,7 +256,8 @@ def build_model(
         # Tensor parallelism: quantized lazily, evaluated slice by slice after shard().
         evaluate = plan is None or plan.mode != "tensor"
         applied = {"source": "runtime", **spec.describe(),
-                   **quantize_while_loading(model, weights, spec, decide=decide, evaluate=evaluate)}
+                   **quantize_while_loading(model, weights, spec, decide=decide, paths=paths,
+                                            evaluate=evaluate)}
         config["quantization"] = config_entry(spec, applied["layers"])
         config["quantization_config"] = config["quantization"]
     times["quantize"] = time.perf_counter() - t

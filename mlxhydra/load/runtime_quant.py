@@ -13,9 +13,15 @@ from .quant_spec import QuantSpec, make_decider
 log = logging.getLogger("mlxhydra.loading")
 
 
+def quantizable_paths(model: nn.Module) -> List[str]:
+    """The paths of the layers that can be quantized."""
+    return [p for p, m in model.named_modules() if hasattr(m, "to_quantized") and hasattr(m, "weight")]
+
+
 def quantize_while_loading(
     model: nn.Module, weights: dict, spec: QuantSpec,
-    decide: Optional[Callable[[str, Any], Optional[dict]]] = None, evaluate: bool = True,
+    decide: Optional[Callable[[str, Any], Optional[dict]]] = None,
+    paths: Optional[List[str]] = None, evaluate: bool = True,
 ) -> Dict[str, Any]:
     """Quantize each chosen layer as soon as its float weights are read.
 
@@ -25,6 +31,8 @@ def quantize_while_loading(
     Args:
         decide: ``make_decider(spec, model)`` made earlier (on the whole model,
             before a pipeline rank dropped layers); made here when None.
+        paths: ``quantizable_paths`` of the whole model, for the rules that
+            match none; this model's when None.
         evaluate: False leaves the quantized layers lazy (tensor parallelism
             evaluates each rank's slices after sharding).
     """
@@ -44,7 +52,7 @@ def quantize_while_loading(
             plan.append((path, module, params))
     # A rule that matches nothing is most likely a typo in its pattern (but a
     # sweep may share rules between architectures): warn and report it.
-    paths = [p for p, m in model.named_modules() if hasattr(m, "to_quantized") and hasattr(m, "weight")]
+    paths = quantizable_paths(model) if paths is None else paths
     unmatched = [r.pattern.pattern for r in spec.rules if not any(r.matches(p) for p in paths)]
     if unmatched:
         log.warning("quant.rules patterns that match no quantizable layer: %s", ", ".join(unmatched))

@@ -4,7 +4,8 @@
 
 CASES.json: a list of {"name", "model_dir", "shard", "quant" (or null)}. Each rank writes
 OUT_DIR/<name>.<rank>.npy (the logits of TOKENS) and OUT_DIR/<name>.<rank>.json (its
-LoadReport.sharding, or {"error": message} when loading failed with a ConfigError).
+LoadReport.sharding and the quantization's unmatched_rules, or {"error": message} when loading
+failed with a ConfigError).
 """
 
 import json
@@ -35,7 +36,8 @@ def main():
             continue
         logits = model(mx.array(TOKENS)).astype(mx.float32)
         np.save(out / f"{stem}.npy", np.array(logits))
-        (out / f"{stem}.json").write_text(json.dumps(report.sharding))
+        unmatched = report.quantization.get("unmatched_rules")
+        (out / f"{stem}.json").write_text(json.dumps({**report.sharding, "unmatched_rules": unmatched}))
 
 
 if __name__ == "__main__":
