@@ -1,6 +1,6 @@
 """The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
-``mlxhydra replay|diff|summarize|runs|resume ARGS`` run a subcommand;
+``mlxhydra replay|diff|summarize|runs|resume|launch ARGS`` run a subcommand;
 ``--version`` prints versions; anything else is Hydra's command line:
 ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
 """
@@ -22,6 +22,7 @@ SUBCOMMANDS: Dict[str, str] = {
     "summarize": "mlxhydra.runs.summary:summarize_main",
     "runs": "mlxhydra.runs.runs_table:main",
     "resume": "mlxhydra.runs.resume:main",
+    "launch": "mlxhydra.runs.launch:main",
 }
 # Shown by --version beside the required dependencies.
 OPTIONAL_PACKAGES = ("hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-ray-launcher",
@@ -72,9 +73,10 @@ def run_hydra(args: List[str]) -> int:
     from .config.plugin_extras import missing_extras
     from .config.resolvers import register_resolvers
     from .errors import (
-        ConfigError, Interrupted, OverrideSyntaxError, SweepFailed, SweepStopped, exit_code,
-        interruption_message, raise_interrupted,
+        ConfigError, Interrupted, MlxhydraError, OverrideSyntaxError, SweepFailed, SweepStopped,
+        exit_code, interruption_message, raise_interrupted,
     )
+    from .runs import ranks
     from .runs.early_failure import record_early_failure
     from .runs.environment import now
     from .runs.latest import mark_latest
@@ -83,10 +85,14 @@ def run_hydra(args: List[str]) -> int:
     started = now()
 
     def record_if_no_job(error: Optional[BaseException]) -> None:
-        if not job.called:
+        if job.called:
+            return
+        if ranks.world().leads:
             run_dir = record_early_failure(error, args, started)
             if run_dir is not None:
                 mark_latest(run_dir, "run")
+        elif error is not None:  # another rank of a distributed run: rank 0 records its cause
+            ranks.report_failure(error)
 
     register_resolvers()
     install_for(args)  # --help: the same text; Hydra's group listings computed once
@@ -101,6 +107,18 @@ def run_hydra(args: List[str]) -> int:
         record_if_no_job(e)
         sys.stderr.write(f"mlxhydra: {e}\n" if isinstance(e, ConfigError) else f"{e}\n")
         return 1
+    try:
+        world = ranks.join()  # launched by mlx.launch: every rank joins here
+    except MlxhydraError as e:
+        sys.stderr.write(f"mlxhydra: {e}\n")
+        return 1
+    refusal = ranks.multirun_refusal(args)
+    if refusal is not None:
+        record_if_no_job(ConfigError(refusal))
+        sys.stderr.write(f"mlxhydra: {refusal}\n")
+        return 1
+    if not world.leads:
+        sys.argv[1:] = args + ranks.FOLLOWER_OVERRIDES
     # SIGTERM while composing: recorded and exit 143, as during the job.
     signal.signal(signal.SIGTERM, raise_interrupted)
     main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config", version_base="1.3")(job)
@@ -167,6 +185,7 @@ def complete_subcommands(args: Sequence[str]) -> None:
 def main() -> None:
     """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
     from .runs.latest import shown, started
+    from .runs.launch import exit_status_kept
 
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
@@ -176,11 +195,12 @@ def main() -> None:
         sys.exit(0)
     if "-sc" in args or "--shell-completion" in args:
         complete_subcommands(args)
-    try:
-        code = run_hydra(args)
-    finally:  # every run ends by saying where it is, whatever its outcome
-        where = started()
-        if where:
-            sys.stdout.flush()
-            print(f"{where[0]} directory: {shown(where[1])}", flush=True)
-    sys.exit(code)
+    with exit_status_kept():  # for `mlxhydra launch`, which runs this on every rank
+        try:
+            code = run_hydra(args)
+        finally:  # every run ends by saying where it is, whatever its outcome
+            where = started()
+            if where:
+                sys.stdout.flush()
+                print(f"{where[0]} directory: {shown(where[1])}", flush=True)
+        sys.exit(code)

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..runs.ranks import check_world
 from ..tasks import check_task
 from ..tracking.logger_settings import check_logger
 from .composition import to_plain
@@ -105,6 +106,7 @@ def validate(cfg: DictConfig) -> Settings:
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
     problems += check_logger(plain("logger", {}))
+    problems += check_world(load, task)  # several ranks (mlx.launch): what runs sharded
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)

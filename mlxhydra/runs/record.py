@@ -59,6 +59,27 @@ class QuantizationRecord(TypedDict, total=False):
     parameters: int
 
 
+class RankRecord(TypedDict, total=False):
+    rank: int
+    host: str
+    mode: str  # "tensor" or "pipeline"
+    layers: List[int]  # [start, end) of the decoder layers the rank runs
+    weight_files: List[str]  # the files the rank opened
+    weight_bytes_read: int  # data bytes of the tensors it loaded
+    parameter_bytes: int  # bytes of the parameters it holds
+    peak_memory_bytes: int
+    max_rss_bytes: int
+
+
+class DistributedRecord(TypedDict, total=False):
+    backend: str  # ring, jaccl, nccl, mpi
+    world_size: int
+    hosts: List[str]  # each rank's host name
+    shard_requested: Any  # load.shard as set
+    shard: str  # the mode used
+    ranks: List[RankRecord]  # written when the task is done
+
+
 class RunRecord(TypedDict, total=False):
     """The fields of run.json, in the order they are written.
 
@@ -87,6 +108,7 @@ class RunRecord(TypedDict, total=False):
     platform: Dict[str, Any]
     git: Optional[Dict[str, Any]]
     times: Dict[str, float]  # seconds per stage: compose, instantiate, load_weights, quantize, task
+    distributed: DistributedRecord  # only under mlx.launch with several ranks (rank 0 writes)
     model: ModelRecord
     weight_files: List[WeightFileRecord]
     weights_fingerprint: str

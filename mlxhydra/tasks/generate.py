@@ -7,10 +7,12 @@ lines, as ``mlx_lm.generate`` prints it); the log file, ``metrics.json`` and
 
 import json
 import logging
+import os
 import sys
 from typing import Any, Dict, List
 
 from ..errors import TaskError
+from ..runs.ranks import world
 from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer
 from .draft import check_draft, load_draft_model
 from .generation import (
@@ -30,6 +32,8 @@ GENERATIONS = "generations.jsonl"
 RULE = "=" * 10  # mlx_lm.generate's separator around the streamed text
 # Not printed on the console (a filter in conf/hydra/job_logging): the streamed text is there.
 FILE_ONLY = {"file_only": True}
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
 
 
 def check(task: Dict[str, Any]) -> List[str]:
@@ -105,7 +109,9 @@ def execute(job: TaskInput) -> Metrics:
     add_eos_tokens(tokenizer, string_list(task.get("extra_eos_token")) or [])
     items = prompt_items(task)
     sampler, processors = make_sampler_from(task, tokenizer)
-    stream = task.get("stream", True)
+    # Under mlx.launch every rank generates; rank 0 alone prints and writes files.
+    leads = world().leads
+    stream = task.get("stream", True) and leads
     how = Generation(
         max_tokens=task["max_tokens"], sampler=sampler, logits_processors=processors,
         stop=[unescape(s) for s in string_list(task.get("stop")) or []],
@@ -121,7 +127,7 @@ def execute(job: TaskInput) -> Metrics:
         if "hub" in extra["draft_model"]:
             job.hub["task.draft_model"] = extra["draft_model"]["hub"]
     results = []
-    with open(job.run_dir / GENERATIONS, "w", encoding="utf-8") as f:
+    with open(job.run_dir / GENERATIONS if leads else os.devnull, "w", encoding="utf-8") as f:
         for i, item in enumerate(items):
             prompt = encode_prompt(tokenizer, task, item)
             if len(items) > 1:

@@ -23,6 +23,9 @@ from .kv_cache import ThroughCache, check_kv, uses_cache
 
 log = logging.getLogger("mlxhydra")
 
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
+
 DEFAULT_DATA = "eval.txt"
 
 

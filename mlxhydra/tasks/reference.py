@@ -157,21 +157,26 @@ def check_fingerprint(ref: Reference) -> str:
     return current
 
 
-def build_reference(ref: Reference):
+def build_reference(ref: Reference, shard: Optional[str] = None):
     """Instantiate and load the reference model.
+
+    Args:
+        shard: This run's ``load.shard``: in a distributed run the reference
+            is split across the ranks as the model is.
 
     Returns:
         The model (evaluated).
     """
     from ..load.loader import build_model
     from ..load.quant_spec import parse_quant
+    from ..runs.ranks import world
 
     load = ref.load
     model, _, _ = build_model(
         ref.model_dir, dict(ref.config), quant=parse_quant(ref.quant) if ref.quant else None,
         strict=bool(load.get("strict", True)), trust_remote_code=bool(load.get("trust_remote_code")),
         dtype=load.get("dtype"), model_class=load.get("model_class"),
-        args_class=load.get("args_class"),
+        args_class=load.get("args_class"), shard=shard, group=world().group,
         adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
     )
     return model
