@@ -1,7 +1,8 @@
 """The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
-``mlxhydra replay|diff|summarize ARGS`` run a subcommand; anything else is
-Hydra's command line: ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
+``mlxhydra replay|diff|summarize|runs|resume|launch ARGS`` run a subcommand;
+``--version`` prints versions; anything else is Hydra's command line:
+``mlxhydra model=./llama quant.bits=4 [-m] ...``.
 """
 
 import importlib
@@ -9,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
@@ -18,7 +20,14 @@ SUBCOMMANDS: Dict[str, str] = {
     "replay": "mlxhydra.runs.replay:main",
     "diff": "mlxhydra.runs.diff:main",
     "summarize": "mlxhydra.runs.summary:summarize_main",
+    "runs": "mlxhydra.runs.runs_table:main",
+    "resume": "mlxhydra.runs.resume:main",
+    "launch": "mlxhydra.runs.launch:main",
 }
+# Shown by --version beside the required dependencies.
+OPTIONAL_PACKAGES = ("hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-ray-launcher",
+                     "hydra-optuna-sweeper", "optuna", "mlflow-skinny", "mlflow", "tensorboardX",
+                     "tensorboard", "matplotlib")
 
 
 def run_subcommand(argv: Sequence[str]) -> int:
@@ -38,13 +47,18 @@ class JobFunction:
 
     def __call__(self, cfg: DictConfig) -> Optional[float]:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
+        from .runs.latest import mark_latest
         from .runs.sweep_policy import run_swept_job
 
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.RUN:
+            mark_latest(Path(hc.runtime.output_dir), "run", Path(hc.runtime.cwd))
         compose = None
         # The first job of this process (a launcher's worker has its own clock)
         # is timed from the command's start: Hydra composed it meanwhile.
-        if not self.called and self.pid == os.getpid() and HydraConfig.get().job.get("num") in (None, 0):
+        if not self.called and self.pid == os.getpid() and hc.job.get("num") in (None, 0):
             compose = time.perf_counter() - self.started_at
         self.called = True
         return run_swept_job(cfg, compose)
@@ -56,20 +70,29 @@ def run_hydra(args: List[str]) -> int:
 
     from .config.help_cache import install_for
     from .config.overrides import check_override_syntax, overrides_of_argv, quote_model_paths
+    from .config.plugin_extras import missing_extras
     from .config.resolvers import register_resolvers
     from .errors import (
-        Interrupted, OverrideSyntaxError, SweepFailed, SweepStopped, exit_code,
-        interruption_message, raise_interrupted,
+        ConfigError, Interrupted, MlxhydraError, OverrideSyntaxError, SweepFailed, SweepStopped,
+        exit_code, interruption_message, raise_interrupted,
     )
+    from .runs import ranks
     from .runs.early_failure import record_early_failure
     from .runs.environment import now
+    from .runs.latest import mark_latest
 
     job = JobFunction(time.perf_counter())
     started = now()
 
     def record_if_no_job(error: Optional[BaseException]) -> None:
-        if not job.called:
-            record_early_failure(error, args, started)
+        if job.called:
+            return
+        if ranks.world().leads:
+            run_dir = record_early_failure(error, args, started)
+            if run_dir is not None:
+                mark_latest(run_dir, "run")
+        elif error is not None:  # another rank of a distributed run: rank 0 records its cause
+            ranks.report_failure(error)
 
     register_resolvers()
     install_for(args)  # --help: the same text; Hydra's group listings computed once
@@ -77,10 +100,25 @@ def run_hydra(args: List[str]) -> int:
     sys.argv[1:] = args
     try:
         check_override_syntax(overrides_of_argv(args))
-    except OverrideSyntaxError as e:
+        missing = missing_extras(overrides_of_argv(args))
+        if missing:
+            raise ConfigError(missing)
+    except (OverrideSyntaxError, ConfigError) as e:
         record_if_no_job(e)
-        sys.stderr.write(f"{e}\n")
+        sys.stderr.write(f"mlxhydra: {e}\n" if isinstance(e, ConfigError) else f"{e}\n")
         return 1
+    try:
+        world = ranks.join()  # launched by mlx.launch: every rank joins here
+    except MlxhydraError as e:
+        sys.stderr.write(f"mlxhydra: {e}\n")
+        return 1
+    refusal = ranks.multirun_refusal(args)
+    if refusal is not None:
+        record_if_no_job(ConfigError(refusal))
+        sys.stderr.write(f"mlxhydra: {refusal}\n")
+        return 1
+    if not world.leads:
+        sys.argv[1:] = args + ranks.FOLLOWER_OVERRIDES
     # SIGTERM while composing: recorded and exit 143, as during the job.
     signal.signal(signal.SIGTERM, raise_interrupted)
     main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config", version_base="1.3")(job)
@@ -108,9 +146,61 @@ def run_hydra(args: List[str]) -> int:
     return 0
 
 
+def print_version() -> None:
+    """``--version``: mlxhydra's version, its dependencies' and the optional plugins'."""
+    from importlib import metadata
+
+    from .runs.environment import versions
+
+    found = versions()
+    print(f"mlxhydra {found.pop('mlxhydra', None)}")
+    for name, version in found.items():
+        print(f"  {name} {version}")
+    for name in OPTIONAL_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"  {name} {version}")
+
+
+def complete_subcommands(args: Sequence[str]) -> None:
+    """Shell completion (``-sc query=bash``): offer the subcommands for the first word.
+
+    Hydra completes overrides and then prints its own candidates; these come
+    first. ``eval "$(mlxhydra -sc install=bash)"`` installs the completion.
+    """
+    if not any(a.startswith("query=") for a in args):
+        return
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    while words and not words[0].endswith("mlxhydra"):  # "python -m mlxhydra ..."
+        words.pop(0)
+    if len(words) == 2:  # completing the first word after the program
+        matches = [name for name in SUBCOMMANDS if name.startswith(words[1])]
+        if matches:
+            sys.stdout.write(" ".join(matches) + " ")
+            sys.stdout.flush()
+
+
 def main() -> None:
     """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
+    from .runs.latest import shown, started
+    from .runs.launch import exit_status_kept
+
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         sys.exit(run_subcommand(args))
-    sys.exit(run_hydra(args))
+    if args and args[0] in ("--version", "-V"):
+        print_version()
+        sys.exit(0)
+    if "-sc" in args or "--shell-completion" in args:
+        complete_subcommands(args)
+    with exit_status_kept():  # for `mlxhydra launch`, which runs this on every rank
+        try:
+            code = run_hydra(args)
+        finally:  # every run ends by saying where it is, whatever its outcome
+            where = started()
+            if where:
+                sys.stdout.flush()
+                print(f"{where[0]} directory: {shown(where[1])}", flush=True)
+        sys.exit(code)

@@ -296,3 +296,16 @@ def test_a_kernel_the_back_end_lacks_is_one_line(tmp_path):
                                               "calibration": calibration(2, 32)})
     assert str(e.value).startswith("quant.method=dynamic cannot run on this back end")
     assert "load.dtype=float32" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_calibrated_methods_are_refused_across_ranks(monkeypatch):
+    """Before any weight is read: a method needs the whole model in one process."""
+    from mlxhydra import compose
+    from mlxhydra.config.validation import validate
+    from mlxhydra.runs import ranks
+
+    validate(compose(["quant.method=gptq", "quant.bits=4"]))  # one process: fine
+    monkeypatch.setattr(ranks, "_world", ranks.World(rank=0, size=2, backend="ring"))
+    with pytest.raises(ConfigError, match=r"quant.method=gptq: calibrated quantization runs in one "
+                                          r"process; quantize there \(task=save\)"):
+        validate(compose(["quant.method=gptq", "quant.bits=4"]))

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from mlxhydra.config.resolvers import data_file
-from mlxhydra.runs.pareto import front
+from mlxhydra.runs.pareto import mark_front
 from mlxhydra.runs.search_space import RULE_SETS
 
 
@@ -24,15 +24,22 @@ def dominated(p, q, lower=True):
         q[0] < p[0] or better(q[1], p[1]))
 
 
-@pytest.mark.parametrize("lower", [True, False])
-def test_front_is_the_undominated_points(lower):
+@pytest.mark.parametrize("metric, lower", [("kl_mean", True), ("accuracy", False)])
+def test_front_is_the_undominated_points(metric, lower):
     rng = random.Random(3)
     points = [(rng.choice([2.5, 3.5, 4.5, 8.5]), rng.random()) for _ in range(40)] + [(3.5, 0.5)] * 2
-    flags = front(points, lower)
+    rows = [{"status": "completed", "bits_per_weight": x, "_metrics": {metric: y}} for x, y in points]
+    rows.append({"status": "failed", "bits_per_weight": 2.0, "_metrics": {}})
+    assert mark_front(rows, metric)
+    flags = [r["pareto"] for r in rows[:-1]]
+    assert "pareto" not in rows[-1]
     for p, on in zip(points, flags):
-        assert on == (not any(dominated(p, q, lower) for q in points))
+        undominated = not any(dominated(p, q, lower) for q in points)
+        # of identical undominated points, one is marked
+        assert on <= undominated
+        assert undominated <= any(f for q, f in zip(points, flags) if q == p)
     assert 0 < sum(flags) < len(points)
-    assert front([(2.0, 1.0), (4.0, 0.5), (4.0, 0.7), (8.0, 0.5)]) == [True, True, False, False]
+    assert not mark_front(rows, "generation_tps")  # not a quality metric
 
 
 @pytest.mark.slow
@@ -46,7 +53,8 @@ def test_quant_study_sweeps_methods_and_marks_the_front(tmp_path):
         ("rtn", "2"), ("rtn", "8"), ("gptq", "2"), ("gptq", "8")]
     assert all(x["status"] == "completed" for x in rows)
     points = [(float(x["bits_per_weight"]), float(x["kl_mean"])) for x in rows]
-    assert [x["pareto"] == "True" for x in rows] == front(points)
+    assert [x["pareto"] == "True" for x in rows] == [
+        not any(dominated(p, q) for q in points) for p in points]
     kl = {(x["quant.method"], x["quant.bits"]): float(x["kl_mean"]) for x in rows}
     assert kl["rtn", "2"] > kl["rtn", "8"] and kl["gptq", "2"] > kl["gptq", "8"]
     md = (sweep / "summary.md").read_text()

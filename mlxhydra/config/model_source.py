@@ -3,7 +3,10 @@
 ``model=./llama`` makes Hydra look up ``model/./llama``. The ``mlxmodel://``
 config source answers those look-ups: a directory holding ``config.json``
 becomes the ``model`` node (keys and values exactly as in the file) and its
-absolute path becomes the top-level ``model_dir``.
+absolute path becomes the top-level ``model_dir``. A Hugging Face id
+(``model=org/name[@REVISION]``) with no local directory of that name is
+resolved to its snapshot as ``mlx_lm.load`` resolves it (:mod:`.hub`), and
+the resolution goes into the top-level ``model_hub``.
 
 Hydra imports every ``hydra_plugins`` module at start-up, so this module
 must stay import-light: standard library, hydra and omegaconf only.
@@ -23,6 +26,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from ..errors import ModelDirError, ModelDirNotFound
+from .hub import is_hub_id, resolve_hub_id
 
 GROUP = "model"
 SCHEME = "mlxmodel"
@@ -154,9 +158,13 @@ class ModelDirConfigSource(ConfigSource):
         if option is None:
             raise ConfigLoadError(f"{SCHEME}:// serves only '{GROUP}/...', not {config_path}")
         model_dir = resolve_model_dir(option)
+        extra = {}
+        if not model_dir.exists() and is_hub_id(option):
+            snapshot = resolve_hub_id(option, GROUP)
+            model_dir, extra["model_hub"] = snapshot.path, snapshot.record()
         config = read_config_json(model_dir, option)
         node = OmegaConf.create(
-            {GROUP: escape_interpolations(config), "model_dir": str(model_dir)}
+            {GROUP: escape_interpolations(config), "model_dir": str(model_dir), **extra}
         )
         return ConfigResult(
             config=node,

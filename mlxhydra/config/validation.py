@@ -15,10 +15,13 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..runs.ranks import check_world
 from ..tasks import check_task
+from ..tracking.logger_settings import check_logger
 from .composition import to_plain
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
@@ -103,8 +106,12 @@ def validate(cfg: DictConfig) -> Settings:
                                    model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
     problems += check_task(task)
+    problems += save_problems(load, task)
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
+    problems += check_logger(plain("logger", {}))
+    # several ranks (mlx.launch): what runs sharded
+    problems += check_world(load, task, spec.method if spec is not None else "rtn")
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)

@@ -19,7 +19,8 @@ from mlx.utils import tree_flatten
 
 from ..config.model_source import read_config_json
 from ..errors import ConfigError, WeightsError
-from . import architecture, weights_cache
+from . import architecture, sharding, weights_cache
+from .adapters import apply_adapters
 from .load_settings import DTYPE_NAMES, check_dtype
 from .prequantized import (
     describe_settings,
@@ -28,10 +29,11 @@ from .prequantized import (
     quantize_saved_layout,
     saved_quantization,
 )
-from .quant_spec import QuantSpec, parse_quant, same_settings
+from .quant_spec import QuantSpec, make_decider, parse_quant, same_settings
 from .runtime_quant import (
     config_entry,
     describe_request,
+    quantizable_paths,
     quantization_summary,
     quantize_while_loading,
 )
@@ -120,6 +122,9 @@ class LoadReport:
     weight_mismatches: List[str] = field(default_factory=list)  # with strict=False
     quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
     model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
+    adapter: Optional[Dict[str, Any]] = None  # see runs.record.AdapterRecord
+    # sharded: mode, rank, layers, weight_files, weight_bytes_read, parameter_bytes
+    sharding: Dict[str, Any] = field(default_factory=dict)
 
 
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
@@ -162,6 +167,10 @@ def build_model(
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
     method_run: Optional["MethodRun"] = None,
+    adapter_path: Optional[str] = None,
+    fuse: bool = False,
+    shard: Optional[str] = None,
+    group: Any = None,
 ) -> Tuple[nn.Module, dict, LoadReport]:
     """Instantiate, quantize and load a model from a ready config dict.
 
@@ -180,6 +189,12 @@ def build_model(
         method_run: The calibration data of a calibrated ``quant.method``
             (:func:`.learned_quant.prepare_method`); by default the model
             directory's ``eval.txt`` or the embedded corpus.
+        adapter_path: LoRA/DoRA adapters applied after quantization, as
+            ``mlx_lm.load(adapter_path=...)`` applies them (:mod:`.adapters`).
+        fuse: Fuse the adapters into the weights.
+        shard: ``load.shard`` (auto, none, tensor, pipeline): how to split the
+            model across ``group`` (:mod:`.sharding`).
+        group: The ``mx.distributed`` group of the ranks, or None in one process.
 
     Returns:
         (model, config, report).
@@ -211,14 +226,24 @@ def build_model(
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
     if learned:
         learned_quant.choose_data(method_run)
+    decide = paths = None
+    if spec is not None and group is not None:  # on the whole model: recipes count its layers
+        decide, paths = make_decider(spec, model), quantizable_paths(model)
+    plan = sharding.plan_sharding(model, shard, group, config)
     times["instantiate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     files = require_weight_files(model_dir) if strict else find_weight_files(model_dir)
+    if plan is not None:  # a cache would keep every rank's whole float model
+        weights_key = None
+        if plan.mode == "pipeline":
+            files = sharding.files_for_layers(files, plan.layers)
     report.weight_files = [str(f) for f in files]
     weights, report.weights_cache = weights_cache.open_weights(weights_key, lambda: read_weights(files))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
+    if plan is not None and plan.mode == "pipeline":
+        weights = sharding.drop_other_layers(weights, plan.layers)
     saved, weights = saved_quantization(config, weights)
     times["load_weights"] = time.perf_counter() - t
 
@@ -250,7 +275,11 @@ def build_model(
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
     report.weight_mismatches = problems
     if saved is None and spec is not None and not learned:
-        applied = {"source": "runtime", **spec.describe(), **quantize_while_loading(model, weights, spec)}
+        # Tensor parallelism: quantized lazily, evaluated slice by slice after shard().
+        evaluate = plan is None or plan.mode != "tensor"
+        applied = {"source": "runtime", **spec.describe(),
+                   **quantize_while_loading(model, weights, spec, decide=decide, paths=paths,
+                                            evaluate=evaluate)}
         config["quantization"] = config_entry(spec, applied["layers"])
         config["quantization_config"] = config["quantization"]
     times["quantize"] = time.perf_counter() - t
@@ -264,11 +293,19 @@ def build_model(
         model, applied = learned_quant.quantize_with_method(model, config, method_run)
         times["quantize"] += time.perf_counter() - start
         t += time.perf_counter() - start
-    if not lazy:
+    report.quantization = {**applied, **quantization_summary(model)}  # tensor: of the whole model
+    if plan is not None:
+        report.sharding = sharding.shard_and_evaluate(model, plan, files, lazy)
+    elif not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
-    report.quantization = {**applied, **quantization_summary(model)}
     report.model_config = config
+    if adapter_path is not None:
+        t = time.perf_counter()
+        report.adapter = apply_adapters(model, adapter_path, fuse)
+        if not lazy:
+            mx.eval(model.parameters())
+        times["adapters"] = time.perf_counter() - t
     return model, config, report
 
 

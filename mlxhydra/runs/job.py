@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..config.composition import changed_keys, removed_keys, to_plain
 from ..config.model_source import read_config_json
 from ..config.validation import Settings, validate
 from ..errors import Interrupted, interruption_message, raise_interrupted
-from . import environment
+from . import environment, ranks
 from .record import RecordWriter
 from .run_dir import RunDir
 
@@ -69,6 +69,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     seed_everything(settings.seed)
     model_dir = Path(settings.model_dir)
     config = to_plain(cfg.model)
+    hub = to_plain(cfg.get("model_hub"))
+    if record is not None and hub:
+        record.update(hub={"model": hub})
     if run_dir is not None:
         run_dir.write_model_config(config)
     raw = read_config_json(model_dir)
@@ -88,8 +91,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     derived = apply_mlx_lm_adjustments(model_dir, config, raw)
     if derived and run_dir is not None:  # model_config.json is the dict ModelArgs.from_dict receives
         run_dir.write_model_config(config)
-    files = describe_files(find_weight_files(model_dir), load.get("fingerprint", "fast"))
-    fingerprint = combined_fingerprint(files)
+    # For the record and a multirun's cache key; the other ranks of a distributed run keep
+    # no record and read no file beyond their own.
+    files = (describe_files(find_weight_files(model_dir), load.get("fingerprint", "fast"))
+             if record is not None else [])
+    fingerprint = combined_fingerprint(files) if record is not None else None
     if record is not None:
         record.update(
             model={
@@ -114,7 +120,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
         trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
         weights_key=weights_cache.job_key(settings.sweep, fingerprint), method_run=method_run,
+        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
+        shard=load.get("shard"), group=ranks.world().group,
     )
+    if record is not None and report.adapter is not None:
+        record.update(adapter=report.adapter)
     quantization = report.quantization
     log.info(
         "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight",
@@ -155,6 +165,8 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
     """
     from hydra.core.hydra_config import HydraConfig
 
+    if not ranks.world().leads:  # another rank of a distributed run: the same job, nothing written
+        return ranks.follow(lambda: _prepare_and_run(cfg, None, None, {}))
     hc = HydraConfig.get()
     run_dir = RunDir(Path(hc.runtime.output_dir))
     times: Dict[str, float] = {}
@@ -170,10 +182,12 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
         platform=environment.platform_info(),
         git=environment.git_state(Path(hc.runtime.cwd)),
         times=times,
+        **ranks.record_entry(OmegaConf.select(cfg, "load.shard", default=None,
+                                         throw_on_resolution_failure=False)),
     )
     previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        metrics = _prepare_and_run(cfg, run_dir, record, times)
+        metrics = ranks.lead(lambda: _prepare_and_run(cfg, run_dir, record, times))
     except (KeyboardInterrupt, Interrupted) as e:
         record.finish("interrupted", error=interruption_message(e), **environment.resources())
         raise
@@ -188,29 +202,41 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
     return metrics
 
 
-def _prepare_and_run(cfg: DictConfig, run_dir: RunDir, record: RecordWriter,
+def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optional[RecordWriter],
                      times: Dict[str, float]) -> Dict[str, Any]:
+    """Validate, load and run the task; without a run directory and record
+    (another rank than 0 of a distributed run) nothing is written."""
     from ..tasks import TaskInput, run_task
 
     settings = validate(cfg)
     model, report = prepare(cfg, settings, run_dir, record)
-    if report.weights_cache:
-        record.update(weights_cache=report.weights_cache)  # multirun: hit or miss
     times.update(report.times)
-    record.update(
-        times=times,
-        quantization=report.quantization,
-        parameters=report.quantization["parameters"],
-        ignored_keys=report.ignored_keys,
-        weight_mismatches=report.weight_mismatches,
-    )
+    if record is not None:
+        if report.weights_cache:
+            record.update(weights_cache=report.weights_cache)  # multirun: hit or miss
+        record.update(
+            times=times,
+            quantization=report.quantization,
+            parameters=report.quantization["parameters"],
+            ignored_keys=report.ignored_keys,
+            weight_mismatches=report.weight_mismatches,
+        )
     t = time.perf_counter()
-    metrics = run_task(TaskInput(
+    job = TaskInput(
         task=settings.task, seed=settings.seed, load=settings.load, model=model,
         model_config=report.model_config, model_dir=Path(settings.model_dir),
-        run_dir=run_dir.path,
-    ))
+        run_dir=run_dir.path if run_dir is not None else Path.cwd(),
+    )
+    try:
+        metrics = run_task(job)
+    finally:
+        if job.hub and record is not None:  # Hugging Face ids the task resolved (draft model, reference)
+            record.update(hub={**record.data.get("hub", {}), **job.hub})
     times["task"] = time.perf_counter() - t
-    run_dir.write_metrics(metrics)
+    per_rank = ranks.gather_ranks(report.sharding)
+    if run_dir is not None and record is not None:
+        run_dir.write_metrics(metrics)
+        if per_rank is not None:
+            record.update(**ranks.record_entry(settings.load.get("shard"), per_rank))
     return metrics
 

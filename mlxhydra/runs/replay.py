@@ -8,6 +8,11 @@ directory, ``<recorded cwd>/outputs/runs/<date>/<time>_replay-<token>``; if the
 recorded cwd no longer exists it runs in the current directory with the model
 override rewritten to the recorded absolute ``model_dir``.
 
+A Hugging Face id the original resolved (``model=org/name``, a draft model, a
+KL reference; run.json ``hub``) is pinned to the commit it resolved to
+(``model=org/name@COMMIT``), so a branch that moved on since does not change
+the replay; the requested revision is then shown but not checked.
+
 Then the original and the replay are compared field by field: status, the
 composed config (but ``sweep.*``, the multirun policy), the weights fingerprint,
 the quantization summary and the metrics must match exactly (timings and
@@ -28,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..config.hub import pinned, split_hub_id
 from ..config.overrides import parse_overrides
 from ..errors import RunDirError
 from .diff import ABSENT, differences, load_run, table
@@ -38,6 +44,9 @@ from .run_dir import RunDir, check_run_dir
 VOLATILE_CONFIG_KEYS: Tuple[str, ...] = ("sweep.",)
 # Metric leaves that measure speed or memory rather than results.
 VOLATILE_METRIC = re.compile(r"(seconds|time|tps|per_second|memory|rss|elapsed|latency)", re.I)
+# The revision a Hugging Face id was asked at (the resolved commit is checked): a pinned
+# replay asks for the commit itself.
+REQUESTED_REVISION = re.compile(r"(^|\.)(model_)?hub\.revision$")
 # Tasks whose metrics are measurements: shown, never checked.
 NONDETERMINISTIC_TASKS = frozenset({"bench"})
 # Hydra overrides of the original that must not be carried into a single replay run.
@@ -45,23 +54,30 @@ DROPPED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.sweeper", "h
                  "hydra/sweeper", "hydra/launcher", "hydra.job.id", "hydra.job.num")
 
 
-def recorded(run_dir: RunDir) -> Dict[str, Any]:
-    """The recorded cwd, model_dir, config options, hydra overrides and task overrides of a run."""
-    hc = run_dir.read_hydra()  # plain, unresolved
-    record = run_dir.read_record()
-    config = run_dir.read_config()
+def primary_config_options(hc: Dict[str, Any]) -> List[str]:
+    """``--config-name``/``--config-dir`` as in the original command, from a recorded ``hydra`` node."""
     job, runtime = hc.get("job") or {}, hc.get("runtime") or {}
-    options = []  # the primary config: --config-name, --config-dir as in the original command
+    options = []
     if job.get("config_name") not in (None, "config"):
         options += ["--config-name", job["config_name"]]
     for source in runtime.get("config_sources") or []:
         if source.get("provider") == "command-line" and source.get("schema") == "file":
             options += ["--config-dir", source["path"]]
+    return options
+
+
+def recorded(run_dir: RunDir) -> Dict[str, Any]:
+    """The recorded cwd, model_dir, config options, hydra overrides and task overrides of a run."""
+    hc = run_dir.read_hydra()  # plain, unresolved
+    record = run_dir.read_record()
+    config = run_dir.read_config()
+    runtime = hc.get("runtime") or {}
     return {
         "cwd": runtime.get("cwd") or record.get("cwd"),
-        "options": options,
+        "options": primary_config_options(hc),
         "model_dir": config.get("model_dir") or record.get("model_dir"),
         "task": run_dir.read_overrides(),
+        "hub": record.get("hub") or {},
         "hydra": [o for o in (hc.get("overrides") or {}).get("hydra") or []
                   if not o.lstrip("+~").startswith(DROPPED_HYDRA)],
     }
@@ -85,11 +101,28 @@ def _absolute_model(overrides: List[str], model_dir: Optional[str]) -> List[str]
     return out
 
 
+def pin_hub_ids(overrides: List[str], hub: Dict[str, Any]) -> List[str]:
+    """Rewrite each override naming a resolved Hugging Face id to ``org/name@COMMIT``.
+
+    Args:
+        hub: run.json's ``hub``: the setting (``model``, ``task.draft_model``...) -> its resolution.
+    """
+    out = []
+    for o in parse_overrides(overrides):
+        text, entry = o.text, hub.get(o.key)
+        parts = split_hub_id(o.value) if isinstance(o.value, str) and not o.is_delete else None
+        pin = pinned(entry) if parts and isinstance(entry, dict) else None
+        if pin and parts[0] == entry["repo_id"]:
+            text = f"{o.prefix}{o.key}={pin}"
+        out.append(text)
+    return out
+
+
 def replay_command(run_dir: RunDir) -> Tuple[List[str], Path, Path, List[str]]:
     """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``."""
     rec = recorded(run_dir)
     notes = []
-    overrides = rec["task"]
+    overrides = pin_hub_ids(rec["task"], rec["hub"])
     if rec["cwd"] and Path(rec["cwd"]).is_dir():
         cwd = Path(rec["cwd"])
     else:
@@ -117,8 +150,12 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
 
     check("status", a["status"][""], b["status"][""])
     config_diffs = differences({"config": a["config"]}, {"config": b["config"]})
+    pins = {f"config.{key}": pinned(entry)
+            for key, entry in (original.read_record().get("hub") or {}).items()}
     for f, va, vb in config_diffs:
-        rows.append((f, va, vb, "differs" if f[len("config."):].startswith(VOLATILE_CONFIG_KEYS) else "NO"))
+        shown = (f[len("config."):].startswith(VOLATILE_CONFIG_KEYS)
+                 or REQUESTED_REVISION.search(f) or (vb is not None and pins.get(f) == vb))
+        rows.append((f, va, vb, "differs" if shown else "NO"))
     if not config_diffs:
         rows.append(("config", f"{len(a['config'])} keys", f"{len(b['config'])} keys", "yes"))
     check("weights_fingerprint", a["weights_fingerprint"][""], b["weights_fingerprint"][""])
@@ -130,7 +167,8 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
     if not ma and not mb:
         rows.append(("metrics", "{}", "{}", "yes"))
     for key in list(ma) + [k for k in mb if k not in ma]:
-        checked = task not in NONDETERMINISTIC_TASKS and not VOLATILE_METRIC.search(key.rsplit(".", 1)[-1])
+        checked = (task not in NONDETERMINISTIC_TASKS and not REQUESTED_REVISION.search(key)
+                   and not VOLATILE_METRIC.search(key.rsplit(".", 1)[-1]))
         check(f"metrics.{key}", ma.get(key, ABSENT), mb.get(key, ABSENT), checked)
     return rows
 

@@ -133,6 +133,7 @@ class SweepDir:
     """A multirun's directory: its job directories, plan and summary files."""
 
     PLAN = "multirun.yaml"
+    TRACKING = "tracking.json"  # the trackers' sweep-level runs (the MLflow parent run...)
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -140,6 +141,10 @@ class SweepDir:
     @property
     def plan(self) -> Path:
         return self.path / self.PLAN
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / self.TRACKING
 
     def summary_file(self, suffix: str) -> Path:
         """``summary.<suffix>`` at the sweep root."""
@@ -162,14 +167,22 @@ class SweepDir:
 
 
 def check_run_dir(path: str, command: str) -> RunDir:
-    """``path`` as a RunDir of an existing job.
+    """``path`` (a path, ``latest`` or a unique prefix of a run's name) as a RunDir of an existing job.
 
     Raises:
         RunDirError: one line naming the subcommand and the path.
     """
-    run_dir = RunDir(Path(path))
-    if not run_dir.path.exists():
-        raise RunDirError(f"{command} {path}: no such directory")
+    from .latest import find_run
+
+    try:
+        run_dir = RunDir(find_run(path))
+    except RunDirError as e:
+        raise RunDirError(f"{command} {e}") from None
     if not run_dir.overrides.is_file():
+        jobs = SweepDir(run_dir.path).job_dirs() if run_dir.path.is_dir() else {}
+        if jobs:
+            first = jobs[min(jobs)].path.name
+            raise RunDirError(f"{command} {path}: {run_dir.path} is a sweep; name one of its jobs "
+                              f"({path}/{first})")
         raise RunDirError(f"{command} {path}: {path} is not a run directory (no .hydra/overrides.yaml)")
     return RunDir(run_dir.path.resolve())

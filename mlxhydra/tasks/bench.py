@@ -9,6 +9,9 @@ from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer, progress
 
 log = logging.getLogger("mlxhydra")
 
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
+
 KEYS = ("prompt_tps", "generation_tps", "peak_memory")
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -32,6 +32,9 @@ class TaskInput:
     model_config: Dict[str, Any]  # with the quantization entry when quantized
     model_dir: Path
     run_dir: Path
+    # Hugging Face ids the task resolves (task.draft_model, task.reference): the setting ->
+    # its resolution (mlxhydra.config.hub.HubSnapshot.record()), recorded in run.json's "hub".
+    hub: Dict[str, Any] = field(default_factory=dict)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
@@ -45,12 +48,15 @@ def has_tokenizer(model_dir: Path) -> bool:
             or bool(list(model_dir.glob("*.tiktoken"))))
 
 
-def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
+def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
+                   chat_template: Optional[str] = None):
     """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
 
     Args:
         model_dir: The model directory.
         config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
+        chat_template: A Jinja chat template that replaces the tokenizer's (passed
+            as mlx-lm's server passes ``--chat-template``).
 
     Returns:
         mlx-lm's ``TokenizerWrapper``.
@@ -68,7 +74,8 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
         )
     eos = (config or {}).get("eos_token_id")
     try:
-        return mlx_load_tokenizer(model_dir, eos_token_ids=eos)
+        extra = {"chat_template": chat_template} if chat_template is not None else None
+        return mlx_load_tokenizer(model_dir, extra, eos_token_ids=eos)
     except Exception as e:  # transformers raises many kinds
         raise TaskError(
             f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {e}"

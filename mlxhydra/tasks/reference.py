@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import MlxhydraError, TaskError
+from ..config.hub import is_hub_id, resolve_hub_id
+from ..errors import HubError, MlxhydraError, TaskError
 from ..runs.run_dir import RunDir
 
 log = logging.getLogger("mlxhydra")
@@ -20,7 +21,7 @@ class Reference:
     """Everything needed to rebuild a reference model.
 
     ``kind`` is ``default`` (the run's model directory as stored), ``model``
-    (another model directory) or ``run`` (a past run directory).
+    (another model directory or a Hugging Face id) or ``run`` (a past run directory).
     """
 
     kind: str
@@ -30,10 +31,16 @@ class Reference:
     quant: Optional[Dict[str, Any]] = None
     load: Dict[str, Any] = field(default_factory=dict)
     weights_fingerprint: Optional[str] = None
+    hub: Optional[Dict[str, Any]] = None  # a Hugging Face id's resolution
 
     def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "source": str(self.source), "model_dir": str(self.model_dir),
-                "quant": self.quant, "weights_fingerprint": self.weights_fingerprint}
+        out = {"kind": self.kind, "source": str(self.source), "model_dir": str(self.model_dir),
+               "quant": self.quant, "weights_fingerprint": self.weights_fingerprint}
+        if self.hub:
+            out["hub"] = self.hub
+        if self.load.get("adapter_path"):
+            out["adapter_path"] = self.load["adapter_path"]
+        return out
 
 
 def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
@@ -67,6 +74,9 @@ def _from_run(path: Path, trust_remote_code: bool) -> Reference:
         quant = _recorded_calibration(quant, record)
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
+    if isinstance(load.get("adapter_path"), str):  # relative to that run's working directory
+        adapter = Path(load["adapter_path"]).expanduser()
+        load["adapter_path"] = str(Path(record.get("cwd") or ".") / adapter)
     if not isinstance(config, dict) or not (model_dir / "config.json").is_file():
         raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone")
     apply_mlx_lm_adjustments(model_dir, config)
@@ -90,7 +100,8 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
 
     Args:
         value: None (this run's model directory, its raw config.json, no
-            quantization), a model directory, or a past run directory.
+            quantization), a model directory, a Hugging Face id (``org/name[@REVISION]``)
+            or a past run directory.
         model_dir: This run's model directory.
         load: This run's ``load`` settings (architecture options are kept;
             dtype is not: the reference is the model as stored).
@@ -108,6 +119,10 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
     path = Path(value).expanduser().absolute()
     if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
         return _from_run(path, bool(load.get("trust_remote_code")))
+    if is_hub_id(value):
+        snapshot = resolve_hub_id(value, "task.reference")
+        return Reference("model", snapshot.path, snapshot.path, _model_dir_config(snapshot.path),
+                         None, keep, hub=snapshot.record())
     return Reference("model", path, path, _model_dir_config(path), None, keep)
 
 
@@ -116,11 +131,18 @@ def reference_problems(value: Any) -> List[str]:
     if value is None:
         return []
     if not isinstance(value, str) or not value:
-        return [f"task.reference={value!r}: expected a model or run directory, or null"]
+        return [f"task.reference={value!r}: expected a model or run directory, a Hugging Face "
+                "id, or null"]
     path = Path(value).expanduser().absolute()
     if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
         return []
     if (path / "config.json").is_file():
+        return []
+    if is_hub_id(value):
+        try:  # downloads now (once per process), so that a bad id fails before any weight is read
+            resolve_hub_id(value, "task.reference")
+        except HubError as e:
+            return [str(e)]
         return []
     what = "does not exist" if not path.exists() else "holds neither config.json nor run.json"
     return [f"task.reference={value}: {path} {what} (expected a model or run directory)"]
@@ -148,21 +170,27 @@ def check_fingerprint(ref: Reference) -> str:
     return current
 
 
-def build_reference(ref: Reference):
+def build_reference(ref: Reference, shard: Optional[str] = None):
     """Instantiate and load the reference model.
+
+    Args:
+        shard: This run's ``load.shard``: in a distributed run the reference
+            is split across the ranks as the model is.
 
     Returns:
         The model (evaluated).
     """
     from ..load.loader import build_model
     from ..load.quant_spec import parse_quant
+    from ..runs.ranks import world
 
     load = ref.load
     model, _, _ = build_model(
         ref.model_dir, dict(ref.config), quant=parse_quant(ref.quant) if ref.quant else None,
         strict=bool(load.get("strict", True)), trust_remote_code=bool(load.get("trust_remote_code")),
         dtype=load.get("dtype"), model_class=load.get("model_class"),
-        args_class=load.get("args_class"),
+        args_class=load.get("args_class"), shard=shard, group=world().group,
+        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
     )
     return model
 
@@ -184,5 +212,11 @@ def cache_key(ref: Reference, tokens_sha256: str, data_sha256: str, settings: Di
         "mlx": metadata.version("mlx"),
         "mlx_lm": metadata.version("mlx-lm"),
     }
+    if ref.load.get("adapter_path"):  # a past run's adapters (the key of runs without stays as it was)
+        from ..load.adapters import WEIGHTS_FILE, adapter_dir
+        from ..load.weight_files import fingerprint
+
+        content["adapter"] = fingerprint(adapter_dir(ref.load["adapter_path"]) / WEIGHTS_FILE, "full")
+        content["fuse"] = bool(ref.load.get("fuse"))
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
