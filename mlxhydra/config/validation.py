@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..load.quantized_compute import check_compute
 from ..tasks import check_task
 from .composition import to_plain
 
@@ -33,6 +34,7 @@ class Settings:
     quant: Optional[QuantSpec]  # None: no runtime quantization
     task: Dict[str, Any]
     sweep: Dict[str, Any]
+    compute: Optional[str] = None  # quant.compute: native, dequantized, auto (None: native)
 
 
 def _number(value: Any) -> bool:
@@ -93,8 +95,11 @@ def validate(cfg: DictConfig) -> Settings:
     load = plain("load", {})
     problems += check_load(load)
     spec = None
+    quant = plain("quant")
+    compute = quant.get("compute") if isinstance(quant, dict) else None
+    problems += check_compute(compute)
     try:
-        spec = parse_quant(plain("quant"))
+        spec = parse_quant(quant)
     except ConfigError as e:
         problems.extend(e.problems)
     task = plain("task", {})
@@ -103,4 +108,5 @@ def validate(cfg: DictConfig) -> Settings:
     problems += check_sweep(sweep)
     if problems:
         raise ConfigError(problems)
-    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)
+    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,
+                    compute=compute)
