@@ -78,6 +78,7 @@ def run_cli(workdir: Path, *overrides: str) -> Dict[str, Any]:
         raise RuntimeError(f"{overrides}: {record.get('error')}")
     return {"run_dir": str(run_dir), "wall_s": proc["wall_s"], "cpu_s": proc["cpu_s"],
             "task_s": record["times"]["task"], "metrics": record["metrics"],
+            "mx_peak_bytes": record.get("peak_memory_bytes"),
             "compute": record["quantization"].get("compute"),
             "bits_per_weight": record["quantization"].get("bits_per_weight")}
 
@@ -92,7 +93,7 @@ def measure_model(name: str, model_dir: Path, bits: Sequence[int], workdir: Path
         tasks.append(("accuracy", ["task=accuracy", "task.num_samples=50"]))
     for task, args in tasks:
         base = run_cli(workdir, model, *args)
-        rows.append({"model": name, "task": task, "bits": None, "compute": "float", **base})
+        rows.append({"model": name, "task": task, "bits": None, **base, "compute": "float"})
         print(f"{name} {task} float: {base['task_s']:.2f} s", flush=True)
         for b in bits:
             for compute in ("native", "dequantized"):
@@ -117,8 +118,8 @@ def measure_model(name: str, model_dir: Path, bits: Sequence[int], workdir: Path
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| model | task | weights | compute | task s | × float | tokens/s or accuracy |",
-             "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| model | task | weights | compute | task s | × float | mx peak MB | tokens/s or accuracy |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["task"] == "kl":
             continue
@@ -127,8 +128,9 @@ def table(rows: List[Dict[str, Any]]) -> str:
                   if r["task"] == "perplexity" else f"{m['accuracy']:.3f}")
         weights = "float" if r["bits"] is None else f"{r['bits']}-bit"
         ratio = "" if r["bits"] is None else f"{r['vs_float']:.2f}x"
+        peak = "-" if r.get("mx_peak_bytes") is None else f"{r['mx_peak_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['model']} | {r['task']} | {weights} | {r['compute']} | "
-                     f"{r['task_s']:.2f} | {ratio} | {figure} |")
+                     f"{r['task_s']:.2f} | {ratio} | {peak} | {figure} |")
     lines += ["", "| model | weights | KL(float ‖ quantized) | KL(native ‖ dequantized) | share |",
               "|---|---|---:|---:|---:|"]
     for r in rows:

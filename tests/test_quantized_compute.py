@@ -38,10 +38,11 @@ def tied_dir(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("tied") / "m", tie_word_embeddings=True)
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
-def test_float32_dequantized_equals_native(llama_dir, tied_dir, bits):
+@pytest.mark.parametrize("quant", [{"bits": 2, "group_size": 32}, {"bits": 4, "group_size": 32},
+                                   {"bits": 8, "group_size": 32}, {"mode": "mxfp4"},
+                                   {"mode": "nvfp4"}, {"mode": "mxfp8"}])
+def test_float32_dequantized_equals_native(llama_dir, tied_dir, quant):
     for model_dir in (llama_dir, tied_dir):
-        quant = {"bits": bits, "group_size": 32}
         native, _ = load_model(model_dir, quant=quant)
         dequantized, _ = load_model(model_dir, quant={**quant, "compute": "dequantized"})
         np.testing.assert_allclose(logits(dequantized), logits(native), rtol=1e-5, atol=1e-5)
