@@ -64,7 +64,7 @@ def loss_fn(model, inputs, targets, mask):
     return ce.sum() / mask.sum()
 
 
-def train(config=CONFIG, steps=2000, batch_size=8, seq_len=256, lr=3e-3, warmup=100,
+def train(config=CONFIG, steps=2000, batch_size=32, seq_len=64, lr=3e-3, warmup=100,
           weight_decay=0.01, prompt_weight=0.25, seed=0, data_seed=tiny_data.TRAIN_SEED,
           log_every=100, log=print, eval_every=0):
     """Train a fresh model; return (model, losses) where losses[i] is step i's loss.
@@ -165,7 +165,10 @@ def eval_tokens(model_dir):
     return [tiny_data.BOS_ID] + tiny_data.encode(text)
 
 
-def log_probs(model, tokens, window=256):
+EVAL_WINDOW = 64  # the length of the training rows: the model has not seen longer contexts
+
+
+def log_probs(model, tokens, window=EVAL_WINDOW):
     """Per-position log-probabilities (float32) over non-overlapping windows."""
     out = []
     for s in range(0, len(tokens) - 1, window):
@@ -218,8 +221,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir", nargs="?", default=str(DEFAULT_OUT))
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--prompt-weight", type=float, default=0.25)

@@ -101,7 +101,7 @@ def test_shipped_model_answers_arithmetic():
     """The shipped weights are trained: at least 60% exact match on the held-out problems
     (chance is ~0.1%), and the documentation's examples are answered right.
 
-    Measured: MEASURED_ACCURACY in bfloat16 (scripts/train_tiny.py --evaluate-only).
+    Measured: 99.0% in bfloat16 (scripts/train_tiny.py --evaluate-only; 2-bit: 60.5%).
     """
     import mlx_lm
 
