@@ -78,6 +78,16 @@ class DequantizedEmbedding(nn.QuantizedEmbedding):
 SWAPS = {nn.QuantizedLinear: DequantizedLinear, nn.QuantizedEmbedding: DequantizedEmbedding}
 
 
+def _swap_classes(model: nn.Module, classes: Dict[type, type]) -> int:
+    changed = 0
+    for _, module in model.named_modules():
+        swap = classes.get(type(module))
+        if swap is not None:
+            module.__class__ = swap
+            changed += 1
+    return changed
+
+
 def use_dequantized(model: nn.Module) -> int:
     """Make the model's quantized linear layers compute with dequantized weights.
 
@@ -89,25 +99,12 @@ def use_dequantized(model: nn.Module) -> int:
     Returns:
         The number of layers changed.
     """
-    changed = 0
-    for _, module in model.named_modules():
-        swap = SWAPS.get(type(module))
-        if swap is not None:
-            module.__class__ = swap
-            changed += 1
-    return changed
+    return _swap_classes(model, SWAPS)
 
 
 def use_native(model: nn.Module) -> int:
     """Undo :func:`use_dequantized`; returns the number of layers changed."""
-    native = {v: k for k, v in SWAPS.items()}
-    changed = 0
-    for _, module in model.named_modules():
-        back = native.get(type(module))
-        if back is not None:
-            module.__class__ = back
-            changed += 1
-    return changed
+    return _swap_classes(model, {v: k for k, v in SWAPS.items()})
 
 
 def apply_compute(model: nn.Module, setting: Any, task_name: Any) -> Dict[str, Any]:
