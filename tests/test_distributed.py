@@ -108,18 +108,15 @@ def test_sharded_logits_equal_single_process(models, tmp_path):
 
 
 def single_process_text(prompt: str, max_tokens: int) -> str:
-    """Greedy generation with the embedded model in this process (mlx-lm's stream_generate)."""
+    """Greedy generation with the embedded model in this process (mlx-lm's own generate)."""
+    from mlx_lm import generate
+
     from mlxhydra.load.loader import load_model
     from mlxhydra.tasks.common import load_tokenizer
-    from mlxhydra.tasks.generation import Generation, generate_text, make_sampler_from
-    from mlxhydra.tasks.prompts import PromptItem, encode_prompt
 
     model, config = load_model(EMBEDDED_TINY)
     tokenizer = load_tokenizer(EMBEDDED_TINY, config)
-    task = {"prompt": prompt, "chat": "auto", "temperature": 0.0}
-    sampler, _ = make_sampler_from(task)
-    tokens = encode_prompt(tokenizer, task, PromptItem("task.prompt", prompt))
-    return generate_text(model, tokenizer, tokens, Generation(max_tokens, sampler))["text"]
+    return generate(model, tokenizer, prompt, max_tokens=max_tokens)
 
 
 @pytest.mark.slow

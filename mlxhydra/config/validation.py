@@ -19,6 +19,7 @@ from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..load.quantized_compute import check_compute
 from ..runs.ranks import check_world
 from ..tasks import check_task
 from ..tracking.logger_settings import check_logger
@@ -37,6 +38,7 @@ class Settings:
     quant: Optional[QuantSpec]  # None: no runtime quantization
     task: Dict[str, Any]
     sweep: Dict[str, Any]
+    compute: Optional[str] = None  # quant.compute: native, dequantized, auto (None: native)
 
 
 def _number(value: Any) -> bool:
@@ -97,8 +99,11 @@ def validate(cfg: DictConfig) -> Settings:
     load = plain("load", {})
     problems += check_load(load)
     spec = None
+    quant = plain("quant")
+    compute = quant.get("compute") if isinstance(quant, dict) else None
+    problems += check_compute(compute)
     try:
-        spec = parse_quant(plain("quant"))
+        spec = parse_quant(quant)
     except ConfigError as e:
         problems.extend(e.problems)
     if spec is not None and isinstance(cfg.get("model"), DictConfig):
@@ -114,4 +119,5 @@ def validate(cfg: DictConfig) -> Settings:
     problems += check_world(load, task, spec.method if spec is not None else "rtn")
     if problems:
         raise ConfigError(problems)
-    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)
+    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,
+                    compute=compute)

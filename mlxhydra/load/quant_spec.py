@@ -157,7 +157,9 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     if not quant:
         return None
     problems: List[str] = []
-    unknown = sorted(set(quant) - {"bits", "group_size", "mode", "recipe", "rules", *QUANT_KEYS})
+    # compute (how quantized layers multiply) is checked by quantized_compute.check_compute.
+    unknown = sorted(set(quant) - {"bits", "group_size", "mode", "recipe", "rules", "compute",
+                                   *QUANT_KEYS})
     if unknown:
         problems.append(f"quant: unknown keys {unknown}")
     bits, group_size = quant.get("bits"), quant.get("group_size")
