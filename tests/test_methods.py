@@ -154,6 +154,29 @@ def test_gptq_block_by_block_equals_whole_model(tmp_path, model_type):
     assert config["quantization"] == entry
 
 
+def test_gptq_on_a_bfloat16_model_sums_its_hessians_in_float32():
+    """hessian_dtype=model is mlx-lm's GPTQ bit for bit; float32 (the default) loses far less."""
+    from mlx_lm.quant.gptq import gptq_quantize
+
+    from mlxhydra.load.calibration import choose_rows
+
+    quant = {"method": "gptq", "bits": 4, "calibration": calibration(4, 32)}
+    as_mlx_lm, config = mlxhydra.load_model(EMBEDDED_TINY, quant={**quant,
+                                                                  "gptq": {"hessian_dtype": "model"}})
+    mx.random.seed(123)
+    model, _ = mu.load_model(EMBEDDED_TINY, lazy=True)
+    assert model.parameters()["model"]["norm"]["weight"].dtype == mx.bfloat16
+    tokens = read_calibration(TEXT, load_tokenizer(EMBEDDED_TINY)).rows(32)
+    model, entry = gptq_quantize(model, choose_rows(tokens, 4), 4, 64, 6, 64)
+    assert_same_parameters(as_mlx_lm, model)
+    assert config["quantization"] == entry
+
+    ours, _ = mlxhydra.load_model(EMBEDDED_TINY, quant=quant)
+    reference, _ = mlxhydra.load_model(EMBEDDED_TINY)
+    rows = mx.array(tokens[-8:])
+    assert kl_to_float(ours, reference, rows) < kl_to_float(as_mlx_lm, reference, rows) / 10
+
+
 # --- relations -----------------------------------------------------------------
 
 def kl_to_float(model, reference, rows):
@@ -176,6 +199,8 @@ def test_kl_falls_as_bits_rise_for_every_method(method, extra):
     kl = {}
     for bits in (2, 4, 8):
         quant = {"method": method, "bits": bits, **extra}
+        if method == "awq":  # the embedding and lm_head too (mlx-lm's default keeps them at 4 bits)
+            quant["awq"] = {**extra["awq"], "embed_bits": bits}
         if method != "rtn":
             quant["calibration"] = calibration(4, 32)
         model, _ = mlxhydra.load_model(EMBEDDED_TINY, quant=quant)
@@ -244,6 +269,8 @@ def test_dynamic_reuses_its_sensitivities(tmp_path):
      "quant.dwq.steps and quant.calibration.num_samples both set"),
     ({"method": "awq", "awq": {"n_grid": 0}}, "quant.awq.n_grid=0: expected a positive integer"),
     ({"method": "gptq", "gptq": {"damp": 0.1}}, "quant.gptq: unknown keys ['damp']"),
+    ({"method": "gptq", "gptq": {"hessian_dtype": "float16"}},
+     "quant.gptq.hessian_dtype='float16': expected one of float32, model"),
     ({"method": "dwq", "calibration": {"data": "/nowhere.txt"}},
      "quant.calibration.data=/nowhere.txt: /nowhere.txt does not exist"),
     ({"method": "dwq", "calibration": {"seed": -1}}, "quant.calibration.seed=-1"),

@@ -10,8 +10,11 @@ at a time with that block's float inputs (the previous float block's
 outputs), and last on the model with its blocks stood in for, which
 quantizes what lies outside them (``lm_head``). The embedding gets its
 fallback settings as soon as the first block's inputs are recorded. The
-batches are the same as mlx-lm's, so every Hessian, and so every quantized
-weight, is the same.
+batches are the same as mlx-lm's, so on a float32 model every Hessian, and so
+every quantized weight, is the same. On float16/bfloat16 models each block and
+its inputs are cast to float32 while its Hessians are collected: mlx-lm sums
+them in the model's dtype, which on a bfloat16 model gives unusable weights
+(``quant.gptq.hessian_dtype=model`` does as mlx-lm does).
 """
 
 import logging
@@ -127,9 +130,18 @@ def _fallback_outside(model: nn.Module, blocks: List[nn.Module], bits: int,
     return {path: settings for path, _ in quantized}
 
 
+def _float_dtype(block: nn.Module) -> mx.Dtype:
+    """The dtype of the block's floating-point parameters (float32 when it has none)."""
+    for _, v in tree_flatten(block.parameters()):
+        if mx.issubdtype(v.dtype, mx.floating):
+            return v.dtype
+    return mx.float32
+
+
 def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, group_size: int,
                   fallback_bits: int, fallback_group_size: int, batch_size: int,
-                  progress: Callable = lambda it, total, desc: it) -> Dict[str, Any]:
+                  progress: Callable = lambda it, total, desc: it,
+                  float32_hessians: bool = True) -> Dict[str, Any]:
     """Quantize ``model`` in place as ``gptq(model, data, ...)`` would, one block at a time.
 
     Args:
@@ -138,6 +150,9 @@ def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, g
         gptq: ``mlx_lm.quant.gptq.gptq_quantize``.
         bits, group_size, fallback_bits, fallback_group_size, batch_size: as for ``gptq``.
         progress: ``progress(iterable, total, desc)`` wrapping the loop over blocks.
+        float32_hessians: Run each block and its inputs in float32 while its
+            Hessians are collected (no change for a float32 model); False: in the
+            model's dtype, as ``gptq`` does.
 
     Returns:
         The ``quantization`` config entry, as ``gptq`` returns it.
@@ -158,10 +173,17 @@ def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, g
     hidden = recorders[0].inputs
     entry: Dict[str, Any] = {"bits": bits, "group_size": group_size}
     entry.update(_fallback_outside(model, originals, fallback_bits, fallback_group_size))
+    dtype = _float_dtype(originals[0])
+    work = mx.float32 if float32_hessians else dtype
     for i in progress(range(len(originals)), len(originals), "GPTQ blocks"):
+        # The Hessians are sums of x^T x in the inputs' dtype: in float32 by default (mlx-lm's
+        # own whole-model pass sums them in the model's dtype, which bfloat16 ruins).
+        originals[i].set_dtype(work)
         runner = _BlockRunner(originals[i], recorders[i].calls)
-        _, block_entry = gptq(runner, mx.concatenate(hidden, axis=0), bits, group_size,
-                              fallback_bits, fallback_group_size, batch_size=batch_size)
+        _, block_entry = gptq(runner, mx.concatenate(hidden, axis=0).astype(work), bits,
+                              group_size, fallback_bits, fallback_group_size,
+                              batch_size=batch_size)
+        originals[i].set_dtype(dtype)  # scales and biases, norms: as mlx-lm leaves them
         prefix = _module_path(model, originals[i])
         entry.update({f"{prefix}.{k[len('block.'):]}": v for k, v in block_entry.items()
                       if k.startswith("block.")})

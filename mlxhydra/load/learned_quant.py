@@ -131,7 +131,8 @@ def _gptq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
         model, config["quantization"] = gptq_quantize(model, run.rows, *args, batch_size=s["batch_size"])
     else:
         config["quantization"] = gptq_by_block(model, run.rows, gptq_quantize, *args,
-                                               batch_size=s["batch_size"], progress=progress)
+                                               batch_size=s["batch_size"], progress=progress,
+                                               float32_hessians=s["hessian_dtype"] == "float32")
     return model
 
 

@@ -17,7 +17,8 @@ LEARNED = METHODS[1:]
 # mlx-lm's command-line defaults (mlx_lm.awq, .gptq, .dwq, .dynamic_quant).
 METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "awq": {"embed_bits": 4, "embed_group_size": 32, "n_grid": 20},
-    "gptq": {"fallback_bits": 6, "fallback_group_size": 64, "batch_size": 8},
+    "gptq": {"fallback_bits": 6, "fallback_group_size": 64, "batch_size": 8,
+             "hessian_dtype": "float32"},
     "dwq": {"learning_rate": 1e-6, "batch_size": 4, "steps": None, "num_valid_samples": 32,
             "temperature": 2.0, "grad_checkpoint": False},
     "dynamic": {"target_bpw": None, "high_bits": None, "high_group_size": 64,
@@ -28,6 +29,8 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
 CALIBRATION_DEFAULTS = {"awq": (128, 512), "gptq": (-1, 512), "dwq": (2048, 1025),
                         "dynamic": (-1, 512)}
 CALIBRATION_KEYS = ("data", "num_samples", "sequence_length", "seed")
+# GPTQ's Hessians: summed in float32, or in the model's dtype as mlx_lm.gptq sums them.
+HESSIAN_DTYPES = ("float32", "model")
 # mlx_lm.quant.gptq packs 2, 4 or 8 bits only (its quantize() asserts it).
 GPTQ_BITS = (2, 4, 8)
 ACCUMULATION_DTYPES = ("float32", "bfloat16")
@@ -98,6 +101,7 @@ def _check_method_settings(method: str, s: Dict[str, Any], bits: Any, group_size
         c.choice("fallback_bits", AFFINE_BITS)
         c.choice("fallback_group_size", AFFINE_GROUP_SIZES)
         c.integer("batch_size")
+        c.choice("hessian_dtype", HESSIAN_DTYPES)
         if _is_int(bits) and bits not in GPTQ_BITS:
             problems.append(f"quant.bits={bits}: mlx-lm's GPTQ packs 2, 4 or 8 bits only")
     elif method == "dwq":

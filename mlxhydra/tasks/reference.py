@@ -182,6 +182,7 @@ def build_reference(ref: Reference, shard: Optional[str] = None):
     """
     from ..load.loader import build_model
     from ..load.quant_spec import parse_quant
+    from ..load.quantized_compute import apply_compute
     from ..runs.ranks import world
 
     load = ref.load
@@ -192,6 +193,9 @@ def build_reference(ref: Reference, shard: Optional[str] = None):
         args_class=load.get("args_class"), shard=shard, group=world().group,
         adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
     )
+    # A past run's quantized model computes as that run set it for a quality task (its
+    # quant.compute, part of the cache key), so that the same settings give KL 0.
+    apply_compute(model, (ref.quant or {}).get("compute"), "kl")
     return model
 
 
