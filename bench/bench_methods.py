@@ -64,7 +64,8 @@ MEDIUM = {
 }
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
-# method -> (mlx-lm command's arguments, mlxhydra overrides): the same settings.
+# method -> (mlx-lm command's arguments, mlxhydra overrides): the same settings (GPTQ's
+# Hessians in the model's dtype, as mlx_lm.gptq sums them, so that the outputs are identical).
 METHODS = {
     "awq": (["awq", "--bits", "4", "--num-samples", "4", "--sequence-length", "32",
              "--n-grid", "3"],
@@ -72,7 +73,7 @@ METHODS = {
              "quant.calibration.num_samples=4", "quant.calibration.sequence_length=32"]),
     "gptq": (["gptq", "--bits", "4", "--num-samples", "32", "--sequence-length", "64"],
              ["quant.method=gptq", "quant.bits=4", "quant.calibration.num_samples=32",
-              "quant.calibration.sequence_length=64"]),
+              "quant.calibration.sequence_length=64", "quant.gptq.hessian_dtype=model"]),
     # mlx_lm.dynamic_quant reads every 512-token row of its text: SHORT_TEXT has 4.
     "dynamic": (["dynamic_quant", "--low-bits", "3", "--high-bits", "4", "--target-bpw", "4.0"],
                 ["quant.method=dynamic", "quant.bits=3", "quant.dynamic.high_bits=4",
@@ -94,7 +95,7 @@ MEMORY = {
                  "quant.dynamic.target_bpw=3.6", "quant.dynamic.sensitivities={sensitivities}"]),
     "gptq": ("medium", ["gptq", "--bits", "4", "--num-samples", "2", "--sequence-length", "64"],
              ["quant.method=gptq", "quant.bits=4", "quant.calibration.num_samples=2",
-              "quant.calibration.sequence_length=64"]),
+              "quant.calibration.sequence_length=64", "quant.gptq.hessian_dtype=model"]),
     "awq": ("medium", ["awq", "--bits", "4", "--num-samples", "1", "--sequence-length", "64",
                        "--n-grid", "2"],
             ["quant.method=awq", "quant.bits=4", "quant.awq.n_grid=2",
