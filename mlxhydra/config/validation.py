@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..load.adapters import save_problems
 from ..load.load_settings import check_load
+from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..load.quantized_compute import check_compute
 from ..runs.ranks import check_world
@@ -105,13 +106,17 @@ def validate(cfg: DictConfig) -> Settings:
         spec = parse_quant(quant)
     except ConfigError as e:
         problems.extend(e.problems)
+    if spec is not None and isinstance(cfg.get("model"), DictConfig):
+        problems += model_problems(spec.method, plain("model", {}),
+                                   model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
     problems += check_task(task)
     problems += save_problems(load, task)
     sweep = plain("sweep", {})
     problems += check_sweep(sweep)
     problems += check_logger(plain("logger", {}))
-    problems += check_world(load, task)  # several ranks (mlx.launch): what runs sharded
+    # several ranks (mlx.launch): what runs sharded
+    problems += check_world(load, task, spec.method if spec is not None else "rtn")
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,

@@ -1,7 +1,8 @@
 """Quantization settings: validation, per-layer rules and the per-layer decision.
 
-The ``quant`` config node has ``bits``, ``group_size``, ``mode``, ``recipe``
-and ``rules``. :func:`parse_quant` checks all of it before any weight is read
+The ``quant`` config node has ``bits``, ``group_size``, ``mode``, ``recipe``,
+``rules`` and the method settings (``method``, ``calibration``, one node per
+method: :mod:`.method_settings`). :func:`parse_quant` checks all of it before any weight is read
 and returns a :class:`QuantSpec`, or ``None`` when nothing is to be quantized.
 """
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..errors import ConfigError
+from .method_settings import QUANT_KEYS, parse_method
 
 # mlx-lm's defaults per mode (mlx_lm.utils.quantize_model): (bits, group_size).
 MODE_DEFAULTS = {"affine": (4, 64), "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
@@ -40,9 +42,13 @@ class QuantSpec:
     default: Optional[Params]
     recipe: Optional[str] = None
     rules: List[Rule] = field(default_factory=list)
+    method: str = "rtn"  # or a calibrated method of mlx_lm.quant: awq, gptq, dwq, dynamic
+    settings: Dict[str, Any] = field(default_factory=dict)  # quant.<method>, defaults filled in
+    calibration: Dict[str, Any] = field(default_factory=dict)  # quant.calibration (not for rtn)
 
     def describe(self) -> dict:
-        return {
+        described = {
+            "method": self.method,
             "default": self.default,
             "recipe": self.recipe,
             "rules": [
@@ -50,6 +56,9 @@ class QuantSpec:
                 for r in self.rules
             ],
         }
+        if self.method != "rtn":
+            described["method_settings"] = dict(self.settings)
+        return described
 
 
 def check_params(
@@ -149,7 +158,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
         return None
     problems: List[str] = []
     # compute (how quantized layers multiply) is checked by quantized_compute.check_compute.
-    unknown = sorted(set(quant) - {"bits", "group_size", "mode", "recipe", "rules", "compute"})
+    unknown = sorted(set(quant) - {"bits", "group_size", "mode", "recipe", "rules", "compute",
+                                   *QUANT_KEYS})
     if unknown:
         problems.append(f"quant: unknown keys {unknown}")
     bits, group_size = quant.get("bits"), quant.get("group_size")
@@ -161,6 +171,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     inherit = {"bits": bits, "group_size": group_size, "mode": mode}
     parsed = [_parse_rule(i, rule, problems, inherit) for i, rule in enumerate(rules_in)]
     rules = [r for r in parsed if r is not None]
+    method, settings, calibration = parse_method(quant, bits, group_size, mode, recipe, rules_in,
+                                                 problems)
 
     default = None
     if recipe is not None:
@@ -171,7 +183,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
         if bits is not None:
             problems.append(f"quant.recipe={recipe}: the recipe sets the bits; leave quant.bits null")
         default = check_params(None, group_size, "affine", "quant", problems)
-    elif bits is not None or mode != "affine":
+    elif bits is not None or mode != "affine" or method != "rtn":
+        # A calibrated method asks for quantization by itself (mlx-lm's default 4 bits).
         default = check_params(bits, group_size, mode, "quant", problems)
     elif group_size is not None and not any(r.params for r in rules):
         # A group size alone is more likely a mistake than a request for 4 bits.
@@ -184,7 +197,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
         raise ConfigError(problems)
     if default is None and not any(r.params for r in rules):
         return None
-    return QuantSpec(default=default, recipe=recipe, rules=rules)
+    return QuantSpec(default=default, recipe=recipe, rules=rules, method=method,
+                     settings=settings, calibration=calibration)
 
 
 Decider = Callable[[str, Any], Union[bool, Params]]
@@ -235,7 +249,7 @@ def make_decider(spec: QuantSpec, model: Any) -> Callable[[str, Any], Optional[P
 
 def same_settings(spec: QuantSpec, saved: Mapping[str, Any]) -> bool:
     """True when a runtime request matches a pre-quantized model's settings."""
-    if spec.default is None or spec.recipe is not None or spec.rules:
+    if spec.default is None or spec.recipe is not None or spec.rules or spec.method != "rtn":
         return False
     keys = ("bits", "group_size", "mode")
     saved_params = {k: saved.get(k, "affine" if k == "mode" else None) for k in keys}
