@@ -130,6 +130,18 @@ def wants_single_job(args: Sequence[str]) -> bool:
     return not any(getattr(parsed, flag, None) for flag in _NO_JOB_FLAGS)
 
 
+def wants_multirun(args: Sequence[str]) -> bool:
+    """True when a command line asks for a multirun (``-m`` or ``hydra.mode=MULTIRUN``)."""
+    try:
+        parsed = _parse_argv(args)
+    except SystemExit:
+        return False
+    if parsed.multirun:
+        return True
+    mode = override_value(list(parsed.overrides), "hydra.mode")
+    return isinstance(mode, str) and mode.upper() == "MULTIRUN"
+
+
 def quote_model_paths(args: Sequence[str]) -> List[str]:
     """Quote ``model=`` values that hold non-ASCII characters or start with ``~``.
 

@@ -7,6 +7,7 @@ the float model is never whole in memory), and each stage is timed in a
 :class:`LoadReport`.
 """
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from mlx.utils import tree_flatten
 
 from ..config.model_source import read_config_json
 from ..errors import ConfigError, WeightsError
+from ..file_checks import exists, regular_file_problem
 from . import architecture, weights_cache
 from .load_settings import DTYPE_NAMES, check_dtype
 from .prequantized import (
@@ -57,7 +59,40 @@ def load_config(path: Union[str, Path]) -> dict:
 
     model_dir = Path(path).expanduser()
     read_config_json(model_dir)  # clear errors for every way config.json can fail
+    problems = generation_config_problems(model_dir)
+    if problems:
+        raise ConfigError(problems)
     return mlx_load_config(model_dir)
+
+
+def generation_config_problems(model_dir: Path) -> List[str]:
+    """What mlx-lm could not use in ``generation_config.json`` (read by its load_config).
+
+    mlx-lm skips a file that is not JSON, and so does this; a file that is not a
+    regular file (never opened), a top level that is not an object, or an
+    ``eos_token_id`` that is not a token id or a list of them is named.
+    """
+    file = Path(model_dir) / "generation_config.json"
+    if not exists(file):
+        return []
+    problem = regular_file_problem(file)
+    if problem:
+        return [f"{file} {problem} (expected a JSON file)"]
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        log.warning("%s is not valid JSON: ignored, as mlx-lm ignores it", file)
+        return []
+    except OSError as e:
+        return [f"{file}: cannot be read: {e.strerror or e}"]
+    if not isinstance(value, dict):
+        return [f"{file}: expected a JSON object at the top level, found {type(value).__name__}"]
+    eos = value.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and eos is not False and not all(
+            type(i) is int and i >= 0 for i in ids):
+        return [f"{file}: eos_token_id={eos!r}: expected a token id or a list of token ids"]
+    return []
 
 
 def apply_mlx_lm_adjustments(model_dir: Path, config: dict, raw: Optional[dict] = None) -> List[str]:
@@ -78,8 +113,25 @@ def apply_mlx_lm_adjustments(model_dir: Path, config: dict, raw: Optional[dict] 
     return changed
 
 
+def _dtype_name(dtype: mx.Dtype) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _dtype_kind(dtype: mx.Dtype) -> str:
+    """``floating`` (complex too), ``bool`` or ``integer``: integer data never fills a float parameter.
+
+    Quantized layers' packed weights are integer parameters, so packed integers still load.
+    """
+    if mx.issubdtype(dtype, mx.inexact):
+        return "floating"
+    return "bool" if dtype == mx.bool_ else "integer"
+
+
 def check_weights(model: nn.Module, weights: Mapping[str, mx.array], files: List[Path]) -> List[str]:
-    """Compare weights with the model's parameters; one line per kind of mismatch."""
+    """Compare weights with the model's parameters; one line per kind of mismatch.
+
+    Names, shapes and the kind of dtype (floating, integer, bool) must agree.
+    """
     expected = dict(tree_flatten(model.parameters()))
     missing = sorted(k for k in expected if k not in weights)
     unexpected = sorted(k for k in weights if k not in expected)
@@ -88,8 +140,15 @@ def check_weights(model: nn.Module, weights: Mapping[str, mx.array], files: List
         for k, v in expected.items()
         if k in weights and weights[k].shape != v.shape
     )
+    dtypes = sorted(
+        f"{k} {_dtype_name(weights[k].dtype)} vs model {_dtype_name(v.dtype)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape == v.shape  # a wrong shape says enough
+        and _dtype_kind(weights[k].dtype) != _dtype_kind(v.dtype)
+    )
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
+                         ("wrong dtype", dtypes)):
         if items:
             more = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
             problems.append(f"{len(items)} {label}: {', '.join(items[:SHOWN])}{more}")
@@ -117,6 +176,7 @@ class LoadReport:
     weight_mismatches: List[str] = field(default_factory=list)  # with strict=False
     quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
     model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
+    file_identities: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # path -> size, mtime, inode
 
 
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:

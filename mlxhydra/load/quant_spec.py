@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+from ..config.declared import unknown_key_problems
 from ..errors import ConfigError
 
 # mlx-lm's defaults per mode (mlx_lm.utils.quantize_model): (bits, group_size).
@@ -147,10 +148,7 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     """
     if not quant:
         return None
-    problems: List[str] = []
-    unknown = sorted(set(quant) - {"bits", "group_size", "mode", "recipe", "rules"})
-    if unknown:
-        problems.append(f"quant: unknown keys {unknown}")
+    problems: List[str] = unknown_key_problems("quant", quant)
     bits, group_size = quant.get("bits"), quant.get("group_size")
     mode, recipe = quant.get("mode", "affine"), quant.get("recipe")
     rules_in = quant.get("rules") or []

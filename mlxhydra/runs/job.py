@@ -9,7 +9,6 @@ interrupted), ``model_config.json`` and ``metrics.json``.
 import logging
 import random
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -20,10 +19,14 @@ from omegaconf import DictConfig
 from ..config.composition import changed_keys, removed_keys, to_plain
 from ..config.model_source import read_config_json
 from ..config.validation import Settings, validate
-from ..errors import Interrupted, interruption_message, raise_interrupted
+from ..errors import (
+    FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
+    interruption_message, one_line_message,
+)
 from . import environment
+from .job_thread import interruption_handlers, run_in_job_thread, signals_held
 from .record import RecordWriter
-from .run_dir import RunDir
+from .run_dir import RunDir, refuse_taken
 
 log = logging.getLogger("mlxhydra")
 
@@ -59,7 +62,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     """
     from ..load import architecture, weights_cache
     from ..load.loader import apply_mlx_lm_adjustments, build_model
-    from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
+    from ..load.weight_files import (
+        check_unchanged, check_weight_files, combined_fingerprint, describe_files,
+        find_weight_files, identities,
+    )
+    from ..tasks import task_file_problems
 
     import mlx.core as mx
 
@@ -78,7 +85,13 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         config, model_dir, trust_remote_code=trust,
         model_class=load.get("model_class"), args_class=load.get("args_class"),
     )
-    architecture.check_types(config, args_cls, user_keys)
+    # config.json's own values as strictly as the command line's, each named with its origin
+    architecture.check_types(config, args_cls, list(config), user_keys, model_dir / "config.json")
+    problems = task_file_problems(settings.task, model_dir, trust)
+    if problems:
+        from ..errors import ConfigError
+
+        raise ConfigError(problems)
     ignored = [k for k in architecture.ignored_keys(config, args_cls) if k in user_keys]
     if ignored:
         log.warning(
@@ -88,7 +101,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     derived = apply_mlx_lm_adjustments(model_dir, config, raw)
     if derived and run_dir is not None:  # model_config.json is the dict ModelArgs.from_dict receives
         run_dir.write_model_config(config)
-    files = describe_files(find_weight_files(model_dir), load.get("fingerprint", "fast"))
+    paths = check_weight_files(find_weight_files(model_dir))  # regular files, sound headers
+    before = identities(paths)
+    files = describe_files(paths, load.get("fingerprint", "fast"))
     fingerprint = combined_fingerprint(files)
     if record is not None:
         record.update(
@@ -109,6 +124,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
         weights_key=weights_cache.job_key(settings.sweep, fingerprint),
     )
+    # The recorded fingerprint must be of the bytes that were read.
+    check_unchanged(before)
+    report.file_identities = before
     quantization = report.quantization
     log.info(
         "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight",
@@ -128,13 +146,17 @@ def _hydra_fields(hc: Any) -> Dict[str, Any]:
         "overrides": OmegaConf.to_container(hc.overrides.task, resolve=False),
         "job_num": hc.job.get("num"),
         "cwd": hc.runtime.cwd,
-        "choices": dict(hc.runtime.choices),
+        # resolve=False: a choice is text as typed (an escaped "\${...}" must stay text)
+        "choices": OmegaConf.to_container(hc.runtime.choices, resolve=False),
         "log_file": str(Path(hc.runtime.output_dir) / f"{hc.job.name}.log"),
     }
 
 
 def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[str, Any]:
     """Run one job inside Hydra's run directory, recording every stage.
+
+    The job runs on the job thread (:mod:`mlxhydra.runs.job_thread`) while
+    this thread answers signals; only this thread writes the final status.
 
     Args:
         cfg: The composed config.
@@ -144,13 +166,15 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
         The task's metrics.
 
     Raises:
-        MlxhydraError: bad input, after the failure is recorded.
+        MlxhydraError: bad input or a file that cannot be read or written, after
+            the failure is recorded (its message says when run.json could not be).
         Interrupted, KeyboardInterrupt: after the interruption is recorded.
     """
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     run_dir = RunDir(Path(hc.runtime.output_dir))
+    refuse_taken(run_dir.path, "hydra.run.dir" if hc.job.get("num") is None else "hydra.sweep.subdir")
     times: Dict[str, float] = {}
     if compose_seconds is not None:
         times["compose"] = compose_seconds
@@ -158,32 +182,70 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
         run_dir.record,
         run_dir=str(run_dir.path),
         **_hydra_fields(hc),
-        model_dir=cfg.get("model_dir"),
-        seed=cfg.get("seed"),
+        model_dir=_recordable(cfg, "model_dir", str),
+        seed=_recordable(cfg, "seed", (int, str, float, bool)),
         versions=environment.versions(),
         platform=environment.platform_info(),
         git=environment.git_state(Path(hc.runtime.cwd)),
         times=times,
     )
-    previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
-    try:
-        metrics = _prepare_and_run(cfg, run_dir, record, times)
-    except (KeyboardInterrupt, Interrupted) as e:
-        record.finish("interrupted", error=interruption_message(e), **environment.resources())
-        raise
-    except BaseException as e:
-        record.finish("failed", error=str(e) or type(e).__name__, error_type=type(e).__name__,
-                      **environment.resources())
-        log.error("run failed: %s", e)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    record.finish("completed", metrics=metrics, **environment.resources())
+    with interruption_handlers():
+        try:
+            metrics = run_in_job_thread(lambda: _prepare_and_run(cfg, run_dir, record, times))
+            run_dir.write_metrics(metrics)
+        except (KeyboardInterrupt, Interrupted) as e:
+            message = interruption_message(e)
+            with signals_held():
+                unrecorded = _finish(record, "interrupted", error=message)
+            if unrecorded:
+                log.error("%s; %s", message, unrecorded)
+            raise
+        except BaseException as e:
+            error = _user_error(e)
+            message = one_line_message(error)
+            with signals_held():
+                unrecorded = _finish(record, "failed", error=message, error_type=type(error).__name__)
+            log.error("run failed: %s", message)
+            if unrecorded:
+                raise FileSystemError(f"{message}; {unrecorded}") from e
+            if error is not e:
+                raise error from e
+            raise
+        with signals_held():
+            unrecorded = _finish(record, "completed", metrics=metrics)
+    if unrecorded:
+        raise FileSystemError(f"the run completed, but {unrecorded}")
     return metrics
+
+
+def _recordable(cfg: DictConfig, key: str, types: Any) -> Any:
+    """A top-level value for the record when it resolves to one of ``types`` (validate names it otherwise)."""
+    try:
+        value = to_plain(cfg.get(key))
+    except MlxhydraError:
+        return None
+    return value if isinstance(value, types) else None
+
+
+def _user_error(error: BaseException) -> BaseException:
+    """An OSError from the job as one line naming the path (mlxhydra's own errors unchanged)."""
+    if isinstance(error, OSError) and not isinstance(error, MlxhydraError):
+        return FileSystemError.from_os_error(describe_os_error(error), error)
+    return error
+
+
+def _finish(record: RecordWriter, status: str, **fields: Any) -> str:
+    """Write the final status; '' when written, else what the message must say about run.json."""
+    try:
+        record.finish(status, **fields, **environment.resources())
+    except RecordWriteError as e:
+        return f"{e} (it may still say running)"
+    return ""
 
 
 def _prepare_and_run(cfg: DictConfig, run_dir: RunDir, record: RecordWriter,
                      times: Dict[str, float]) -> Dict[str, Any]:
+    from ..load.weight_files import check_unchanged
     from ..tasks import TaskInput, run_task
 
     settings = validate(cfg)
@@ -205,6 +267,6 @@ def _prepare_and_run(cfg: DictConfig, run_dir: RunDir, record: RecordWriter,
         run_dir=run_dir.path,
     ))
     times["task"] = time.perf_counter() - t
-    run_dir.write_metrics(metrics)
+    if settings.load.get("lazy"):  # lazy weights are read by the task
+        check_unchanged(report.file_identities)
     return metrics
-

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config.overrides import override_texts, parse_overrides
-from ..errors import RunDirError
+from ..errors import RunDirError, describe_os_error
+from ..file_checks import directory_problem
 from .atomic import write_bytes_atomic
 from .record import flatten
 from .run_dir import SweepDir, read_yaml
@@ -30,20 +31,30 @@ FIXED = ["job", "status", "bits_per_weight", "parameters", "peak_memory_mb", "lo
 TAIL = ["error", "run_dir"]
 
 
-def _sweep_plan(sweep: SweepDir) -> Tuple[List[str], Optional[List[List[str]]]]:
-    """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``."""
+def _sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Optional[List[List[str]]]]:
+    """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``.
+
+    Raises:
+        RunDirError: (strict) a multirun.yaml that is not readable YAML of the expected shape.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .. import _upstream
 
     try:
-        hydra = (read_yaml(sweep.plan) or {}).get("hydra") or {}
+        plan = read_yaml(sweep.plan) or {}
+        if not isinstance(plan, dict):
+            raise RunDirError(f"{sweep.plan}: expected a mapping, found {type(plan).__name__}")
+        hydra = plan.get("hydra") or {}
         task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
         sweeper = hydra.get("sweeper") or {}
         params = sweeper.get("params") or {}
         texts = task + [f"{k}={v}" for k, v in params.items()]
         keys = [o.key for o in parse_overrides(texts) if o.is_sweep]
-    except (RunDirError, AttributeError) as e:  # a summary must not fail on an odd multirun.yaml
+    except (RunDirError, AttributeError, TypeError) as e:  # an odd multirun.yaml
+        if strict:
+            raise RunDirError(f"{sweep.plan}: not a sweep plan ({e})") if not isinstance(
+                e, RunDirError) else e
         log.debug("cannot read the sweep plan in %s: %s", sweep.plan, e)
         return [], None
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
@@ -86,21 +97,30 @@ def _row(num: int, run: Dict[str, Any], run_dir: Path, sweep_dir: Path) -> Dict[
     }
 
 
-def collect(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
+def collect(sweep_dir: Path, strict: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Rows (one per job, planned or found) and the swept keys of a sweep directory.
+
+    Args:
+        strict: Raise on a damaged job record or plan (``summarize``); otherwise
+            show the job as ``unreadable`` (the summary written when a sweep ends).
 
     Raises:
         FileNotFoundError: the directory does not exist.
+        RunDirError: (strict) a damaged run.json or multirun.yaml, named.
     """
     sweep = SweepDir(Path(sweep_dir))
-    if not sweep.path.is_dir():
-        raise FileNotFoundError(f"{sweep.path}: no such sweep directory")
-    keys, plan = _sweep_plan(sweep)
+    problem = directory_problem(sweep.path)
+    if problem:
+        raise FileNotFoundError(f"{sweep.path}: no such sweep directory" if problem == "does not exist"
+                                else f"{sweep.path} {problem}")
+    keys, plan = _sweep_plan(sweep, strict)
     rows: Dict[int, Dict[str, Any]] = {}
     for num, job_dir in sweep.job_dirs().items():
         try:
             run = dict(job_dir.read_record()) or {"status": "missing", "error": "no run.json"}
         except RunDirError as e:
+            if strict:
+                raise
             run = {"status": "unreadable", "error": str(e)}
         rows[num] = _row(num, run, job_dir.path, sweep.path)
     for num, overrides in enumerate(plan or []):
@@ -189,14 +209,18 @@ def to_markdown(sweep_dir: Path, columns: List[str], cells: List[List[Any]],
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path, objective: Optional[str] = None) -> Dict[str, Any]:
+def write_summary(sweep_dir: Path, objective: Optional[str] = None,
+                  strict: bool = False) -> Dict[str, Any]:
     """Write summary.csv, summary.md and summary.png at the sweep root.
+
+    Args:
+        strict: Refuse a damaged job record or plan (see :func:`collect`) before writing anything.
 
     Returns:
         {"jobs", "statuses" (status -> count), "failed", "files", "metric"}.
     """
     sweep = SweepDir(Path(sweep_dir))
-    rows, keys = collect(sweep.path)
+    rows, keys = collect(sweep.path, strict)
     columns, cells = table(rows, keys)
     csv_file, md_file, png_file = (sweep.summary_file(s) for s in ("csv", "md", "png"))
     write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
@@ -239,10 +263,13 @@ def summarize_main(argv: Sequence[str]) -> int:
     p.add_argument("--objective", default=None, help="metric to plot (default: the task's main metric)")
     args = p.parse_args(list(argv))
     try:
-        result = write_summary(args.sweep_dir, args.objective)
-    except (FileNotFoundError, NotADirectoryError) as e:
+        result = write_summary(args.sweep_dir, args.objective, strict=True)
+    except (FileNotFoundError, NotADirectoryError, RunDirError) as e:
         sys.stderr.write(f"mlxhydra summarize: {e}\n")
         return 2
+    except OSError as e:  # the summary files cannot be written there
+        sys.stderr.write(f"mlxhydra summarize: {describe_os_error(e)}\n")
+        return 1
     if not result["jobs"]:
         sys.stderr.write(f"mlxhydra summarize: {args.sweep_dir}: no jobs (no <num>_* run directories)\n")
         return 2

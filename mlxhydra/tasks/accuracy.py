@@ -20,6 +20,9 @@ from .generate import check_prompt, generate_text, make_prompt
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
+
 DEFAULT_DATA = "accuracy.jsonl"
 PREDICTIONS = "predictions.jsonl"
 
@@ -56,7 +59,7 @@ def execute(job: TaskInput) -> Metrics:
         raise TaskError(f"task.data: {path} holds no JSON lines")
     if limit > 0:
         rows = rows[:limit]
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
     sampler = make_sampler(0.0)
     start = time.perf_counter()
     correct = 0

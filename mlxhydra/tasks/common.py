@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..config.model_source import embedded_models_dir
 from ..errors import TaskError
+from ..file_checks import exists, regular_file_problem
 
 log = logging.getLogger("mlxhydra")
 
@@ -32,17 +33,60 @@ class TaskInput:
     model_dir: Path
     run_dir: Path
 
+    @property
+    def trust_remote_code(self) -> bool:
+        """This command's consent to run the model directory's code (never a record's)."""
+        return self.load.get("trust_remote_code") is True
+
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "spiece.model", "tiktoken.model")
+# The tokenizer's JSON files: each must hold an object (checked before any weight is read).
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "added_tokens.json", "chat_template.json", "vocab.json")
+# Files whose auto_map can name tokenizer code of the model directory (transformers' remote code).
+REMOTE_CODE_FILES = ("tokenizer_config.json", "config.json")
 
 
-def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
+def tokenizer_problems(model_dir: Path, trust_remote_code: bool = False) -> List[str]:
+    """What is wrong with a model directory's tokenizer files, found before any weight is read.
+
+    Each JSON file of the tokenizer must be a regular file holding a JSON
+    object; an ``auto_map`` naming tokenizer code of the directory is refused
+    unless this command set ``load.trust_remote_code=true``.
+    """
+    from ..config.model_source import read_json_object
+
+    problems, read = [], {}
+    for name in dict.fromkeys(TOKENIZER_JSON_FILES + REMOTE_CODE_FILES):
+        file = Path(model_dir) / name
+        if not exists(file):
+            continue
+        try:
+            read[name] = read_json_object(file, "a tokenizer file", TaskError, bounded=False)
+        except TaskError as e:
+            problems.append(str(e))
+    for name in REMOTE_CODE_FILES:
+        auto_map = (read.get(name) or {}).get("auto_map")
+        code = {k: v for k, v in auto_map.items() if "Tokenizer" in k} if isinstance(auto_map, dict) else {}
+        if code and not trust_remote_code:
+            problems.append(
+                f"{Path(model_dir) / name} names tokenizer code of the model directory "
+                f"(auto_map {json.dumps(code)}): running it is refused; set "
+                "load.trust_remote_code=true if you trust this model"
+            )
+    return problems
+
+
+def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
+                   trust_remote_code: bool = False):
     """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
 
     Args:
         model_dir: The model directory.
         config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
+        trust_remote_code: This command's ``load.trust_remote_code``, handed to
+            transformers (which never asks again, and never runs code without it).
 
     Returns:
         mlx-lm's ``TokenizerWrapper``.
@@ -53,19 +97,24 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None):
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
     model_dir = Path(model_dir)
-    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES) and not list(
+    if all(regular_file_problem(model_dir / f) for f in TOKENIZER_FILES) and not list(
         model_dir.glob("*.tiktoken")
     ):
         raise TaskError(
             f"{model_dir}: no tokenizer (expected tokenizer.json or tokenizer_config.json "
             "next to config.json); this task needs one"
         )
+    problems = tokenizer_problems(model_dir, trust_remote_code)
+    if problems:
+        raise TaskError("; ".join(problems))
     eos = (config or {}).get("eos_token_id")
     try:
-        return mlx_load_tokenizer(model_dir, eos_token_ids=eos)
+        return mlx_load_tokenizer(model_dir, {"trust_remote_code": bool(trust_remote_code)},
+                                  eos_token_ids=eos)
     except Exception as e:  # transformers raises many kinds
+        detail = " ".join(str(e).split())[:300]
         raise TaskError(
-            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {e}"
+            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {detail}"
         ) from e
 
 
@@ -86,7 +135,7 @@ def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str
     """
     if value is None:
         candidates = [Path(model_dir) / default_name, embedded_models_dir() / "tiny" / default_name]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = next((c for c in candidates if not regular_file_problem(c)), None)
         if found is None:
             raise TaskError(
                 f"{key}=null: no default {default_name} in {model_dir} or the embedded tiny "
@@ -95,9 +144,9 @@ def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str
         path = found
     else:
         path = Path(value).expanduser().absolute()
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise TaskError(f"{key}={value}: {path} {what}")
+        problem = regular_file_problem(path)
+        if problem:
+            raise TaskError(f"{key}={value}: {path} {problem}")
     if path.stat().st_size == 0:
         raise TaskError(f"{key}: {path} is empty")
     return path
@@ -199,6 +248,9 @@ def progress(iterable: Iterable[Any], total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
 
 
+MAX_INTEGER = 2**31 - 1  # the largest MLX array dimension (int32)
+
+
 class SettingsCheck:
     """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
@@ -213,9 +265,16 @@ class SettingsCheck:
     def fail(self, key: str, expected: str) -> None:
         self.problems.append(f"task.{key}={self.task.get(key)!r}: expected {expected}")
 
-    def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False) -> None:
-        """An integer >= ``minimum`` (1: positive, 0: or 0), or -1 when allowed."""
+    def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False,
+                maximum: int = MAX_INTEGER) -> None:
+        """An integer from ``minimum`` (1: positive, 0: or 0) to ``maximum``, or -1 when allowed.
+
+        The default maximum is what an MLX array dimension holds (2**31 - 1).
+        """
         value = self.task.get(key)
+        if type(value) is int and value > maximum:
+            self.fail(key, f"at most {maximum}")
+            return
         ok = type(value) is int and (value >= minimum or (allow_negative_one and value == -1))
         if not ok:
             expect = ("a positive integer" if minimum == 1 else "a positive integer or 0"
@@ -252,9 +311,9 @@ class SettingsCheck:
             self.fail(key, "a file path or null")
             return
         path = Path(value).expanduser().absolute()
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            self.problems.append(f"task.{key}={value}: {path} {what}")
+        problem = regular_file_problem(path)  # a FIFO or a device is never opened
+        if problem:
+            self.problems.append(f"task.{key}={value}: {path} {problem}")
         elif path.stat().st_size == 0:
             self.problems.append(f"task.{key}: {path} is empty")
 

@@ -8,6 +8,9 @@ from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
+
 
 def check_prompt(check: SettingsCheck) -> None:
     """The prompt settings shared with task=accuracy: chat, prompt or messages."""
@@ -16,7 +19,8 @@ def check_prompt(check: SettingsCheck) -> None:
     messages = task.get("messages")
     if messages is not None:
         if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
+            isinstance(m, dict) and {"role", "content"} <= set(m)
+            and isinstance(m["role"], str) and isinstance(m["content"], str) for m in messages
         ):
             check.problems.append("task.messages: expected a non-empty list of {role, content} items")
         elif task.get("chat", "auto") is False:
@@ -31,10 +35,13 @@ def check_sampling(check: SettingsCheck) -> None:
     check.number("temperature", 0.0, expected=">= 0", optional=True)
     check.number("top_p", 0.0, 1.0, expected="0..1 (0 or 1: off)", optional=True)
     check.number("min_p", 0.0, 1.0, expected="0..1", optional=True)
-    top_k = check.task.get("top_k") or 0
-    if type(top_k) is not int or top_k < 0:
-        check.fail("top_k", "an integer >= 0 (0: off)")
-    check.number("repetition_penalty", 0.0, expected=">= 0, or null (off)", optional=True)
+    top_k = check.task.get("top_k")
+    if top_k is not None:
+        check.integer("top_k", minimum=0)
+    penalty = check.task.get("repetition_penalty")
+    check.number("repetition_penalty", 0.0, expected="> 0, or null (off)", optional=True)
+    if penalty == 0 and type(penalty) in (int, float):  # mlx-lm divides by it
+        check.fail("repetition_penalty", "> 0, or null (off)")
 
 
 def check(task: Dict[str, Any]) -> List[str]:
@@ -127,7 +134,7 @@ def execute(job: TaskInput) -> Metrics:
     import mlx.core as mx
 
     task = job.task
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
     prompt = make_prompt(tokenizer, task)
     sampler, processors = make_sampler_from(task)
     mx.random.seed(job.seed)

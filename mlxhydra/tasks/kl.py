@@ -40,6 +40,9 @@ from .reference import (
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
+
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -172,7 +175,7 @@ def execute(job: TaskInput) -> Metrics:
     task = job.task
     batch_size = task["batch_size"]
     dtype = task.get("cache_dtype") or "float32"
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
     tokens, path = eval_data(task, tokenizer, job.model_dir)
     ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
     check_fingerprint(ref)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import MlxhydraError, TaskError
+from ..errors import ConfigError, MlxhydraError, TaskError
+from ..file_checks import directory_problem, regular_file_problem
+from ..load.load_settings import check_load
 from ..runs.run_dir import RunDir
 
 log = logging.getLogger("mlxhydra")
@@ -45,29 +47,49 @@ def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
         raise TaskError(f"task.reference: {e}") from e
 
 
-def _from_run(path: Path, trust_remote_code: bool) -> Reference:
+def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
     """Rebuild a past run's model from its ``.hydra/config.yaml`` and ``model_config.json``.
 
     What the run directory holds is read as data, never resolved. Consent to
     run a model directory's code is the current command's, never the record's.
     """
     from ..load.loader import apply_mlx_lm_adjustments
+    from ..load.quant_spec import parse_quant
 
     run_dir = RunDir(path)
-    if not run_dir.config.is_file():
+    if regular_file_problem(run_dir.config):
         raise TaskError(f"task.reference={path}: a run directory needs .hydra/config.yaml")
     try:
         saved = run_dir.read_config()
+        record = run_dir.read_record()
         quant = saved.get("quant")
-        load = {**(saved.get("load") or {}), "trust_remote_code": trust_remote_code}
-        model_dir = Path(saved.get("model_dir") or "")
-        config = run_dir.read_model_config() or saved.get("model")
-        recorded = run_dir.read_record().get("weights_fingerprint")
+        saved_load = saved.get("load") if isinstance(saved.get("load"), dict) else {}
+        # Only settings that shape the weights: consent to run code (a model_file, a class
+        # to import) is this command's alone, never the record's.
+        load = {k: saved_load.get(k) for k in ("strict", "dtype", "fingerprint")}
+        load.update({k: current.get(k) for k in ("trust_remote_code", "model_class", "args_class")})
+        # run.json's model_dir is the path as used; config.yaml's is escaped text (\${...})
+        model_dir = Path(str(record.get("model_dir") or saved.get("model_dir") or ""))
+        config = run_dir.read_model_config()
+        recorded = record.get("weights_fingerprint")
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
-    if not isinstance(config, dict) or not (model_dir / "config.json").is_file():
-        raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone")
-    apply_mlx_lm_adjustments(model_dir, config)
+    if not isinstance(config, dict) or regular_file_problem(model_dir / "config.json"):
+        raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone "
+                        "(or the run has no model_config.json)")
+    try:
+        parse_quant(quant if isinstance(quant, dict) else None)
+    except ConfigError as e:
+        raise TaskError(f"task.reference={path}: its recorded quant settings are not valid: {e}") from e
+    load["trust_remote_code"] = load.get("trust_remote_code") is True
+    problems = check_load({k: v for k, v in load.items() if v is not None})
+    if problems:
+        raise TaskError(f"task.reference={path}: its recorded load settings are not valid: "
+                        + "; ".join(problems))
+    try:
+        apply_mlx_lm_adjustments(model_dir, config)
+    except (MlxhydraError, OSError, ValueError) as e:
+        raise TaskError(f"task.reference={path}: {e}") from e
     return Reference("run", path, model_dir, config, quant, load, recorded)
 
 
@@ -92,9 +114,14 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
     if problems:
         raise TaskError(problems[0])
     path = Path(value).expanduser().absolute()
-    if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
-        return _from_run(path, bool(load.get("trust_remote_code")))
+    if _is_run_dir(path):
+        return _from_run(path, keep)
     return Reference("model", path, path, _model_dir_config(path), None, keep)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return not (regular_file_problem(path / ".hydra" / "config.yaml")
+                and regular_file_problem(path / "run.json"))
 
 
 def reference_problems(value: Any) -> List[str]:
@@ -104,11 +131,9 @@ def reference_problems(value: Any) -> List[str]:
     if not isinstance(value, str) or not value:
         return [f"task.reference={value!r}: expected a model or run directory, or null"]
     path = Path(value).expanduser().absolute()
-    if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
+    if _is_run_dir(path) or not regular_file_problem(path / "config.json"):
         return []
-    if (path / "config.json").is_file():
-        return []
-    what = "does not exist" if not path.exists() else "holds neither config.json nor run.json"
+    what = directory_problem(path) or "holds neither config.json nor run.json"
     return [f"task.reference={value}: {path} {what} (expected a model or run directory)"]
 
 

@@ -3,10 +3,12 @@
 import copy
 import logging
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Dict, List
 
 from ..errors import TaskError
+from ..file_checks import exists, first_non_directory, regular_file_problem, stat_path
 from ..runs.atomic import atomic_directory
 from .common import Metrics, TaskInput
 
@@ -21,11 +23,16 @@ COPIED_GLOBS = ("*.tiktoken", "*.py")
 
 
 def copy_side_files(src: Path, dst: Path) -> List[str]:
-    """Copy the tokenizer and other non-weight files mlx-lm reads; returns their names."""
-    names = [n for n in COPIED if (src / n).is_file()]
-    names += sorted({p.name for g in COPIED_GLOBS for p in src.glob(g) if p.is_file()})
+    """Copy the tokenizer and other non-weight files mlx-lm reads; returns their names.
+
+    Only regular files are copied (a FIFO is never opened), contents only: the
+    copies get the permissions of any new file (the umask), as mlx_lm.convert's do.
+    """
+    names = [n for n in COPIED if not regular_file_problem(src / n)]
+    names += sorted({p.name for g in COPIED_GLOBS for p in src.glob(g)
+                     if not regular_file_problem(p)})
     for name in names:
-        shutil.copy2(src / name, dst / name)
+        shutil.copyfile(src / name, dst / name)
     return names
 
 
@@ -36,10 +43,16 @@ def target_problems(value: Any) -> List[str]:
     if not isinstance(value, str):
         return [f"task.path={value!r}: expected a directory path or null"]
     path = Path(value).expanduser().absolute()
-    if path.exists() or path.is_symlink():
+    if exists(path):
         return [f"task.path={path}: already exists; refusing to overwrite it"]
-    if path.parent.exists() and not path.parent.is_dir():
+    info, why = stat_path(path.parent)
+    if info is None and why != "does not exist":
+        return [f"task.path={path}: {path.parent} {why}"]
+    if info is not None and not stat.S_ISDIR(info.st_mode):
         return [f"task.path={path}: {path.parent} is not a directory"]
+    blocked = first_non_directory(path.parent)
+    if blocked is not None:
+        return [f"task.path={path}: {blocked} is not a directory"]
     return []
 
 
@@ -78,6 +91,9 @@ def execute(job: TaskInput) -> Metrics:
             copy_side_files(job.model_dir, tmp)
     except FileExistsError:
         raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it") from None
+    except OSError as e:  # read-only place, full disk: named by the target, never the temporary copy
+        raise TaskError(f"task.path={target}: cannot be written: {e.strerror or e} "
+                        "(nothing was left behind)") from e
     files = sorted(p.name for p in target.iterdir())
     described = describe_files(find_weight_files(target), "full")
     metrics = {
