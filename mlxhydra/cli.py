@@ -122,6 +122,9 @@ def run_hydra(args: List[str]) -> int:
     job = JobFunction(time.perf_counter())
     started = now()
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # A log file that cannot be written (a full disk) must not print logging's own traceback:
+    # the run's one-line error says what failed.
+    logging.raiseExceptions = full_error
 
     def record_if_no_job(error: Optional[BaseException]) -> None:
         if not job.called:

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..errors import TaskError
+from ..errors import TaskError, WeightsError
 from ..file_checks import exists, first_non_directory, regular_file_problem, stat_path
 from ..runs.atomic import atomic_directory
 from .common import Metrics, TaskInput
@@ -76,7 +76,9 @@ def execute(job: TaskInput) -> Metrics:
     """
     from mlx_lm.utils import save_config, save_model
 
-    from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
+    from ..load.weight_files import (
+        check_weight_files, combined_fingerprint, describe_files, find_weight_files,
+    )
 
     value = job.task.get("path")
     problems = target_problems(value)
@@ -89,10 +91,14 @@ def execute(job: TaskInput) -> Metrics:
             save_model(tmp, job.model)
             save_config(copy.deepcopy(config), tmp / "config.json")
             copy_side_files(job.model_dir, tmp)
+            check_weight_files(find_weight_files(tmp))  # whole files, before they are the target
     except FileExistsError:
         raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it") from None
-    except OSError as e:  # read-only place, full disk: named by the target, never the temporary copy
-        raise TaskError(f"task.path={target}: cannot be written: {e.strerror or e} "
+    except (OSError, RuntimeError, WeightsError) as e:
+        # A read-only place, a full disk (mlx: "[write] Unable to write N bytes"): named by
+        # the target, never by the temporary copy, which is removed.
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        raise TaskError(f"task.path={target}: cannot be written: {reason} "
                         "(nothing was left behind)") from e
     files = sorted(p.name for p in target.iterdir())
     described = describe_files(find_weight_files(target), "full")
