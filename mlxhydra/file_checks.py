@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 PathLike = Union[str, Path]
 
@@ -45,24 +45,21 @@ def kind(info: os.stat_result) -> str:
     return next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
 
 
-def regular_file_problem(path: PathLike) -> Optional[str]:
-    """Why ``path`` is not an existing regular file (``"is a directory"``...), or None."""
+def _not_a(path: PathLike, test: Callable[[int], bool], noun: str) -> Optional[str]:
     info, why = stat_path(path)
     if info is None:
         return why
-    if not stat.S_ISREG(info.st_mode):
-        return f"is {kind(info)}, not a regular file"
-    return None
+    return None if test(info.st_mode) else f"is {kind(info)}, not {noun}"
+
+
+def regular_file_problem(path: PathLike) -> Optional[str]:
+    """Why ``path`` is not an existing regular file (``"is a directory, not a regular file"``...), or None."""
+    return _not_a(path, stat.S_ISREG, "a regular file")
 
 
 def directory_problem(path: PathLike) -> Optional[str]:
     """Why ``path`` is not an existing directory, or None."""
-    info, why = stat_path(path)
-    if info is None:
-        return why
-    if not stat.S_ISDIR(info.st_mode):
-        return f"is {kind(info)}, not a directory"
-    return None
+    return _not_a(path, stat.S_ISDIR, "a directory")
 
 
 def exists(path: PathLike) -> bool:

@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 import pytest
 
 from conftest import EMBEDDED_TINY, ROOT, make_model, read_run, run_dirs
+from test_faults import wait_for_loading  # run.json says running and lists the weight files
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +52,6 @@ def start(args: List[str], cwd: Path, prefix: List[str] = (), **extra) -> subpro
                             text=True, preexec_fn=default_signals)
 
 
-def wait_for_weights(cwd: Path, proc: subprocess.Popen, timeout: float = 180) -> Path:
-    """The run directory once run.json lists the weight files (the load is under way)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for run_dir in run_dirs(cwd):
-            try:
-                if "weight_files" in read_run(run_dir):
-                    return run_dir
-            except (OSError, ValueError):
-                pass
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("run.json never listed the weight files")
-
-
 def assert_clean(stderr: str) -> None:
     for never in NEVER:
         assert never not in stderr, stderr
@@ -78,7 +64,7 @@ def assert_clean(stderr: str) -> None:
 def test_a_signal_during_a_long_mlx_call_is_answered_at_once(tmp_path, signum, code):
     proc = start([SLOW], tmp_path)
     try:
-        run_dir = wait_for_weights(tmp_path, proc)
+        run_dir = wait_for_loading(tmp_path, proc)
         time.sleep(1.0)  # inside the one long mx.eval (it would run for hours)
         sent = time.monotonic()
         proc.send_signal(signum)
@@ -102,7 +88,7 @@ def test_sigkill_soon_after_sigterm_finds_the_record_written(tmp_path):
     """A cluster's SIGTERM, then SIGKILL after a grace period: never a record left running."""
     proc = start([SLOW], tmp_path)
     try:
-        run_dir = wait_for_weights(tmp_path, proc)
+        run_dir = wait_for_loading(tmp_path, proc)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 5
@@ -120,7 +106,7 @@ def test_sigkill_soon_after_sigterm_finds_the_record_written(tmp_path):
 def test_an_interrupted_sweep_writes_its_summary(tmp_path):
     proc = start(["-m", "seed=0,1,2", SLOW], tmp_path)
     try:
-        wait_for_weights(tmp_path, proc)
+        wait_for_loading(tmp_path, proc)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
@@ -239,20 +225,25 @@ def test_save_onto_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, tin
     assert read_run(run_dir)["status"] == "failed" and read_run(run_dir)["error"] == line
 
 
-def test_a_full_disk_while_the_run_records_says_so(tmp_path, small_disk):
-    """The disk fills during the load: the run fails and its message says run.json could not be updated."""
-    model = make_model(tmp_path / "m")
-    gate = tmp_path / "go"
-    proc = start([f"model={model}", SLOW], small_disk, SLOW_MODEL_MATMULS="0",
-                 SLOW_MODEL_GATE=str(gate))
+def run_gated(model: Path, cwd: Path, gate: Path, meanwhile: Callable[[], None]):
+    """Run ``model`` with the slow model's gate closed; once the weights are being read,
+    do ``meanwhile()``, open the gate and let the run end. Returns (run_dir, process, stderr)."""
+    proc = start([f"model={model}", SLOW], cwd, SLOW_MODEL_MATMULS="0", SLOW_MODEL_GATE=str(gate))
     try:
-        run_dir = wait_for_weights(small_disk, proc)
-        fill(small_disk)
+        run_dir = wait_for_loading(cwd, proc)  # fingerprinted, now being read
+        meanwhile()
         gate.touch()
         _, stderr = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return run_dir, proc, stderr
+
+
+def test_a_full_disk_while_the_run_records_says_so(tmp_path, small_disk):
+    """The disk fills during the load: the run fails and its message says run.json could not be updated."""
+    run_dir, proc, stderr = run_gated(make_model(tmp_path / "m"), small_disk, tmp_path / "go",
+                                      lambda: fill(small_disk))
     assert proc.returncode == 1, stderr
     assert_clean(stderr)
     line = stderr.strip().splitlines()[-1]
@@ -267,16 +258,8 @@ def test_a_full_disk_while_the_run_records_says_so(tmp_path, small_disk):
 def test_a_weight_file_replaced_during_the_run_never_gives_a_completed_record(tmp_path):
     model = make_model(tmp_path / "m")
     replacement = make_model(tmp_path / "other", seed=1) / "model.safetensors"
-    gate = tmp_path / "go"
-    proc = start([f"model={model}", SLOW], tmp_path, SLOW_MODEL_MATMULS="0", SLOW_MODEL_GATE=str(gate))
-    try:
-        run_dir = wait_for_weights(tmp_path, proc)  # fingerprinted, now being read
-        os.replace(replacement, model / "model.safetensors")
-        gate.touch()
-        _, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    run_dir, proc, stderr = run_gated(model, tmp_path, tmp_path / "go",
+                                      lambda: os.replace(replacement, model / "model.safetensors"))
     assert proc.returncode == 1, stderr
     assert_clean(stderr)
     record = read_run(run_dir)

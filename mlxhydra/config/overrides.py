@@ -119,27 +119,28 @@ def overrides_of_argv(args: Sequence[str]) -> List[str]:
         return [a for a in args if not a.startswith("-")]
 
 
+def _parsed_or_none(args: Sequence[str]):
+    try:
+        return _parse_argv(args)
+    except SystemExit:  # a usage error: argparse has already said so
+        return None
+
+
 def wants_single_job(args: Sequence[str]) -> bool:
     """True when a command line asks for one job (not --help, --cfg, -m...)."""
-    try:
-        parsed = _parse_argv(args)
-    except SystemExit:
-        return False
-    if parsed.multirun:
+    parsed = _parsed_or_none(args)
+    if parsed is None or parsed.multirun:
         return False
     return not any(getattr(parsed, flag, None) for flag in _NO_JOB_FLAGS)
 
 
 def wants_multirun(args: Sequence[str]) -> bool:
     """True when a command line asks for a multirun (``-m`` or ``hydra.mode=MULTIRUN``)."""
-    try:
-        parsed = _parse_argv(args)
-    except SystemExit:
+    parsed = _parsed_or_none(args)
+    if parsed is None:
         return False
-    if parsed.multirun:
-        return True
     mode = override_value(list(parsed.overrides), "hydra.mode")
-    return isinstance(mode, str) and mode.upper() == "MULTIRUN"
+    return bool(parsed.multirun) or (isinstance(mode, str) and mode.upper() == "MULTIRUN")
 
 
 def quote_model_paths(args: Sequence[str]) -> List[str]:

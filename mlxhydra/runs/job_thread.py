@@ -19,7 +19,7 @@ import queue
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import Interrupted, raise_interrupted
 
@@ -95,25 +95,29 @@ def abandoned() -> bool:
 
 
 @contextmanager
-def interruption_handlers() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, as Ctrl-C does.
+def _handlers(signums: Tuple[int, ...], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for each of ``signums`` not ignored, the previous handlers restored after.
 
     A signal ignored when the command started stays ignored (``nohup`` ignores
     SIGHUP on purpose). Elsewhere than on the main thread this does nothing.
     """
-    if not on_main_thread():
-        yield
-        return
     previous = {}
-    for signum in HANDLED:
-        current = signal.getsignal(signum)
-        if current is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, raise_interrupted)
+    if on_main_thread():
+        for signum in signums:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextmanager
+def interruption_handlers() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, as Ctrl-C does."""
+    with _handlers(HANDLED, raise_interrupted):
+        yield
 
 
 @contextmanager
@@ -121,25 +125,11 @@ def signals_held() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP while a record is written; raise the first one after.
 
     A second signal during the write of ``interrupted`` must not leave the
-    record half-updated. Elsewhere than on the main thread this does nothing.
+    record half-updated.
     """
-    if not on_main_thread():
-        yield
-        return
     pending: List[int] = []
-
-    def remember(signum: int, _frame: object) -> None:
-        pending.append(signum)
-
-    previous = {}
-    for signum in (signal.SIGINT, *HANDLED):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, remember)
-    try:
+    with _handlers((signal.SIGINT, *HANDLED), lambda signum, _frame: pending.append(signum)):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     if pending:
         if pending[0] == signal.SIGINT:
             raise KeyboardInterrupt
