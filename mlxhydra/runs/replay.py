@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -29,9 +30,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config.overrides import parse_overrides
-from ..errors import RunDirError, one_line_message
+from ..errors import Interrupted, RunDirError, one_line_message
 from ..file_checks import directory_problem, regular_file_problem
 from .diff import ABSENT, NEEDED, differences, load_run, table
+from .job_thread import interruption_handlers
 from .record import same
 from .run_dir import RunDir, check_run_dir
 
@@ -210,6 +212,26 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
     return rows
 
 
+INTERRUPTED_EXITS = {128 + s: signal.Signals(s).name for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+
+def _run_forwarding_signals(command: List[str], cwd: Path, stdout: Optional[int]) -> int:
+    """Run the replay; a SIGINT, SIGTERM or SIGHUP of replay is passed on to it.
+
+    The replayed command then records ``interrupted`` and exits 128 + the signal
+    number, which is returned (never a SIGKILL that would leave its record running).
+    """
+    with subprocess.Popen(command, cwd=cwd, stdout=stdout) as proc:
+        while True:
+            try:
+                with interruption_handlers():
+                    return proc.wait()
+            except (KeyboardInterrupt, Interrupted) as e:
+                signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+
 def main(argv: Sequence[str]) -> int:
     """``mlxhydra replay RUN_DIR``; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -245,11 +267,10 @@ def main(argv: Sequence[str]) -> int:
         stdout = sys.stderr.fileno()  # keep stdout for the table
     except (AttributeError, OSError, ValueError):
         stdout = None
-    try:
-        rc = subprocess.run(command, cwd=cwd, stdout=stdout).returncode
-    except KeyboardInterrupt:
-        sys.stderr.write("mlxhydra: replay interrupted\n")
-        return 130
+    rc = _run_forwarding_signals(command, cwd, stdout)
+    if rc in INTERRUPTED_EXITS:
+        sys.stderr.write(f"mlxhydra: replay interrupted ({INTERRUPTED_EXITS[rc]})\n")
+        return rc
     replayed = RunDir(out_dir)
     if regular_file_problem(replayed.overrides):
         sys.stderr.write(f"mlxhydra: replay failed (exit {rc}) before creating its run directory\n")

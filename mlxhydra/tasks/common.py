@@ -135,6 +135,9 @@ def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str
     """
     if value is None:
         candidates = [Path(model_dir) / default_name, embedded_models_dir() / "tiny" / default_name]
+        own = candidates[0]
+        if exists(own) and regular_file_problem(own):  # never fall back past a FIFO, a dangling link...
+            raise TaskError(f"{key}=null: {own} {regular_file_problem(own)}")
         found = next((c for c in candidates if not regular_file_problem(c)), None)
         if found is None:
             raise TaskError(

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import TaskError
+from ..file_checks import first_non_directory
 from ..runs.atomic import atomic_directory
 from .common import (
     Metrics,
@@ -55,6 +56,10 @@ def check(task: Dict[str, Any]) -> List[str]:
     cache_dir = task.get("cache_dir")
     if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
         c.fail("cache_dir", "a directory path or null")
+    elif cache_dir is not None:
+        blocked = first_non_directory(Path(cache_dir).expanduser())
+        if blocked is not None:
+            c.problems.append(f"task.cache_dir={cache_dir}: {blocked} is not a directory")
     return c.problems + reference_problems(task.get("reference"))
 
 

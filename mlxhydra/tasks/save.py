@@ -45,6 +45,9 @@ def target_problems(value: Any) -> List[str]:
     path = Path(value).expanduser().absolute()
     if exists(path):
         return [f"task.path={path}: already exists; refusing to overwrite it"]
+    why = stat_path(path)[1]
+    if why.startswith("has a name too long"):
+        return [f"task.path={path} {why}"]
     info, why = stat_path(path.parent)
     if info is None and why != "does not exist":
         return [f"task.path={path}: {path.parent} {why}"]
