@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 from omegaconf import DictConfig
 
@@ -178,25 +178,30 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
     times: Dict[str, float] = {}
     if compose_seconds is not None:
         times["compose"] = compose_seconds
-    record = RecordWriter(
-        run_dir.record,
-        run_dir=str(run_dir.path),
-        **_hydra_fields(hc),
-        model_dir=_recordable(cfg, "model_dir", str),
-        seed=_recordable(cfg, "seed", (int, str, float, bool)),
-        versions=environment.versions(),
-        platform=environment.platform_info(),
-        git=environment.git_state(Path(hc.runtime.cwd)),
-        times=times,
-    )
+    fields: Dict[str, Any] = {}
+    record: Optional[RecordWriter] = None
+
+    def open_record() -> RecordWriter:
+        return RecordWriter(run_dir.record, run_dir=str(run_dir.path), times=times, **fields)
+
     with interruption_handlers():
         try:
+            fields.update(
+                **_hydra_fields(hc),
+                model_dir=_recordable(cfg, "model_dir", str),
+                seed=_recordable(cfg, "seed", (int, str, float, bool)),
+                versions=environment.versions(),
+                platform=environment.platform_info(),
+                git=environment.git_state(Path(hc.runtime.cwd)),
+            )
+            with signals_held():  # a signal now is answered once the record exists
+                record = open_record()
             metrics = run_in_job_thread(lambda: _prepare_and_run(cfg, run_dir, record, times))
             run_dir.write_metrics(metrics)
         except (KeyboardInterrupt, Interrupted) as e:
             message = interruption_message(e)
             with signals_held():
-                unrecorded = _finish(record, "interrupted", error=message)
+                unrecorded = _finish(record or open_record, "interrupted", error=message)
             if unrecorded:
                 log.error("%s; %s", message, unrecorded)
             raise
@@ -204,10 +209,14 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
             error = _user_error(e)
             message = one_line_message(error)
             with signals_held():
-                unrecorded = _finish(record, "failed", error=message, error_type=type(error).__name__)
+                unrecorded = _finish(record or open_record, "failed", error=message,
+                                     error_type=type(error).__name__)
+            if unrecorded:  # the message says that run.json could not be updated
+                message = (f"{message} (it may still say running)" if isinstance(error, RecordWriteError)
+                           else f"{message}; {unrecorded}")
             log.error("run failed: %s", message)
             if unrecorded:
-                raise FileSystemError(f"{message}; {unrecorded}") from e
+                raise FileSystemError(message) from e
             if error is not e:
                 raise error from e
             raise
@@ -234,9 +243,15 @@ def _user_error(error: BaseException) -> BaseException:
     return error
 
 
-def _finish(record: RecordWriter, status: str, **fields: Any) -> str:
-    """Write the final status; '' when written, else what the message must say about run.json."""
+def _finish(record: Union[RecordWriter, Callable[[], RecordWriter]], status: str, **fields: Any) -> str:
+    """Write the final status; '' when written, else what the message must say about run.json.
+
+    Args:
+        record: The job's record, or what opens it when the job stopped before it existed.
+    """
     try:
+        if not isinstance(record, RecordWriter):
+            record = record()
         record.finish(status, **fields, **environment.resources())
     except RecordWriteError as e:
         return f"{e} (it may still say running)"
