@@ -227,7 +227,7 @@ def _replay_of_a_tampered_record(c: Ctx) -> None:
     [run] = run_dirs(c["cwd"])
     c["tampered"] = run
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
-    overrides += [f"+hydra.callbacks.evil._target_=os.mkdir",
+    overrides += ["+hydra.callbacks.evil._target_=os.mkdir",
                   f"+hydra.callbacks.evil.path={c['callback_marker']}",
                   f"+model.note=${{oc.env:{SECRET_VAR}}}", "load.trust_remote_code=true"]
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -453,7 +453,7 @@ def test_hostile_input(row_id, results):
 
 def test_the_markers_work(ctx, tmp_path):
     """The code the rows keep from running does run when asked to: the markers can tell."""
-    result = run_cli(f"+hydra.callbacks.evil._target_=os.mkdir", f"+hydra.callbacks.evil.path={tmp_path / 'M'}",
+    result = run_cli("+hydra.callbacks.evil._target_=os.mkdir", f"+hydra.callbacks.evil.path={tmp_path / 'M'}",
                      cwd=tmp_path)
     assert (tmp_path / "M").is_dir(), result.stderr
     result = run_cli(f"model={ctx['remote']}", "load.trust_remote_code=true", cwd=tmp_path)

@@ -11,7 +11,6 @@
   of a saved model.
 """
 
-import json
 import os
 import shutil
 import signal
