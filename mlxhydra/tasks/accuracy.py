@@ -59,7 +59,7 @@ def execute(job: TaskInput) -> Metrics:
         raise TaskError(f"task.data: {path} holds no JSON lines")
     if limit > 0:
         rows = rows[:limit]
-    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     sampler = make_sampler(0.0)
     start = time.perf_counter()
     correct = 0

@@ -1,4 +1,4 @@
-"""What the tasks share: their input, settings checks, data files, token chunks, progress (the tokenizer: tokenizer.py)."""
+"""What the tasks share: their input, settings checks, tokenizer, data files, token chunks, progress."""
 
 import hashlib
 import json
@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 from ..config.model_source import embedded_models_dir
 from ..errors import TaskError
 from ..file_checks import exists, regular_file_problem
-from .tokenizer import load_tokenizer, tokenizer_problems  # noqa: F401  (the tasks import them here)
+from .tokenizer_files import tokenizer_problems
 
 log = logging.getLogger("mlxhydra")
 
@@ -38,6 +38,50 @@ class TaskInput:
     def trust_remote_code(self) -> bool:
         """This command's consent to run the model directory's code (never a record's)."""
         return self.load.get("trust_remote_code") is True
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "spiece.model", "tiktoken.model")
+
+
+def load_tokenizer(model_dir: Path, config: Optional[dict] = None, *,
+                   trust_remote_code: bool = False):
+    """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
+
+    Args:
+        model_dir: The model directory.
+        config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
+        trust_remote_code: This command's ``load.trust_remote_code``, handed to
+            transformers (which never asks again, and never runs code without it).
+
+    Returns:
+        mlx-lm's ``TokenizerWrapper``.
+
+    Raises:
+        TaskError: the directory has no tokenizer, or it cannot be read.
+    """
+    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+    model_dir = Path(model_dir)
+    if all(regular_file_problem(model_dir / f) for f in TOKENIZER_FILES) and not list(
+        model_dir.glob("*.tiktoken")
+    ):
+        raise TaskError(
+            f"{model_dir}: no tokenizer (expected tokenizer.json or tokenizer_config.json "
+            "next to config.json); this task needs one"
+        )
+    problems = tokenizer_problems(model_dir, trust_remote_code)
+    if problems:
+        raise TaskError("; ".join(problems))
+    eos = (config or {}).get("eos_token_id")
+    try:
+        return mlx_load_tokenizer(model_dir, {"trust_remote_code": bool(trust_remote_code)},
+                                  eos_token_ids=eos)
+    except Exception as e:  # transformers raises many kinds
+        detail = " ".join(str(e).split())[:300]
+        raise TaskError(
+            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {detail}"
+        ) from e
 
 
 def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str) -> Path:

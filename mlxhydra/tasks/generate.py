@@ -134,7 +134,7 @@ def execute(job: TaskInput) -> Metrics:
     import mlx.core as mx
 
     task = job.task
-    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     prompt = make_prompt(tokenizer, task)
     sampler, processors = make_sampler_from(task)
     mx.random.seed(job.seed)

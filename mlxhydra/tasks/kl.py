@@ -180,7 +180,7 @@ def execute(job: TaskInput) -> Metrics:
     task = job.task
     batch_size = task["batch_size"]
     dtype = task.get("cache_dtype") or "float32"
-    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(task, tokenizer, job.model_dir)
     ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
     check_fingerprint(ref)

@@ -93,7 +93,7 @@ def execute(job: TaskInput) -> Metrics:
         Metrics: perplexity, perplexity_stderr, tokens_evaluated, samples,
         sequence_length, tokens_per_second, seconds, peak_memory_gb, data, data_sha256.
     """
-    tokenizer = load_tokenizer(job.model_dir, job.model_config, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(job.task, tokenizer, job.model_dir)
     out = compute_perplexity(job.model, tokens, job.task["batch_size"])
     out.update(
