@@ -10,7 +10,7 @@ is declared in one place, its YAML with its default:
 - ``load.<key>``: ``conf/load/default.yaml`` (or any other ``conf/load/*.yaml``);
 - ``quant.<key>``: ``conf/quant/none.yaml`` (or any other ``conf/quant/*.yaml``).
 
-Import-light (omegaconf and the standard library): the loader uses it too.
+Import-light (PyYAML and the standard library): the loader uses it too.
 """
 
 import functools
@@ -23,16 +23,20 @@ CHECKED_GROUPS = ("task", "load", "quant")
 
 @functools.lru_cache(maxsize=None)
 def shipped_options(group: str) -> Dict[str, Dict[str, Any]]:
-    """``{option: its YAML as plain data}`` for every YAML file of a shipped config group."""
-    from omegaconf import OmegaConf
+    """``{option: its YAML as plain data}`` for every YAML file of a shipped config group.
 
+    Read with PyYAML's safe loader (a third of OmegaConf's time; only the keys matter here).
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     folder = resources.files(CONFIG_PACKAGE) / group
     options: Dict[str, Dict[str, Any]] = {}
     if not folder.is_dir():
         return options
     for entry in folder.iterdir():
         if entry.name.endswith(".yaml") and entry.is_file():
-            content = OmegaConf.to_container(OmegaConf.create(entry.read_text()), resolve=False)
+            content = yaml.load(entry.read_text(), Loader=loader)
             options[entry.name[: -len(".yaml")]] = content if isinstance(content, dict) else {}
     return options
 
