@@ -20,7 +20,7 @@ from ..config.composition import changed_keys, removed_keys, to_plain
 from ..config.model_source import read_config_json
 from ..config.validation import Settings, validate
 from ..errors import (
-    FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
+    ConfigError, FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
     interruption_message, one_line_message,
 )
 from . import environment
@@ -89,8 +89,6 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     architecture.check_types(config, args_cls, list(config), user_keys, model_dir / "config.json")
     problems = task_file_problems(settings.task, model_dir, trust)
     if problems:
-        from ..errors import ConfigError
-
         raise ConfigError(problems)
     ignored = [k for k in architecture.ignored_keys(config, args_cls) if k in user_keys]
     if ignored:
