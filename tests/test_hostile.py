@@ -220,6 +220,16 @@ def _sweep_jobs_fail_alone(c: Ctx, result) -> None:
     assert (sweep / "summary.csv").read_text().count("failed") == 2
 
 
+def _uncomposable_job_fails_alone(c: Ctx, result) -> None:
+    [sweep] = (c["cwd"] / "outputs" / "multirun").glob("*/*")
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0]))
+    assert [j.name for j in jobs] == ["0_quant=nosuch", "1_quant=none"]
+    failed, completed = (read_run(j) for j in jobs)
+    assert completed["status"] == "completed" and failed["status"] == "failed"
+    assert 'Could not find "quant/nosuch"' in failed["error"] and "\n" not in failed["error"]
+    assert "weight_files" not in failed
+
+
 def _replay_of_a_tampered_record(c: Ctx) -> None:
     """A real run whose recorded overrides ask for a callback, an interpolation and consent."""
     result = run_cli("task=load", cwd=c["cwd"])
@@ -393,6 +403,8 @@ ROWS = [
     Row("sweep_with_bad_model_directories",
         lambda c: ["-m", f"model={c['good']},{c['root']}/gone,{c['deep_config']},{c['good']}"],
         lambda c: ["2 of 4 jobs failed"], record="own", check=_sweep_jobs_fail_alone),
+    Row("sweep_with_a_job_that_cannot_be_composed", lambda c: ["-m", "quant=nosuch,none"],
+        lambda c: ["1 of 2 jobs failed"], record="own", check=_uncomposable_job_fails_alone),
 ]
 BY_ID = {r.id: r for r in ROWS}
 

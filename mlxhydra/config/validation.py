@@ -94,6 +94,9 @@ def validate(cfg: DictConfig) -> Settings:
 
     model_error = plain(ERROR_KEY)
     model_dir = plain("model_dir")
+    job_error = plain("job_error")
+    if job_error:  # a sweep's job that could not be composed (runs/job_sweeper.py)
+        problems.append(str(job_error))
     if model_error:  # a sweep's job whose model directory could not be read (model_source)
         problems.append(str(model_error))
     else:

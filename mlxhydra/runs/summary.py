@@ -57,7 +57,8 @@ def _sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Optio
                 e, RunDirError) else e
         log.debug("cannot read the sweep plan in %s: %s", sweep.plan, e)
         return [], None
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    # Hydra's basic sweeper or mlxhydra's (runs/job_sweeper.py): the same plan of jobs.
+    if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "JobByJobSweeper")):
         return keys, None
     try:
         parsed = OverridesParser.create().parse_overrides(texts)
