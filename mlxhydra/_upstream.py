@@ -11,12 +11,15 @@ mlx-lm.
 """
 
 from importlib import import_module, metadata
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import UpstreamError
 
-SUPPORTED = {"mlx-lm": ">=0.32.2,<0.33", "hydra-core": ">=1.3.2,<1.4"}
+SUPPORTED = {"mlx-lm": ">=0.32.2,<0.33", "hydra-core": ">=1.3.2,<1.4",
+             "hydra-optuna-sweeper": ">=1.2,<1.4"}
 
+# Packages of optional extras ([search]): their names are checked only when installed.
+OPTIONAL = ("hydra-optuna-sweeper",)
 # name used here -> (package, module, attribute path in that module)
 NAMES: Dict[str, Tuple[str, str, str]] = {
     # mlx-lm: architecture lookup and the remapping of model_type names.
@@ -27,6 +30,8 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     "takes_global_scale": ("mlx-lm", "mlx_lm.utils", "_takes_global_scale"),
     "transform_awq_weights": ("mlx-lm", "mlx_lm.utils", "_transform_awq_weights"),
     "compressed_tensors_quantization": ("mlx-lm", "mlx_lm.utils", "_compressed_tensors_quantization"),
+    # mlx-lm: how mlx_lm.load turns a Hugging Face repo id into a local snapshot (its allow patterns).
+    "download_model": ("mlx-lm", "mlx_lm.utils", "_download"),
     # Hydra: the command-line parser of @hydra.main (to read argv as Hydra will).
     "hydra_args_parser": ("hydra-core", "hydra._internal.utils", "get_args_parser"),
     # Hydra: how the basic sweeper expands sweep overrides into jobs.
@@ -36,6 +41,9 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     "BasicSweeper": ("hydra-core", "hydra._internal.core_plugins.basic_sweeper", "BasicSweeper"),
     # Hydra: the config loader whose group listing --help repeats (config/help_cache.py).
     "ConfigLoaderImpl": ("hydra-core", "hydra._internal.config_loader_impl", "ConfigLoaderImpl"),
+    # hydra-optuna-sweeper: a search's Optuna distributions from its overrides (runs/resume_search.py).
+    "optuna_params_from_overrides": ("hydra-optuna-sweeper", "hydra_plugins.hydra_optuna_sweeper._impl",
+                                     "create_params_from_overrides"),
 }
 
 
@@ -77,6 +85,8 @@ def missing() -> List[str]:
     """The message for every upstream name that cannot be imported (empty when all can)."""
     problems = []
     for name in NAMES:
+        if NAMES[name][0] in OPTIONAL and _version(NAMES[name][0]) == "not installed":
+            continue  # an extra that is not installed: nothing to check
         try:
             load(name)
         except UpstreamError as e:
@@ -95,3 +105,69 @@ def clear_eos_tokens(tokenizer: Any) -> None:
             f"mlxhydra supports mlx-lm{SUPPORTED['mlx-lm']}"
         )
     tokenizer._eos_token_ids = set()
+
+
+_IN_MEMORY_MLXLM: Any = None
+
+
+def in_memory_mlxlm(model: Any, tokenizer: Any, max_tokens: Optional[int] = None,
+                    batch_size: int = 8, use_chat_template: Optional[bool] = None,
+                    sampler: Optional[Callable] = None,
+                    chat_template_args: Optional[Dict[str, Any]] = None,
+                    model_info: Optional[Dict[str, Any]] = None) -> Any:
+    """mlx-lm's lm-evaluation-harness model (``mlx_lm.evaluate.MLXLM``) around a model in memory.
+
+    ``MLXLM.__init__`` takes a path and loads the model itself; task=lm_eval
+    must score the model mlxhydra has built (quantized, patched, with
+    adapters), so this subclass skips that constructor and sets the private
+    attributes it would have set (``_model``, ``_max_tokens``,
+    ``_batch_size``, ``_sampler``). Everything else — log-likelihoods,
+    batched greedy generation, the chat template — is mlx-lm's own code.
+    Importing it imports lm-eval (mlx_lm.evaluate does).
+
+    Args:
+        model: The mlx-lm model.
+        tokenizer: mlx-lm's ``TokenizerWrapper`` for it.
+        max_tokens: Cap on generated tokens; None: each task's own ``max_gen_toks``.
+        batch_size: Sequences scored or generated at once.
+        use_chat_template: None: the tokenizer's chat template when it has one
+            (``mlx_lm.evaluate``'s rule).
+        sampler: None: greedy, as ``mlx_lm.evaluate``'s default sampler.
+        chat_template_args: Extra arguments for ``apply_chat_template``
+            (``mlx_lm.evaluate --chat-template-args``), per instance.
+        model_info: What lm-eval's results JSON records under ``config``.
+    """
+    global _IN_MEMORY_MLXLM
+    if _IN_MEMORY_MLXLM is None:
+        _IN_MEMORY_MLXLM = _define_in_memory_mlxlm()
+    return _IN_MEMORY_MLXLM(model, tokenizer, max_tokens, batch_size, use_chat_template,
+                            sampler, chat_template_args, model_info)
+
+
+def _define_in_memory_mlxlm() -> Any:
+    from types import MethodType
+
+    from lm_eval.api.model import LM
+    from mlx_lm.evaluate import MLXLM, chat_template_fn
+
+    class InMemoryMLXLM(MLXLM):
+        def __init__(self, model, tokenizer, max_tokens, batch_size, use_chat_template,
+                     sampler, chat_template_args, model_info) -> None:
+            LM.__init__(self)  # not MLXLM.__init__, which loads a model from a path
+            self._model = model
+            self.tokenizer = tokenizer
+            self._max_tokens = max_tokens
+            self._batch_size = batch_size
+            self.use_chat_template = (tokenizer.chat_template is not None
+                                      if use_chat_template is None else use_chat_template)
+            self._sampler = sampler
+            if chat_template_args:
+                # mlx_lm.evaluate sets this on the class for the whole process; per instance here.
+                self.apply_chat_template = MethodType(chat_template_fn(**chat_template_args), self)
+            self._model_info = dict(model_info or {})
+
+        def get_model_info(self) -> Dict[str, Any]:
+            """Merged into the ``config`` entry of lm-eval's results by ``simple_evaluate``."""
+            return dict(self._model_info)
+
+    return InMemoryMLXLM

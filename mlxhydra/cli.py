@@ -1,7 +1,8 @@
 """The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
-``mlxhydra replay|diff|summarize ARGS`` run a subcommand; anything else is
-Hydra's command line: ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
+``mlxhydra replay|diff|summarize|runs|resume|launch ARGS`` run a subcommand;
+``--version`` prints versions; anything else is Hydra's command line:
+``mlxhydra model=./llama quant.bits=4 [-m] ...``.
 """
 
 import importlib
@@ -10,6 +11,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
@@ -19,7 +21,14 @@ SUBCOMMANDS: Dict[str, str] = {
     "replay": "mlxhydra.runs.replay:main",
     "diff": "mlxhydra.runs.diff:main",
     "summarize": "mlxhydra.runs.summary:summarize_main",
+    "runs": "mlxhydra.runs.runs_table:main",
+    "resume": "mlxhydra.runs.resume:main",
+    "launch": "mlxhydra.runs.launch:main",
 }
+# Shown by --version beside the required dependencies.
+OPTIONAL_PACKAGES = ("hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-ray-launcher",
+                     "hydra-optuna-sweeper", "optuna", "mlflow-skinny", "mlflow", "tensorboardX",
+                     "tensorboard", "matplotlib")
 
 
 def run_subcommand(argv: Sequence[str]) -> int:
@@ -39,13 +48,18 @@ class JobFunction:
 
     def __call__(self, cfg: DictConfig) -> Optional[float]:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
+        from .runs.latest import mark_latest
         from .runs.sweep_policy import run_swept_job
 
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.RUN:
+            mark_latest(Path(hc.runtime.output_dir), "run", Path(hc.runtime.cwd))
         compose = None
         # The first job of this process (a launcher's worker has its own clock)
         # is timed from the command's start: Hydra composed it meanwhile.
-        if not self.called and self.pid == os.getpid() and HydraConfig.get().job.get("num") in (None, 0):
+        if not self.called and self.pid == os.getpid() and hc.job.get("num") in (None, 0):
             compose = time.perf_counter() - self.started_at
         self.called = True
         return run_swept_job(cfg, compose)
@@ -109,14 +123,17 @@ def run_hydra(args: List[str]) -> int:
     from .config.overrides import (
         check_override_syntax, override_value, overrides_of_argv, quote_model_paths, wants_multirun,
     )
+    from .config.plugin_extras import missing_extras
     from .config.resolvers import register_resolvers
     from .errors import (
-        Interrupted, ModelDirError, OverrideSyntaxError, RefusedBeforeRun, SweepFailed,
-        SweepStopped, exit_code, interruption_message, one_line_message,
+        ConfigError, Interrupted, MlxhydraError, ModelDirError, OverrideSyntaxError, RefusedBeforeRun,
+        SweepFailed, SweepStopped, exit_code, interruption_message, one_line_message,
     )
+    from .runs import ranks
     from .runs.early_failure import record_early_failure
     from .runs.environment import now
     from .runs.job_thread import interruption_handlers
+    from .runs.latest import mark_latest
     from .runs.sweep_policy import summarize_interrupted_sweep
 
     job = JobFunction(time.perf_counter())
@@ -127,8 +144,14 @@ def run_hydra(args: List[str]) -> int:
     logging.raiseExceptions = full_error
 
     def record_if_no_job(error: Optional[BaseException]) -> None:
-        if not job.called:
-            record_early_failure(error, args, started)
+        if job.called:
+            return
+        if ranks.world().leads:
+            run_dir = record_early_failure(error, args, started)
+            if run_dir is not None:
+                mark_latest(run_dir, "run")
+        elif error is not None:  # another rank of a distributed run: rank 0 records its cause
+            ranks.report_failure(error)
 
     register_resolvers()
     install_for(args)  # --help: the same text; Hydra's group listings computed once
@@ -139,9 +162,12 @@ def run_hydra(args: List[str]) -> int:
         # Hydra looks a model= path up in its own config tree first, where a name too long
         # for the file system fails with the package's path in the message: say it here.
         check_model_path(override_value(overrides_of_argv(args), "model"))
-    except (OverrideSyntaxError, ModelDirError) as e:
+        missing = missing_extras(overrides_of_argv(args))
+        if missing:
+            raise ConfigError(missing)
+    except (OverrideSyntaxError, ModelDirError, ConfigError) as e:
         record_if_no_job(e)
-        sys.stderr.write(f"{e}\n")
+        sys.stderr.write(f"mlxhydra: {e}\n" if isinstance(e, ConfigError) else f"{e}\n")
         return 1
     # A sweep composes every job before running any: a bad model= of one job is that job's
     # failure (config/model_source.py), not the sweep's. Launchers' workers inherit it.
@@ -149,6 +175,18 @@ def run_hydra(args: List[str]) -> int:
         os.environ[DEFER_ERRORS_ENV] = "1"
     else:
         os.environ.pop(DEFER_ERRORS_ENV, None)
+    try:
+        world = ranks.join()  # launched by mlx.launch: every rank joins here
+    except MlxhydraError as e:
+        sys.stderr.write(f"mlxhydra: {e}\n")
+        return 1
+    refusal = ranks.multirun_refusal(args)
+    if refusal is not None:
+        record_if_no_job(ConfigError(refusal))
+        sys.stderr.write(f"mlxhydra: {refusal}\n")
+        return 1
+    if not world.leads:
+        sys.argv[1:] = args + ranks.FOLLOWER_OVERRIDES
     main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config", version_base="1.3")(job)
     # Signals while composing are recorded as during the job.
     with interruption_handlers(), errors_reported_here(not full_error):
@@ -186,10 +224,48 @@ def run_hydra(args: List[str]) -> int:
     return 0
 
 
+def print_version() -> None:
+    """``--version``: mlxhydra's version, its dependencies' and the optional plugins'."""
+    from importlib import metadata
+
+    from .runs.environment import versions
+
+    found = versions()
+    print(f"mlxhydra {found.pop('mlxhydra', None)}")
+    for name, version in found.items():
+        print(f"  {name} {version}")
+    for name in OPTIONAL_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"  {name} {version}")
+
+
+def complete_subcommands(args: Sequence[str]) -> None:
+    """Shell completion (``-sc query=bash``): offer the subcommands for the first word.
+
+    Hydra completes overrides and then prints its own candidates; these come
+    first. ``eval "$(mlxhydra -sc install=bash)"`` installs the completion.
+    """
+    if not any(a.startswith("query=") for a in args):
+        return
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    while words and not words[0].endswith("mlxhydra"):  # "python -m mlxhydra ..."
+        words.pop(0)
+    if len(words) == 2:  # completing the first word after the program
+        matches = [name for name in SUBCOMMANDS if name.startswith(words[1])]
+        if matches:
+            sys.stdout.write(" ".join(matches) + " ")
+            sys.stdout.flush()
+
+
 def main() -> None:
     """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
     from .runs.atomic import remove_unfinished
     from .runs.job_thread import abandoned
+    from .runs.latest import shown, started
+    from .runs.launch import exit_status_kept
 
     try:
         cwd = os.getcwd()
@@ -200,17 +276,32 @@ def main() -> None:
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         sys.exit(run_subcommand(args))
+    if args and args[0] in ("--version", "-V"):
+        print_version()
+        sys.exit(0)
+    if "-sc" in args or "--shell-completion" in args:
+        complete_subcommands(args)
     if "${" in cwd:  # Hydra writes it into its config unescaped: it would be interpolated
         sys.stderr.write(f"mlxhydra: the working directory {cwd} contains '${{', which Hydra "
                          "reads as an interpolation: run from a directory without it\n")
         sys.exit(1)
-    code = run_hydra(args)
-    if abandoned():
-        # A signal stopped the wait for a job still inside a long MLX call: its record says
-        # interrupted; end now rather than wait for the call (or let it write anything more).
-        remove_unfinished()
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    try:
+        with exit_status_kept():  # for `mlxhydra launch`, which runs this on every rank
+            try:
+                code = run_hydra(args)
+            finally:  # every run ends by saying where it is, whatever its outcome
+                where = started()
+                if where:
+                    sys.stdout.flush()
+                    print(f"{where[0]} directory: {shown(where[1])}", flush=True)
+            sys.exit(code)
+    except SystemExit as e:
+        if abandoned():
+            # A signal stopped the wait for a job still inside a long MLX call: its record says
+            # interrupted; end now rather than wait for the call (or let it write anything more).
+            remove_unfinished()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        raise

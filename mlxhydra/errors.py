@@ -44,6 +44,10 @@ class ModelDirNotFound(ModelDirError, FileNotFoundError):
     """The directory or its config.json does not exist."""
 
 
+class HubError(ModelDirError):
+    """A Hugging Face Hub id that cannot be resolved (offline and not cached, gated, no such repo)."""
+
+
 class OverrideSyntaxError(MlxhydraError, ValueError):
     """A command-line override that Hydra's grammar rejects, named in the message."""
 
@@ -93,6 +97,10 @@ class RunDirTaken(MlxhydraError, FileExistsError):
     """A run or sweep directory that already holds another run's records."""
 
 
+class RankFailed(MlxhydraError, RuntimeError):
+    """Another rank of a distributed run failed, or the connection to one was lost."""
+
+
 class Interrupted(BaseException):
     """The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP).
 
@@ -102,6 +110,14 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(f"interrupted by signal {signum}")
+
+
+class RankInterrupted(Interrupted):
+    """Another rank of a distributed run was stopped by a signal."""
+
+    def __init__(self, signum: int, rank: int):
+        super().__init__(signum)
+        self.rank = rank
 
 
 class SweepStopped(BaseException):
@@ -185,7 +201,8 @@ def raise_interrupted(signum: int, _frame: object) -> None:
 def interruption_message(error: BaseException) -> str:
     """``interrupted by SIGINT`` / ``SIGTERM`` / ``SIGHUP`` for a KeyboardInterrupt or Interrupted."""
     signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
-    return f"interrupted by {signal.Signals(signum).name}"
+    rank = f"rank {error.rank} " if isinstance(error, RankInterrupted) else ""
+    return f"{rank}interrupted by {signal.Signals(signum).name}"
 
 
 def exit_code(error: BaseException) -> int:

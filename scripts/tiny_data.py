@@ -184,3 +184,53 @@ def _answer_weights(doc, prompt_weight):
             in_answer = False
     out[0] = 0.0  # <s> is never predicted
     return np.array(out, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- lm-eval tasks
+N_FEWSHOT = 100  # few-shot examples: the first problems of eval.txt
+MC_SEED = 4321  # the order of each multiple-choice question's answers
+
+
+def distractors(answer):
+    """Three wrong answers, each one digit off the right one: ``115`` -> ``116``, ``125``, ``114``.
+
+    Each digit is changed alone (last +1, middle +1, last -1, modulo 10), so a choice
+    is only right when every digit is, and all four are 3 digits wide.
+    """
+    def bump(position, step):
+        digits = list(answer)
+        digits[position] = str((int(digits[position]) + step) % 10)
+        return "".join(digits)
+
+    return [bump(-1, 1), bump(-2, 1), bump(-1, -1)]
+
+
+def lm_eval_rows():
+    """(test, fewshot) rows of the shipped lm-eval tasks (mlxhydra/lm_eval_tasks/).
+
+    The test rows are accuracy.jsonl's problems, the few-shot rows the first
+    N_FEWSHOT problems of eval.txt; each row has ``question`` (``16+99=``),
+    ``answer`` (``115``), ``choices`` (the answer and its distractors, shuffled)
+    and ``label`` (the answer's index in choices).
+    """
+    rng = random.Random(MC_SEED)
+    probs = heldout()
+
+    def row(prompt, answer):
+        choices = [answer] + distractors(answer)
+        rng.shuffle(choices)
+        return {"question": prompt, "answer": answer, "choices": choices,
+                "label": choices.index(answer)}
+
+    test = [row(p, a) for p, a in probs[:N_ACCURACY]]
+    fewshot = [row(p, a) for p, a in probs[N_ACCURACY:N_ACCURACY + N_FEWSHOT]]
+    return test, fewshot
+
+
+def write_lm_eval_files(out_dir):
+    """tiny_sums_test.jsonl and tiny_sums_fewshot.jsonl (see lm_eval_rows)."""
+    out_dir = Path(out_dir)
+    for name, rows in zip(("test", "fewshot"), lm_eval_rows()):
+        with open(out_dir / f"tiny_sums_{name}.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")

@@ -53,5 +53,11 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted((p.parent for p in (Path(cwd) / "outputs").rglob("run.json")), key=os.path.getmtime)
 
 
+def sweep_job_dirs(sweep: Path) -> list[Path]:
+    """A sweep's job directories (``<num>_...``), by job number."""
+    return sorted((p for p in Path(sweep).iterdir() if p.is_dir() and p.name[0].isdigit()),
+                  key=lambda p: int(p.name.split("_")[0]))
+
+
 def read_run(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "run.json").read_text())

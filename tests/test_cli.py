@@ -382,8 +382,13 @@ def test_wheel_ships_the_config_tree(tmp_path):
             "mlxhydra/conf/model/tiny_long.yaml"} <= expected
     assert expected <= names
     assert "hydra_plugins/mlxhydra_model_source/__init__.py" in names
+    assert "hydra_plugins/mlxhydra_resume/__init__.py" in names  # the sweepers of `mlxhydra resume`
+    assert {"mlxhydra/conf/logger/mlflow.yaml", "mlxhydra/conf/hydra/help/mlxhydra.yaml"} <= names
     assert "mlxhydra/models/tiny/config.json" in names
     assert any(n.startswith("mlxhydra/models/tiny/") and n.endswith(".safetensors") for n in names)
+    assert {f"mlxhydra/lm_eval_tasks/{n}" for n in (
+        "__init__.py", "tiny_sums.yaml", "tiny_sums_mc.yaml", "tiny_sums_test.jsonl",
+        "tiny_sums_fewshot.jsonl")} <= names  # task=lm_eval's offline default tasks
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -3,7 +3,10 @@
 ``model=./llama`` makes Hydra look up ``model/./llama``. The ``mlxmodel://``
 config source answers those look-ups: a directory holding ``config.json``
 becomes the ``model`` node (keys and values exactly as in the file) and its
-absolute path becomes the top-level ``model_dir``.
+absolute path becomes the top-level ``model_dir``. A Hugging Face id
+(``model=org/name[@REVISION]``) with no local directory of that name is
+resolved to its snapshot as ``mlx_lm.load`` resolves it (:mod:`.hub`), and
+the resolution goes into the top-level ``model_hub``.
 
 Hydra imports every ``hydra_plugins`` module at start-up, so this module
 must stay import-light: standard library, hydra and omegaconf only.
@@ -25,6 +28,7 @@ from omegaconf import OmegaConf
 
 from ..errors import ModelDirError, ModelDirNotFound
 from ..file_checks import regular_file_problem, stat_path
+from .hub import is_hub_id, resolve_hub_id
 
 GROUP = "model"
 SCHEME = "mlxmodel"
@@ -222,16 +226,21 @@ class ModelDirConfigSource(ConfigSource):
         if option is None:
             raise ConfigLoadError(f"{SCHEME}:// serves only '{GROUP}/...', not {config_path}")
         model_dir = resolve_model_dir(option)
+        extra = {}
         # Everything written into the config is escaped: a path with "${" stays a path.
         try:
+            if not model_dir.exists() and is_hub_id(option):
+                snapshot = resolve_hub_id(option, GROUP)
+                model_dir, extra["model_hub"] = snapshot.path, escape_interpolations(snapshot.record())
             config = read_config_json(model_dir, option)
             content = {GROUP: escape_interpolations(config)}
-        except ModelDirError as e:
+        except ModelDirError as e:  # HubError included
             if os.environ.get(DEFER_ERRORS_ENV) != "1":
                 raise
             # A sweep composes every job before running any: this job fails alone, at validation.
             content = {GROUP: {}, ERROR_KEY: escape_interpolations(str(e))}
         content["model_dir"] = escape_interpolations(str(model_dir))
+        content.update(extra)
         node = OmegaConf.create(content)
         return ConfigResult(
             config=node,

@@ -15,9 +15,12 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..runs.ranks import check_world
 from ..tasks import TASKS, check_task
+from ..tracking.logger_settings import check_logger
 from .composition import to_plain
 from .declared import unknown_key_problems
 from .model_source import ERROR_KEY
@@ -120,8 +123,13 @@ def validate(cfg: DictConfig) -> Settings:
     problems += _mapping("task", task) or check_task(task)
     if isinstance(task, dict) and task.get("name") in TASKS:
         problems += unknown_key_problems("task", task, task["name"])
+    if isinstance(load, dict) and isinstance(task, dict):
+        problems += save_problems(load, task)
     sweep = plain("sweep", {})
     problems += _mapping("sweep", sweep) or check_sweep(sweep)
+    problems += check_logger(plain("logger", {}))
+    if isinstance(load, dict) and isinstance(task, dict):
+        problems += check_world(load, task)  # several ranks (mlx.launch): what runs sharded
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)

@@ -2,10 +2,13 @@
 
 from typing import Any, List, Mapping
 
+from .adapters import adapter_problems
+
 FLAGS = ("strict", "lazy", "trust_remote_code")
 FINGERPRINTS = ("fast", "full")
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 CLASS_PATHS = ("model_class", "args_class")
+SHARD_MODES = ("auto", "none", "tensor", "pipeline")  # see sharding.py
 
 
 def check_dtype(dtype: Any) -> List[str]:
@@ -13,6 +16,13 @@ def check_dtype(dtype: Any) -> List[str]:
     if dtype is None or dtype in DTYPE_NAMES:
         return []
     return [f"load.dtype={dtype!r}: expected one of {', '.join(DTYPE_NAMES)} or null"]
+
+
+def check_shard(value: Any) -> List[str]:
+    """The problem with a ``load.shard`` value, if any."""
+    if value in SHARD_MODES:
+        return []
+    return [f"load.shard={value!r}: expected one of {', '.join(SHARD_MODES)}"]
 
 
 def check_load(load: Mapping[str, Any]) -> List[str]:
@@ -30,8 +40,9 @@ def check_load(load: Mapping[str, Any]) -> List[str]:
             f"load.fingerprint={load.get('fingerprint')!r}: expected one of {', '.join(FINGERPRINTS)}"
         )
     problems += check_dtype(load.get("dtype"))
+    problems += check_shard(load.get("shard", "auto"))
     for key in CLASS_PATHS:
         value = load.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             problems.append(f"load.{key}={value!r}: expected an import path 'package.module:Class' or null")
-    return problems
+    return problems + adapter_problems(load)

@@ -20,7 +20,8 @@ import mlx.nn as nn
 from ..config.model_source import read_config_json
 from ..errors import ConfigError, WeightsError
 from ..file_checks import exists, regular_file_problem
-from . import architecture, weights_cache
+from . import architecture, sharding, weights_cache
+from .adapters import apply_adapters
 from .load_settings import DTYPE_NAMES, check_dtype
 from .prequantized import (
     describe_settings,
@@ -29,10 +30,11 @@ from .prequantized import (
     quantize_saved_layout,
     saved_quantization,
 )
-from .quant_spec import QuantSpec, parse_quant, same_settings
+from .quant_spec import QuantSpec, make_decider, parse_quant, same_settings
 from .runtime_quant import (
     config_entry,
     describe_request,
+    quantizable_paths,
     quantization_summary,
     quantize_while_loading,
 )
@@ -124,6 +126,9 @@ class LoadReport:
     quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
     model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
     file_identities: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # path -> size, mtime, inode
+    adapter: Optional[Dict[str, Any]] = None  # see runs.record.AdapterRecord
+    # sharded: mode, rank, layers, weight_files, weight_bytes_read, parameter_bytes
+    sharding: Dict[str, Any] = field(default_factory=dict)
 
 
 def _cast(model: nn.Module, weights: dict, dtype: Optional[str]) -> None:
@@ -165,6 +170,10 @@ def build_model(
     args_class: Optional[str] = None,
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
+    adapter_path: Optional[str] = None,
+    fuse: bool = False,
+    shard: Optional[str] = None,
+    group: Any = None,
 ) -> Tuple[nn.Module, dict, LoadReport]:
     """Instantiate, quantize and load a model from a ready config dict.
 
@@ -180,6 +189,12 @@ def build_model(
         classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
         weights_key: The weights fingerprint: reuse (and keep) this process's
             opened float weights (:mod:`.weights_cache`; for multirun jobs only).
+        adapter_path: LoRA/DoRA adapters applied after quantization, as
+            ``mlx_lm.load(adapter_path=...)`` applies them (:mod:`.adapters`).
+        fuse: Fuse the adapters into the weights.
+        shard: ``load.shard`` (auto, none, tensor, pipeline): how to split the
+            model across ``group`` (:mod:`.sharding`).
+        group: The ``mx.distributed`` group of the ranks, or None in one process.
 
     Returns:
         (model, config, report).
@@ -203,14 +218,24 @@ def build_model(
     find_quantization_config(model_dir, config)
     report.ignored_keys = architecture.ignored_keys(config, args_cls)
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
+    decide = paths = None
+    if spec is not None and group is not None:  # on the whole model: recipes count its layers
+        decide, paths = make_decider(spec, model), quantizable_paths(model)
+    plan = sharding.plan_sharding(model, shard, group, config)
     times["instantiate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     files = require_weight_files(model_dir) if strict else find_weight_files(model_dir)
+    if plan is not None:  # a cache would keep every rank's whole float model
+        weights_key = None
+        if plan.mode == "pipeline":
+            files = sharding.files_for_layers(files, plan.layers)
     report.weight_files = [str(f) for f in files]
     weights, report.weights_cache = weights_cache.open_weights(weights_key, lambda: read_weights(files))
     if hasattr(model, "sanitize"):
         weights = model.sanitize(weights)
+    if plan is not None and plan.mode == "pipeline":
+        weights = sharding.drop_other_layers(weights, plan.layers)
     saved, weights = saved_quantization(config, weights)
     times["load_weights"] = time.perf_counter() - t
 
@@ -242,7 +267,11 @@ def build_model(
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
     report.weight_mismatches = problems
     if saved is None and spec is not None:
-        applied = {"source": "runtime", **spec.describe(), **quantize_while_loading(model, weights, spec)}
+        # Tensor parallelism: quantized lazily, evaluated slice by slice after shard().
+        evaluate = plan is None or plan.mode != "tensor"
+        applied = {"source": "runtime", **spec.describe(),
+                   **quantize_while_loading(model, weights, spec, decide=decide, paths=paths,
+                                            evaluate=evaluate)}
         config["quantization"] = config_entry(spec, applied["layers"])
         config["quantization_config"] = config["quantization"]
     times["quantize"] = time.perf_counter() - t
@@ -251,11 +280,19 @@ def build_model(
     model.eval()
     model.load_weights(list(weights.items()), strict=strict)
     del weights
-    if not lazy:
+    report.quantization = {**applied, **quantization_summary(model)}  # tensor: of the whole model
+    if plan is not None:
+        report.sharding = sharding.shard_and_evaluate(model, plan, files, lazy)
+    elif not lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
-    report.quantization = {**applied, **quantization_summary(model)}
     report.model_config = config
+    if adapter_path is not None:
+        t = time.perf_counter()
+        report.adapter = apply_adapters(model, adapter_path, fuse)
+        if not lazy:
+            mx.eval(model.parameters())
+        times["adapters"] = time.perf_counter() - t
     return model, config, report
 
 

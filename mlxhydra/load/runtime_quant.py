@@ -1,7 +1,7 @@
 """Runtime quantization of float weights, layer by layer while they are read."""
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,15 +13,30 @@ from .quant_spec import QuantSpec, make_decider
 log = logging.getLogger("mlxhydra.loading")
 
 
+def quantizable_paths(model: nn.Module) -> List[str]:
+    """The paths of the layers that can be quantized."""
+    return [p for p, m in model.named_modules() if hasattr(m, "to_quantized") and hasattr(m, "weight")]
+
+
 def quantize_while_loading(
-    model: nn.Module, weights: dict, spec: QuantSpec
+    model: nn.Module, weights: dict, spec: QuantSpec,
+    decide: Optional[Callable[[str, Any], Optional[dict]]] = None,
+    paths: Optional[List[str]] = None, evaluate: bool = True,
 ) -> Dict[str, Any]:
     """Quantize each chosen layer as soon as its float weights are read.
 
     At most two layers' float weights are in memory at a time: each is read,
     quantized and put in place while the layer before is evaluated.
+
+    Args:
+        decide: ``make_decider(spec, model)`` made earlier (on the whole model,
+            before a pipeline rank dropped layers); made here when None.
+        paths: ``quantizable_paths`` of the whole model, for the rules that
+            match none; this model's when None.
+        evaluate: False leaves the quantized layers lazy (tensor parallelism
+            evaluates each rank's slices after sharding).
     """
-    decide = make_decider(spec, model)
+    decide = decide or make_decider(spec, model)
     layers: Dict[str, dict] = {}
     counts = {"quantized": 0, "float_by_rule_or_predicate": 0, "float_indivisible": 0}
     plan = []
@@ -37,7 +52,7 @@ def quantize_while_loading(
             plan.append((path, module, params))
     # A rule that matches nothing is most likely a typo in its pattern (but a
     # sweep may share rules between architectures): warn and report it.
-    paths = [p for p, m in model.named_modules() if hasattr(m, "to_quantized") and hasattr(m, "weight")]
+    paths = quantizable_paths(model) if paths is None else paths
     unmatched = [r.pattern.pattern for r in spec.rules if not any(r.matches(p) for p in paths)]
     if unmatched:
         log.warning("quant.rules patterns that match no quantizable layer: %s", ", ".join(unmatched))
@@ -61,8 +76,9 @@ def quantize_while_loading(
         for name, value in tree_flatten(qmodule.parameters()):
             weights[f"{path}.{name}"] = value
             arrays.append(value)
-        mx.async_eval(arrays)
-        pending.append(arrays)
+        if evaluate:
+            mx.async_eval(arrays)
+            pending.append(arrays)
         if len(pending) > 1:
             mx.eval(pending.pop(0))
         model.update_modules(tree_unflatten([(path, qmodule)]))

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, MlxhydraError, RefusedBeforeRun
 from .run_dir import make_writable_dir, refuse_taken, refuse_taken_sweep
+
+# The sweepers of `mlxhydra resume` (hydra_plugins/mlxhydra_resume).
+RESUMING_SWEEPERS = (".ResumeSweeper", ".ResumeSearchSweeper")
 
 
 def _directory(config: DictConfig, key: str) -> Path:
@@ -57,7 +60,10 @@ class FreshRunDirs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             path = _directory(config, "sweep.dir")
-            refuse_taken_sweep(path)
+            # `mlxhydra resume` goes on in its own sweep's directory (runs/resume.py), on purpose.
+            sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+            if not sweeper.endswith(RESUMING_SWEEPERS):
+                refuse_taken_sweep(path)
             make_writable_dir(path, "hydra.sweep.dir")
         except MlxhydraError as e:
             raise RefusedBeforeRun(e) from e

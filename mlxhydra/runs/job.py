@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..config.composition import changed_keys, removed_keys, to_plain
 from ..config.model_source import read_config_json
@@ -23,7 +23,7 @@ from ..errors import (
     ConfigError, FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
     interruption_message, one_line_message,
 )
-from . import environment
+from . import environment, ranks
 from .job_thread import interruption_handlers, run_in_job_thread, signals_held
 from .record import RecordWriter
 from .run_dir import RunDir, refuse_taken
@@ -76,6 +76,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     seed_everything(settings.seed)
     model_dir = Path(settings.model_dir)
     config = to_plain(cfg.model)
+    hub = to_plain(cfg.get("model_hub"))
+    if record is not None and hub:
+        record.update(hub={"model": hub})
     if run_dir is not None:
         run_dir.write_model_config(config)
     raw = read_config_json(model_dir)
@@ -99,10 +102,12 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     derived = apply_mlx_lm_adjustments(model_dir, config, raw)
     if derived and run_dir is not None:  # model_config.json is the dict ModelArgs.from_dict receives
         run_dir.write_model_config(config)
-    paths = check_weight_files(find_weight_files(model_dir))  # regular files, sound headers
+    # For the record and a multirun's cache key; the other ranks of a distributed run keep
+    # no record and read no file beyond their own.
+    paths = check_weight_files(find_weight_files(model_dir)) if record is not None else []  # sound headers
     before = identities(paths)
-    files = describe_files(paths, load.get("fingerprint", "fast"))
-    fingerprint = combined_fingerprint(files)
+    files = describe_files(paths, load.get("fingerprint", "fast")) if record is not None else []
+    fingerprint = combined_fingerprint(files) if record is not None else None
     if record is not None:
         record.update(
             model={
@@ -121,10 +126,14 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
         trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
         weights_key=weights_cache.job_key(settings.sweep, fingerprint),
+        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
+        shard=load.get("shard"), group=ranks.world().group,
     )
     # The recorded fingerprint must be of the bytes that were read.
     check_unchanged(before)
     report.file_identities = before
+    if record is not None and report.adapter is not None:
+        record.update(adapter=report.adapter)
     quantization = report.quantization
     log.info(
         "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight",
@@ -170,6 +179,8 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
     """
     from hydra.core.hydra_config import HydraConfig
 
+    if not ranks.world().leads:  # another rank of a distributed run: the same job, nothing written
+        return ranks.follow(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, None, None, {})))
     hc = HydraConfig.get()
     run_dir = RunDir(Path(hc.runtime.output_dir))
     refuse_taken(run_dir.path, "hydra.run.dir" if hc.job.get("num") is None else "hydra.sweep.subdir")
@@ -191,11 +202,12 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
                 versions=environment.versions(),
                 platform=environment.platform_info(),
                 git=environment.git_state(Path(hc.runtime.cwd)),
+                **ranks.record_entry(OmegaConf.select(cfg, "load.shard", default=None,
+                                                      throw_on_resolution_failure=False)),
             )
             with signals_held():  # a signal now is answered once the record exists
                 record = open_record()
-            metrics = run_in_job_thread(lambda: _prepare_and_run(cfg, run_dir, record, times))
-            run_dir.write_metrics(metrics)
+            metrics = ranks.lead(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, run_dir, record, times)))
         except (KeyboardInterrupt, Interrupted) as e:
             message = interruption_message(e)
             with signals_held():
@@ -256,30 +268,43 @@ def _finish(record: Union[RecordWriter, Callable[[], RecordWriter]], status: str
     return ""
 
 
-def _prepare_and_run(cfg: DictConfig, run_dir: RunDir, record: RecordWriter,
+def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optional[RecordWriter],
                      times: Dict[str, float]) -> Dict[str, Any]:
+    """Validate, load and run the task; without a run directory and record
+    (another rank than 0 of a distributed run) nothing is written."""
     from ..load.weight_files import check_unchanged
     from ..tasks import TaskInput, run_task
 
     settings = validate(cfg)
     model, report = prepare(cfg, settings, run_dir, record)
-    if report.weights_cache:
-        record.update(weights_cache=report.weights_cache)  # multirun: hit or miss
     times.update(report.times)
-    record.update(
-        times=times,
-        quantization=report.quantization,
-        parameters=report.quantization["parameters"],
-        ignored_keys=report.ignored_keys,
-        weight_mismatches=report.weight_mismatches,
-    )
+    if record is not None:
+        if report.weights_cache:
+            record.update(weights_cache=report.weights_cache)  # multirun: hit or miss
+        record.update(
+            times=times,
+            quantization=report.quantization,
+            parameters=report.quantization["parameters"],
+            ignored_keys=report.ignored_keys,
+            weight_mismatches=report.weight_mismatches,
+        )
     t = time.perf_counter()
-    metrics = run_task(TaskInput(
+    job = TaskInput(
         task=settings.task, seed=settings.seed, load=settings.load, model=model,
         model_config=report.model_config, model_dir=Path(settings.model_dir),
-        run_dir=run_dir.path,
-    ))
+        run_dir=run_dir.path if run_dir is not None else Path.cwd(),
+    )
+    try:
+        metrics = run_task(job)
+    finally:
+        if job.hub and record is not None:  # Hugging Face ids the task resolved (draft model, reference)
+            record.update(hub={**record.data.get("hub", {}), **job.hub})
     times["task"] = time.perf_counter() - t
     if settings.load.get("lazy"):  # lazy weights are read by the task
         check_unchanged(report.file_identities)
+    per_rank = ranks.gather_ranks(report.sharding)
+    if run_dir is not None and record is not None:
+        run_dir.write_metrics(metrics)
+        if per_rank is not None:
+            record.update(**ranks.record_entry(settings.load.get("shard"), per_rank))
     return metrics

@@ -1,4 +1,17 @@
-"""The summary figure of a sweep: the main metric against the swept numeric values."""
+"""The summary figure of a sweep: the metric against bits per weight, readable at a glance.
+
+- x is bits per weight (what quantization buys), each point labelled with
+  its setting; y is the task's metric, on a log axis for KL (8-bit and 2-bit
+  differ by orders of magnitude), with standard-error bars where the task
+  computes them and binomial 95% intervals for accuracy;
+- searches (``sweep.objective``): the budget line, penalised trials marked,
+  the best trial, and the Pareto front of metric against bits per weight;
+- a second panel of tokens/s against the metric when the sweep has bench
+  results for the same settings.
+
+:func:`pareto_front` and :func:`plot_against_bits` are general: anything
+with (bits per weight, metric) points can use them.
+"""
 
 import io
 import math
@@ -7,6 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .atomic import write_bytes_atomic
 from .summary import FIXED
+
+# Metrics where higher is better (the rest: lower is better).
+HIGHER_IS_BETTER = ("accuracy", "generation_tps", "prompt_tps", "tokens_per_second")
+# Metrics drawn on a log axis: they span orders of magnitude across bit widths.
+LOG_SCALE = ("kl_", "delta_p", "ln_perplexity_ratio")
+SPEED = "generation_tps"
+Z95 = 1.959963984540054
 
 
 def _number(v: Any) -> Optional[float]:
@@ -17,31 +37,188 @@ def _number(v: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: str) -> bool:
-    """Plot ``metric`` of the completed jobs against the swept numeric key(s).
+def pareto_front(points: Sequence[Tuple[float, float]], maximize: bool = False) -> List[int]:
+    """Indices of the points no other point beats on both x (lower) and y, sorted by x.
 
-    The first numeric key with the most values is the x axis; each combination
-    of the other swept values is one line. Returns False when nothing to plot.
+    Args:
+        points: (x, y) pairs, e.g. (bits per weight, KL).
+        maximize: y is better when higher (accuracy).
     """
-    def y_of(r):
-        return _number(r.get(metric) if metric in FIXED else r["_metrics"].get(metric))
+    sign = -1.0 if maximize else 1.0
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], sign * points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        y = sign * points[i][1]
+        if y < best:
+            front.append(i)
+            best = y
+    return front
 
-    done = [r for r in rows if r.get("status") == "completed" and y_of(r) is not None]
-    if not done:
-        return False
-    numeric = [k for k in keys if all(_number(r["_overrides"].get(k)) is not None for r in done)]
+
+def wilson_interval(correct: float, total: float, z: float = Z95) -> Tuple[float, float]:
+    """The binomial 95% (Wilson score) interval of ``correct / total``."""
+    if total <= 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def error_bar(metric: str, metrics: Dict[str, Any], value: float) -> Optional[Tuple[float, float]]:
+    """(below, above) the value: accuracy's 95% interval, else the task's standard error."""
+    if metric == "accuracy" and _number(metrics.get("total")):
+        low, high = wilson_interval(float(metrics.get("correct") or 0), float(metrics["total"]))
+        return (max(0.0, value - low), max(0.0, high - value))
+    se = _number(metrics.get(f"{metric}_stderr"))
+    return (se, se) if se is not None else None
+
+
+def setting_label(overrides: Dict[str, Any], keys: Sequence[str]) -> str:
+    """``bits=4 group_size=64`` from the swept keys' values (the last part of each key)."""
+    return " ".join(f"{k.rsplit('.', 1)[-1].lstrip('+~')}={overrides.get(k)}" for k in keys)
+
+
+def plot_against_bits(ax: Any, points: List[Dict[str, Any]], metric: str, *,
+                      budget: Optional[float] = None, best: Optional[int] = None) -> None:
+    """Draw ``metric`` against bits per weight on ``ax``.
+
+    Args:
+        points: dicts with ``x`` (bits per weight), ``y``, ``label``, optional
+            ``err`` ((below, above)) and ``penalised`` (bool).
+        budget: a vertical budget line at this many bits per weight.
+        best: index in ``points`` of the best trial, marked with a star.
+    """
+    kept = [p for p in points if not p.get("penalised")]
+    for group, style in ((kept, dict(fmt="o", color="C0", label="jobs")),
+                         ([p for p in points if p.get("penalised")],
+                          dict(fmt="x", color="C3", label="penalised (sweep.penalty returned)"))):
+        if not group:
+            continue
+        errs = [p.get("err") or (0.0, 0.0) for p in group]
+        has_err = any(e != (0.0, 0.0) for e in errs)
+        ax.errorbar([p["x"] for p in group], [p["y"] for p in group],
+                    yerr=[[e[0] for e in errs], [e[1] for e in errs]] if has_err else None,
+                    capsize=3, linestyle="none", **style)
+    for p in points:
+        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize="x-small")
+    if len(kept) >= 2:
+        front = pareto_front([(p["x"], p["y"]) for p in kept], metric in HIGHER_IS_BETTER)
+        ax.plot([kept[i]["x"] for i in front], [kept[i]["y"] for i in front], color="C1",
+                drawstyle="steps-post", label="Pareto front")
+    if best is not None:
+        ax.plot([points[best]["x"]], [points[best]["y"]], marker="*", markersize=14, color="C2",
+                linestyle="none", label=f"best: {points[best]['label']}")
+    if budget is not None:
+        ax.axvline(budget, color="C3", linestyle="--", label=f"budget {budget:g} bits/weight")
+    ys = [p["y"] for p in points]
+    if metric.startswith(LOG_SCALE) and ys and min(ys) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("bits per weight")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize="x-small")
+
+
+def _by_setting(rows: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, List[Dict[str, Any]]]:
+    """Rows grouped by their swept values other than the task."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        setting = setting_label(r["_overrides"], [k for k in keys if not k.startswith("task")])
+        groups.setdefault(setting, []).append(r)
+    return groups
+
+
+def figure(rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
+           sweep: Optional[Dict[str, Any]] = None):
+    """The summary figure (a matplotlib Figure), or None when nothing can be plotted.
+
+    Args:
+        rows, keys: from :func:`mlxhydra.runs.summary.collect`.
+        metric: the metric to plot.
+        sweep: the sweep policy (``objective``, ``max_bits_per_weight``, ``penalty``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sweep = sweep or {}
+
+    def y_of(r):
+        return _number(r.get(metric) if metric in FIXED else r["_metrics"].get(metric))
+
+    done = [r for r in rows if r.get("status") == "completed" and y_of(r) is not None]
+    if not done:
+        return None
+    if metric == "bits_per_weight" or any(_number(r.get("bits_per_weight")) is None for r in done):
+        return _figure_by_key(plt, done, keys, metric, y_of)
+    budget = _number(sweep.get("max_bits_per_weight"))
+    penalty = _number(sweep.get("penalty"))
+    # label with the swept values that differ between the plotted jobs (not task=kl on each)
+    label_keys = [k for k in keys if len({r["_overrides"].get(k) for r in done}) > 1] or list(keys)
+    points = []
+    for r in done:
+        y = y_of(r)
+        objective = _number(r.get("objective"))
+        over = budget is not None and r["bits_per_weight"] > budget
+        points.append({"x": r["bits_per_weight"], "y": y, "job": r["job"],
+                       "label": setting_label(r["_overrides"], label_keys) or str(r["job"]),
+                       "err": error_bar(metric, r["_metrics"], y), "objective": objective,
+                       "penalised": over or (penalty is not None and objective == penalty)})
+    best = None
+    if sweep.get("objective"):
+        scored = [i for i, p in enumerate(points) if not p["penalised"] and p["objective"] is not None]
+        if scored:
+            best = min(scored, key=lambda i: points[i]["objective"])
+    speed = _speed_pairs(rows, keys, metric, y_of)
+    fig, axes = plt.subplots(1, 2 if speed else 1, figsize=(12 if speed else 7.5, 5), squeeze=False)
+    ax = axes[0][0]
+    plot_against_bits(ax, points, metric, budget=budget, best=best)
+    ax.set_title(f"{metric} against bits per weight ({len(done)} completed of {len(rows)} jobs)")
+    if speed:
+        _plot_speed(axes[0][1], speed, metric)
+    fig.tight_layout()
+    return fig
+
+
+def _speed_pairs(rows, keys, metric, y_of) -> List[Dict[str, Any]]:
+    """(tokens/s, metric, label) for each setting with both a bench job and a quality job."""
+    if metric == SPEED:
+        return []
+    pairs = []
+    for label, group in _by_setting([r for r in rows if r.get("status") == "completed"], keys).items():
+        speeds = [_number(r["_metrics"].get(SPEED)) for r in group if r.get("_task") == "bench"]
+        quality = [y_of(r) for r in group if y_of(r) is not None]
+        if speeds and speeds[0] is not None and quality:
+            pairs.append({"x": speeds[0], "y": quality[0], "label": label})
+    return pairs
+
+
+def _plot_speed(ax, pairs, metric) -> None:
+    ax.plot([p["x"] for p in pairs], [p["y"] for p in pairs], "o", color="C4")
+    for p in pairs:
+        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize="x-small")
+    if metric.startswith(LOG_SCALE) and min(p["y"] for p in pairs) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("generation tokens/s (task=bench)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against speed")
+    ax.grid(True, alpha=0.3, which="both")
+
+
+def _figure_by_key(plt, done, keys, metric, y_of):
+    """The metric against the swept numeric key (when there are no bits per weight to plot against)."""
+    numeric = [k for k in keys if all(_number(r["_overrides"].get(k)) is not None for r in done)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if numeric:
         x_key = max(numeric, key=lambda k: len({r["_overrides"][k] for r in done}))
         others = [k for k in keys if k != x_key]
         lines: Dict[str, List[Tuple[float, float]]] = {}
         for r in done:
-            label = ", ".join(f"{k}={r['_overrides'].get(k)}" for k in others) or metric
+            label = setting_label(r["_overrides"], others) or metric
             lines.setdefault(label, []).append((_number(r["_overrides"][x_key]), y_of(r)))
         for label, pts in lines.items():
             pts.sort()
@@ -50,13 +227,24 @@ def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: st
         if len(lines) > 1 or others:
             ax.legend(fontsize="small")
     else:
-        labels = [",".join(f"{k}={r['_overrides'].get(k)}" for k in keys) or str(r["job"]) for r in done]
+        labels = [setting_label(r["_overrides"], keys) or str(r["job"]) for r in done]
         ax.bar(range(len(done)), [y_of(r) for r in done])
         ax.set_xticks(range(len(done)), labels, rotation=30, ha="right", fontsize="small")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per job ({len(done)} completed)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
+         sweep: Optional[Dict[str, Any]] = None) -> bool:
+    """Write the summary figure to ``path`` (PNG, atomically); False when nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, keys, metric, sweep)
+    if fig is None:
+        return False
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -29,6 +29,21 @@ class ModelRecord(TypedDict, total=False):
     derived_keys: List[str]  # keys mlx-lm's load_config derives (eos_token_id...)
 
 
+class HubRecord(TypedDict):
+    repo_id: str  # "org/name"
+    revision: Optional[str]  # as requested (branch, tag or commit); None: the default branch
+    commit: Optional[str]  # the commit it resolved to
+    snapshot: str  # the local snapshot directory
+
+
+class AdapterRecord(TypedDict, total=False):
+    path: str  # the adapter directory (absolute)
+    config: Dict[str, Any]  # its adapter_config.json
+    fingerprint: str  # "full:sha256:<hex>" of adapters.safetensors
+    fused: bool  # load.fuse: merged into the weights
+    parameters: int  # adapter parameters added to the model (0 when fused)
+
+
 class QuantizationRecord(TypedDict, total=False):
     source: str  # "none", "pre-quantized" or "runtime"
     settings: Dict[str, Any]  # pre-quantized: as saved
@@ -44,6 +59,27 @@ class QuantizationRecord(TypedDict, total=False):
     float_layers: int
     bits_per_weight: Optional[float]
     parameters: int
+
+
+class RankRecord(TypedDict, total=False):
+    rank: int
+    host: str
+    mode: str  # "tensor" or "pipeline"
+    layers: List[int]  # [start, end) of the decoder layers the rank runs
+    weight_files: List[str]  # the files the rank opened
+    weight_bytes_read: int  # data bytes of the tensors it loaded
+    parameter_bytes: int  # bytes of the parameters it holds
+    peak_memory_bytes: int
+    max_rss_bytes: int
+
+
+class DistributedRecord(TypedDict, total=False):
+    backend: str  # ring, jaccl, nccl, mpi
+    world_size: int
+    hosts: List[str]  # each rank's host name
+    shard_requested: Any  # load.shard as set
+    shard: str  # the mode used
+    ranks: List[RankRecord]  # written when the task is done
 
 
 class RunRecord(TypedDict, total=False):
@@ -66,14 +102,19 @@ class RunRecord(TypedDict, total=False):
     choices: Dict[str, Optional[str]]  # config group -> option
     log_file: str
     model_dir: Optional[str]
+    # Hugging Face ids resolved for this job, by the setting that names them:
+    # "model", "task.draft_model", "task.reference".
+    hub: Dict[str, HubRecord]
     seed: Any
     versions: Dict[str, Optional[str]]
     platform: Dict[str, Any]
     git: Optional[Dict[str, Any]]
     times: Dict[str, float]  # seconds per stage: compose, instantiate, load_weights, quantize, task
+    distributed: DistributedRecord  # only under mlx.launch with several ranks (rank 0 writes)
     model: ModelRecord
     weight_files: List[WeightFileRecord]
     weights_fingerprint: str
+    adapter: AdapterRecord  # load.adapter_path
     weights_cache: Optional[str]  # multirun: "hit" or "miss"
     quantization: QuantizationRecord
     parameters: int
@@ -81,6 +122,7 @@ class RunRecord(TypedDict, total=False):
     weight_mismatches: List[str]  # with load.strict=false
     metrics: Dict[str, Any]  # the task's metrics (also in metrics.json)
     objective: float  # sweep.objective's value, for sweepers
+    tracking: Dict[str, Any]  # logger name (mlflow...) -> where the job was logged, or its error
     error: str  # failed/interrupted: the one-line message
     error_type: Optional[str]
     peak_memory_bytes: Optional[int]

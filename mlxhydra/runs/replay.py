@@ -8,6 +8,11 @@ directory, ``<recorded cwd>/outputs/runs/<date>/<time>_replay-<token>``; if the
 recorded cwd no longer exists it runs in the current directory with the model
 override rewritten to the recorded absolute ``model_dir``.
 
+A Hugging Face id the original resolved (``model=org/name``, a draft model, a
+KL reference; run.json ``hub``) is pinned to the commit it resolved to
+(``model=org/name@COMMIT``), so a branch that moved on since does not change
+the replay; the requested revision is then shown but not checked.
+
 Then the original and the replay are compared field by field: status, the
 composed config (but ``sweep.*``, the multirun policy), the weights fingerprint,
 the quantization summary and the metrics must match exactly (timings and
@@ -29,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..config.hub import pinned, split_hub_id
 from ..config.overrides import parse_overrides
 from ..errors import Interrupted, RunDirError, one_line_message
 from ..file_checks import directory_problem, regular_file_problem
@@ -41,6 +47,9 @@ from .run_dir import RunDir, check_run_dir
 VOLATILE_CONFIG_KEYS: Tuple[str, ...] = ("sweep.",)
 # Metric leaves that measure speed or memory rather than results.
 VOLATILE_METRIC = re.compile(r"(seconds|time|tps|per_second|memory|rss|elapsed|latency)", re.I)
+# The revision a Hugging Face id was asked at (the resolved commit is checked): a pinned
+# replay asks for the commit itself.
+REQUESTED_REVISION = re.compile(r"(^|\.)(model_)?hub\.revision$")
 # Tasks whose metrics are measurements: shown, never checked.
 NONDETERMINISTIC_TASKS = frozenset({"bench"})
 # Hydra overrides of the original that the replay replaces with its own (a new run directory).
@@ -48,7 +57,7 @@ REPLACED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.id", "h
 # The only Hydra overrides re-applied from a record: they change where relative paths point.
 KEPT_HYDRA = ("hydra.job.chdir",)
 # The config's own keys (mlxhydra's groups and top-level settings): the only task overrides re-applied.
-OWN_KEYS = ("model", "patch", "quant", "load", "task", "seed", "sweep", "model_dir")
+OWN_KEYS = ("model", "patch", "quant", "load", "task", "seed", "sweep", "model_dir", "logger")
 # Consent to run a model directory's code is the replay command's, never the record's.
 CONSENT = "load.trust_remote_code"
 
@@ -89,8 +98,22 @@ def replayed_overrides(task: List[str], hydra: List[str]) -> Tuple[List[str], Li
     return kept, dropped
 
 
+def primary_config_options(hc: Dict[str, Any]) -> List[str]:
+    """``--config-name``/``--config-dir`` as in the original command, from a recorded ``hydra`` node."""
+    job = hc.get("job") if isinstance(hc.get("job"), dict) else {}
+    runtime = hc.get("runtime") if isinstance(hc.get("runtime"), dict) else {}
+    options = []
+    if job.get("config_name") not in (None, "config"):
+        options += ["--config-name", str(job["config_name"])]
+    for source in runtime.get("config_sources") or []:
+        if isinstance(source, dict) and source.get("provider") == "command-line" \
+                and source.get("schema") == "file":
+            options += ["--config-dir", str(source["path"])]
+    return options
+
+
 def recorded(run_dir: RunDir) -> Dict[str, Any]:
-    """The recorded cwd, model_dir, config options, trust flag and overrides of a run (as data).
+    """The recorded cwd, model_dir, config options, trust flag, Hub ids and overrides of a run (as data).
 
     Raises:
         RunDirError: a file of the run directory that is damaged or of the wrong shape.
@@ -98,25 +121,24 @@ def recorded(run_dir: RunDir) -> Dict[str, Any]:
     hc = run_dir.read_hydra()  # plain, unresolved
     record = run_dir.read_record()
     config = run_dir.read_config()
-    job, runtime = _mapping(hc, "job", run_dir), _mapping(hc, "runtime", run_dir)
-    options = []  # the primary config: --config-name, --config-dir as in the original command
-    if job.get("config_name") not in (None, "config"):
-        options += ["--config-name", str(job["config_name"])]
-    for source in runtime.get("config_sources") or []:
-        if isinstance(source, dict) and source.get("provider") == "command-line" \
-                and source.get("schema") == "file":
-            options += ["--config-dir", str(source["path"])]
+    _mapping(hc, "job", run_dir)
+    runtime = _mapping(hc, "runtime", run_dir)
+    sources = runtime.get("config_sources") or []
+    if not isinstance(sources, list):
+        raise RunDirError(f"{run_dir.hydra}: hydra.runtime.config_sources is not a list")
     hydra_overrides = _mapping(hc, "overrides", run_dir).get("hydra") or []
     if not isinstance(hydra_overrides, list) or not all(isinstance(o, str) for o in hydra_overrides):
         raise RunDirError(f"{run_dir.hydra}: hydra.overrides.hydra is not a list of strings")
     load = config.get("load") if isinstance(config.get("load"), dict) else {}
     cwd = runtime.get("cwd") or record.get("cwd")
+    hub = record.get("hub")
     return {
         "cwd": cwd if isinstance(cwd, str) else None,
-        "options": options,
+        "options": primary_config_options(hc),
         # run.json's model_dir is the path as used; config.yaml's is escaped text
         "model_dir": record.get("model_dir") or config.get("model_dir"),
         "task": run_dir.read_overrides(),
+        "hub": hub if isinstance(hub, dict) else {},
         "hydra": hydra_overrides,
         "trusted": load.get("trust_remote_code") is True,
     }
@@ -147,6 +169,23 @@ def _absolute_model(overrides: List[str], model_dir: Optional[str]) -> List[str]
     return out
 
 
+def pin_hub_ids(overrides: List[str], hub: Dict[str, Any]) -> List[str]:
+    """Rewrite each override naming a resolved Hugging Face id to ``org/name@COMMIT``.
+
+    Args:
+        hub: run.json's ``hub``: the setting (``model``, ``task.draft_model``...) -> its resolution.
+    """
+    out = []
+    for o in parse_overrides(overrides):
+        text, entry = o.text, hub.get(o.key)
+        parts = split_hub_id(o.value) if isinstance(o.value, str) and not o.is_delete else None
+        pin = pinned(entry) if parts and isinstance(entry, dict) else None
+        if pin and parts[0] == entry["repo_id"]:
+            text = f"{o.prefix}{o.key}={pin}"
+        out.append(text)
+    return out
+
+
 def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence[str] = ()
                    ) -> Tuple[List[str], Path, Path, List[str]]:
     """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``.
@@ -158,7 +197,8 @@ def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence
             recorded ones are only named in a note).
     """
     rec = recorded(run_dir)
-    overrides, dropped = replayed_overrides(rec["task"], rec["hydra"])
+    # Hub ids pinned first: a pin is recorded data too, and is filtered like the rest.
+    overrides, dropped = replayed_overrides(pin_hub_ids(rec["task"], rec["hub"]), rec["hydra"])
     notes = [f"not re-applied from the record: {d}" for d in dropped]
     if rec["options"] and not options:
         notes.append(f"not re-applied from the record: {' '.join(rec['options'])} (YAML outside "
@@ -194,8 +234,12 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
 
     check("status", a["status"][""], b["status"][""])
     config_diffs = differences({"config": a["config"]}, {"config": b["config"]})
+    pins = {f"config.{key}": pinned(entry)
+            for key, entry in (original.read_record().get("hub") or {}).items()}
     for f, va, vb in config_diffs:
-        rows.append((f, va, vb, "differs" if f[len("config."):].startswith(VOLATILE_CONFIG_KEYS) else "NO"))
+        shown = (f[len("config."):].startswith(VOLATILE_CONFIG_KEYS)
+                 or REQUESTED_REVISION.search(f) or (vb is not None and pins.get(f) == vb))
+        rows.append((f, va, vb, "differs" if shown else "NO"))
     if not config_diffs:
         rows.append(("config", f"{len(a['config'])} keys", f"{len(b['config'])} keys", "yes"))
     check("weights_fingerprint", a["weights_fingerprint"][""], b["weights_fingerprint"][""])
@@ -207,7 +251,8 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
     if not ma and not mb:
         rows.append(("metrics", "{}", "{}", "yes"))
     for key in list(ma) + [k for k in mb if k not in ma]:
-        checked = task not in NONDETERMINISTIC_TASKS and not VOLATILE_METRIC.search(key.rsplit(".", 1)[-1])
+        checked = (task not in NONDETERMINISTIC_TASKS and not REQUESTED_REVISION.search(key)
+                   and not VOLATILE_METRIC.search(key.rsplit(".", 1)[-1]))
         check(f"metrics.{key}", ma.get(key, ABSENT), mb.get(key, ABSENT), checked)
     return rows
 

@@ -144,6 +144,7 @@ class SweepDir:
     """A multirun's directory: its job directories, plan and summary files."""
 
     PLAN = "multirun.yaml"
+    TRACKING = "tracking.json"  # the trackers' sweep-level runs (the MLflow parent run...)
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -151,6 +152,10 @@ class SweepDir:
     @property
     def plan(self) -> Path:
         return self.path / self.PLAN
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / self.TRACKING
 
     def summary_file(self, suffix: str) -> Path:
         """``summary.<suffix>`` at the sweep root."""
@@ -173,7 +178,7 @@ class SweepDir:
 
 
 def check_run_dir(path: str, command: str, needs: Tuple[str, ...] = ()) -> RunDir:
-    """``path`` as a RunDir of an existing job.
+    """``path`` (a path, ``latest`` or a unique prefix of a run's name) as a RunDir of an existing job.
 
     Args:
         needs: Files the subcommand reads besides ``.hydra/overrides.yaml``
@@ -182,12 +187,22 @@ def check_run_dir(path: str, command: str, needs: Tuple[str, ...] = ()) -> RunDi
     Raises:
         RunDirError: one line naming the subcommand and the path.
     """
-    run_dir = RunDir(Path(path))
+    from .latest import find_run
+
+    try:
+        run_dir = RunDir(find_run(path))
+    except RunDirError as e:
+        raise RunDirError(f"{command} {e}") from None
     problem = directory_problem(run_dir.path)
     if problem:
-        raise RunDirError(f"{command} {path}: {path} {problem}" if problem != "does not exist"
+        raise RunDirError(f"{command} {path}: {run_dir.path} {problem}" if problem != "does not exist"
                           else f"{command} {path}: no such directory")
     if regular_file_problem(run_dir.overrides):
+        jobs = SweepDir(run_dir.path).job_dirs()
+        if jobs:
+            first = jobs[min(jobs)].path.name
+            raise RunDirError(f"{command} {path}: {run_dir.path} is a sweep; name one of its jobs "
+                              f"({path}/{first})")
         raise RunDirError(f"{command} {path}: {path} is not a run directory (no .hydra/overrides.yaml)")
     for name in needs:
         problem = regular_file_problem(run_dir.path / name)

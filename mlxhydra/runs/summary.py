@@ -25,13 +25,21 @@ log = logging.getLogger(__name__)
 # The metric plotted (and optimised by default) for each task.
 MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perplexity",
                "accuracy": "accuracy", "generate": "generation_tps", "bench": "generation_tps",
-               "save": "bits_per_weight"}
+               "save": "bits_per_weight", "lm_eval": "score"}
 FIXED = ["job", "status", "bits_per_weight", "parameters", "peak_memory_mb", "load_s",
          "weights_cache"]
+# The metrics summary.md shows for each task (summary.csv has them all).
+HEADLINE = {"kl": ["kl_mean", "kl_mean_stderr", "top1_agreement", "perplexity_ratio"],
+            "perplexity": ["perplexity", "perplexity_stderr"],
+            "accuracy": ["accuracy", "correct", "total"],
+            "generate": ["generation_tps"], "bench": ["prompt_tps", "generation_tps", "peak_memory_gb"],
+            "lm_eval": ["score", "score_stderr"]}
+# Columns summary.md shows only when their values differ between jobs (measurements never).
+SHOWN_WHEN_VARYING = ["parameters"]
 TAIL = ["error", "run_dir"]
 
 
-def _sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Optional[List[List[str]]]]:
+def sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Optional[List[List[str]]]]:
     """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``.
 
     Raises:
@@ -114,7 +122,7 @@ def collect(sweep_dir: Path, strict: bool = False) -> Tuple[List[Dict[str, Any]]
     if problem:
         raise FileNotFoundError(f"{sweep.path}: no such sweep directory" if problem == "does not exist"
                                 else f"{sweep.path} {problem}")
-    keys, plan = _sweep_plan(sweep, strict)
+    keys, plan = sweep_plan(sweep, strict)
     rows: Dict[int, Dict[str, Any]] = {}
     for num, job_dir in sweep.job_dirs().items():
         try:
@@ -190,24 +198,44 @@ def to_csv(columns: List[str], cells: List[List[Any]]) -> str:
 
 def to_markdown(sweep_dir: Path, columns: List[str], cells: List[List[Any]],
                 keep: Sequence[str] = ()) -> str:
-    """A Markdown table of the summary.
+    """A Markdown table of the summary: the columns in ``keep``, and those of
+    :data:`SHOWN_WHEN_VARYING` whose values differ between jobs.
 
-    Columns not in ``keep`` whose values are all text (file paths, generated
-    text, reference names) are left out: summary.csv has every column.
+    ``keep`` names the job, the swept keys, the status and the headline
+    metrics. Columns with no value at all are left out. summary.csv has
+    every column.
     """
     statuses: Dict[str, int] = {}
     for row in cells:
         s = row[columns.index("status")]
         statuses[s] = statuses.get(s, 0) + 1
     counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-    shown = [i for i, c in enumerate(columns) if c in keep or not all(
-        isinstance(row[i], str) or row[i] is None for row in cells)]
+
+    def values(i: int) -> List[Any]:
+        return [row[i] for row in cells]
+
+    def shown_column(i: int) -> bool:
+        vs = values(i)
+        if all(v is None or v == "" for v in vs):
+            return False
+        return columns[i] in keep or (columns[i] in SHOWN_WHEN_VARYING and len({_fmt(v) for v in vs}) > 1)
+
+    shown = [i for i in range(len(columns)) if shown_column(i)]
     lines = [f"# Sweep {sweep_dir}", "", f"{len(cells)} jobs: {counts}", "",
              "| " + " | ".join(columns[i] for i in shown) + " |", "|" + "---|" * len(shown)]
     for row in cells:
         text = [_fmt(row[i]).replace("|", "\\|").replace("\n", " ")[:80] for i in shown]
         lines.append("| " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
+
+
+def sweep_policy(sweep: SweepDir) -> Dict[str, Any]:
+    """The ``sweep`` node of the sweep's multirun.yaml, unresolved ({} when unreadable)."""
+    try:
+        node = (read_yaml(sweep.plan) or {}).get("sweep")
+    except (RunDirError, AttributeError):
+        return {}
+    return dict(node) if isinstance(node, dict) else {}
 
 
 def write_summary(sweep_dir: Path, objective: Optional[str] = None,
@@ -225,14 +253,21 @@ def write_summary(sweep_dir: Path, objective: Optional[str] = None,
     columns, cells = table(rows, keys)
     csv_file, md_file, png_file = (sweep.summary_file(s) for s in ("csv", "md", "png"))
     write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
-    keep = FIXED + TAIL + list(keys) + ["objective"]
-    write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
     metric = main_metric(rows, objective)
+    headline = [metric, f"{metric}_stderr"]
+    for task in dict.fromkeys(r.get("_task") for r in rows):
+        headline += HEADLINE.get(task, [])
+    headline += [f"metrics.{m}" for m in headline]  # metric names that clash with a column
+    keep = ["job", *keys, "status", "objective", "bits_per_weight", *headline, *TAIL]
+    write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
     files = [csv_file, md_file]
+    policy = sweep_policy(sweep)
+    if objective:
+        policy["objective"] = objective
     try:
         from .plots import plot
 
-        if plot(png_file, rows, keys, metric):
+        if plot(png_file, rows, keys, metric, policy):
             files.append(png_file)
     except Exception as e:  # the tables matter more than the figure
         log.warning("summary.png not written: %s", e)
@@ -260,11 +295,16 @@ def summarize_main(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="mlxhydra summarize",
                                 description="Rebuild summary.csv/.md/.png of a sweep directory.")
-    p.add_argument("sweep_dir", type=Path, help="the sweep's directory (holding <num>_*/run.json)")
+    p.add_argument("sweep_dir", help="the sweep's directory (holding <num>_*/run.json), latest, "
+                                      "or a unique prefix of its name")
     p.add_argument("--objective", default=None, help="metric to plot (default: the task's main metric)")
     args = p.parse_args(list(argv))
+    from .latest import find_run
+
     try:
-        result = write_summary(args.sweep_dir, args.objective, strict=True)
+        named = args.sweep_dir
+        result = write_summary(Path(named) if "/" in named and not named.startswith("latest/")
+                               else find_run(named), args.objective, strict=True)
     except (FileNotFoundError, NotADirectoryError, RunDirError) as e:
         sys.stderr.write(f"mlxhydra summarize: {e}\n")
         return 2

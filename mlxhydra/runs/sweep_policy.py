@@ -67,6 +67,26 @@ def summarize_interrupted_sweep() -> None:
         summarize(_active["sweep_dir"], _active.get("objective"))
 
 
+def record_plan(sweep_dir: Path, config: DictConfig) -> None:
+    """Write multirun.yaml (the sweep's config and overrides) when the sweeper does not.
+
+    Hydra's basic sweeper writes it; others (Optuna) do not, and without it a
+    sweep's search space and launcher are lost for ``summarize`` and ``resume``.
+    """
+    from omegaconf import OmegaConf
+
+    from .atomic import write_bytes_atomic
+    from .run_dir import SweepDir
+
+    plan = SweepDir(sweep_dir).plan
+    try:
+        if not plan.exists():
+            plan.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(plan, OmegaConf.to_yaml(config).encode())
+    except OSError as e:  # the sweep runs without it
+        log.warning("%s not written: %s", plan, e)
+
+
 class SweepSummary(Callback):
     """Hydra callback: summary files at the end of every multirun; exit 1 when jobs failed."""
 
@@ -77,10 +97,14 @@ class SweepSummary(Callback):
         self.result: Optional[Dict[str, Any]] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .latest import mark_latest
+
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.objective = _sweep_settings(config).get("objective")
         _active.clear()
         _active.update(sweep_dir=self.sweep_dir, objective=self.objective, enabled=self.enabled)
+        mark_latest(self.sweep_dir, "sweep", Path(str(config.hydra.runtime.cwd)))
+        record_plan(self.sweep_dir, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))

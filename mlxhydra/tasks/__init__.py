@@ -25,6 +25,7 @@ TASKS: Dict[str, str] = {
     "accuracy": "accuracy",
     "bench": "bench",
     "save": "save",
+    "lm_eval": "lm_eval",
 }
 
 

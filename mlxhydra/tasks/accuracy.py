@@ -16,7 +16,8 @@ from .common import (
     progress,
     read_jsonl,
 )
-from .generate import check_prompt, generate_text, make_prompt
+from .generation import Generation, generate_text
+from .prompts import PromptItem, check_chat, encode_prompt
 
 log = logging.getLogger("mlxhydra")
 
@@ -33,7 +34,7 @@ def check(task: Dict[str, Any]) -> List[str]:
     c.integer("max_tokens")
     c.integer("num_samples", allow_negative_one=True)
     c.data_file()
-    check_prompt(c)
+    check_chat(c)
     return c.problems
 
 
@@ -60,14 +61,14 @@ def execute(job: TaskInput) -> Metrics:
     if limit > 0:
         rows = rows[:limit]
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
-    sampler = make_sampler(0.0)
+    how = Generation(max_tokens=max_tokens, sampler=make_sampler(0.0), stop=["\n"])
     start = time.perf_counter()
     correct = 0
     predictions = job.run_dir / PREDICTIONS
     with open(predictions, "w", encoding="utf-8") as f:
         for line, row in progress(rows, len(rows), "accuracy"):
-            prompt = make_prompt(tokenizer, {**task, "prompt": str(row["prompt"]), "messages": None})
-            out = generate_text(job.model, tokenizer, prompt, max_tokens, sampler, stop="\n")
+            item = PromptItem(f"task.data line {line}", prompt=str(row["prompt"]))
+            out = generate_text(job.model, tokenizer, encode_prompt(tokenizer, task, item), how)
             ok = out["text"].strip() == str(row["answer"]).strip()
             correct += ok
             f.write(json.dumps({"line": line, "prompt": row["prompt"], "answer": row["answer"],

@@ -11,6 +11,8 @@ log = logging.getLogger("mlxhydra")
 
 # The tokenizer's files are checked with the settings, before any weight is read.
 USES_TOKENIZER = True
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
 
 KEYS = ("prompt_tps", "generation_tps", "peak_memory")
 

@@ -5,7 +5,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -33,6 +33,9 @@ class TaskInput:
     model_config: Dict[str, Any]  # with the quantization entry when quantized
     model_dir: Path
     run_dir: Path
+    # Hugging Face ids the task resolves (task.draft_model, task.reference): the setting ->
+    # its resolution (mlxhydra.config.hub.HubSnapshot.record()), recorded in run.json's "hub".
+    hub: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def trust_remote_code(self) -> bool:
@@ -44,13 +47,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "spiece.model", "tiktoken.model")
 
 
-def load_tokenizer(model_dir: Path, config: Optional[dict] = None, *,
-                   trust_remote_code: bool = False):
+def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
+                   chat_template: Optional[str] = None, *, trust_remote_code: bool = False):
     """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
 
     Args:
         model_dir: The model directory.
         config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
+        chat_template: A Jinja chat template that replaces the tokenizer's (passed
+            as mlx-lm's server passes ``--chat-template``).
         trust_remote_code: This command's ``load.trust_remote_code``, handed to
             transformers (which never asks again, and never runs code without it).
 
@@ -75,8 +80,10 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None, *,
         raise TaskError("; ".join(problems))
     eos = (config or {}).get("eos_token_id")
     try:
-        return mlx_load_tokenizer(model_dir, {"trust_remote_code": bool(trust_remote_code)},
-                                  eos_token_ids=eos)
+        extra: Dict[str, Any] = {"trust_remote_code": bool(trust_remote_code)}
+        if chat_template is not None:
+            extra["chat_template"] = chat_template
+        return mlx_load_tokenizer(model_dir, extra, eos_token_ids=eos)
     except Exception as e:  # transformers raises many kinds
         detail = " ".join(str(e).split())[:300]
         raise TaskError(

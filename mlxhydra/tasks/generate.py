@@ -1,148 +1,162 @@
-"""``task=generate``: text from a prompt or chat messages, with mlx-lm's sampler."""
+"""``task=generate``: text from one or several prompts, with mlx-lm's generation options.
 
+The text is streamed to stdout as it is produced (between ``==========``
+lines, as ``mlx_lm.generate`` prints it); the log file, ``metrics.json`` and
+``generations.jsonl`` keep the full text of every prompt.
+"""
+
+import json
 import logging
-from typing import Any, Dict, List, Optional
+import os
+import sys
+from typing import Any, Dict, List
 
 from ..errors import TaskError
+from ..runs.ranks import world
 from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer
+from .draft import check_draft, load_draft_model
+from .generation import (
+    Generation,
+    check_sampling,
+    check_strings,
+    generate_text,
+    make_sampler_from,
+    string_list,
+)
+from .kv_cache import check_bounded_cache, check_kv, kv_options, quantization_failure
+from .prompts import chat_template_text, check_prompts, encode_prompt, prompt_items, unescape
 
 log = logging.getLogger("mlxhydra")
 
 # The tokenizer's files are checked with the settings, before any weight is read.
 USES_TOKENIZER = True
-
-
-def check_prompt(check: SettingsCheck) -> None:
-    """The prompt settings shared with task=accuracy: chat, prompt or messages."""
-    task = check.task
-    check.choice("chat", ("auto", True, False), default="auto")
-    messages = task.get("messages")
-    if messages is not None:
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and {"role", "content"} <= set(m)
-            and isinstance(m["role"], str) and isinstance(m["content"], str) for m in messages
-        ):
-            check.problems.append("task.messages: expected a non-empty list of {role, content} items")
-        elif task.get("chat", "auto") is False:
-            check.problems.append("task.messages needs task.chat=auto or true (a chat template)")
-    system = task.get("system_prompt")
-    if system is not None and not isinstance(system, str):
-        check.fail("system_prompt", "a string or null")
-
-
-def check_sampling(check: SettingsCheck) -> None:
-    """Sampling settings: temperature, top_p, min_p, top_k, repetition_penalty."""
-    check.number("temperature", 0.0, expected=">= 0", optional=True)
-    check.number("top_p", 0.0, 1.0, expected="0..1 (0 or 1: off)", optional=True)
-    check.number("min_p", 0.0, 1.0, expected="0..1", optional=True)
-    top_k = check.task.get("top_k")
-    if top_k is not None:
-        check.integer("top_k", minimum=0)
-    penalty = check.task.get("repetition_penalty")
-    check.number("repetition_penalty", 0.0, expected="> 0, or null (off)", optional=True)
-    if penalty == 0 and type(penalty) in (int, float):  # mlx-lm divides by it
-        check.fail("repetition_penalty", "> 0, or null (off)")
+GENERATIONS = "generations.jsonl"
+RULE = "=" * 10  # mlx_lm.generate's separator around the streamed text
+# Not printed on the console (a filter in conf/hydra/job_logging): the streamed text is there.
+FILE_ONLY = {"file_only": True}
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
 
 
 def check(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=generate's settings."""
     c = SettingsCheck(task)
-    c.integer("max_tokens")
-    check_prompt(c)
-    if task.get("messages") is None:
-        prompt = task.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            c.fail("prompt", "a non-empty string (or set task.messages)")
+    c.integer("max_tokens", allow_negative_one=True)
+    check_prompts(c)
     check_sampling(c)
+    check_strings(c, "stop")
+    check_strings(c, "extra_eos_token")
+    c.boolean("stream")
+    check_kv(c)
+    check_draft(c)
     return c.problems
 
 
-def make_prompt(tokenizer, task: Dict[str, Any]) -> List[int]:
-    """The prompt tokens for ``task.prompt``/``task.messages`` and ``task.chat``.
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
-    ``chat: auto`` applies the tokenizer's chat template when it has one (as
-    ``mlx_lm.generate`` does); ``true`` requires one; ``false`` encodes the
-    prompt as plain text. ``messages`` (a list of ``{role, content}``) always
-    need a chat template.
+
+def add_eos_tokens(tokenizer, tokens: List[str]) -> None:
+    """``extra_eos_token``: more tokens that end generation (mlx-lm's ``add_eos_token``).
 
     Raises:
-        TaskError: a chat template required but absent.
+        TaskError: a token the tokenizer does not have.
     """
-    chat, prompt, messages = task.get("chat", "auto"), task.get("prompt"), task.get("messages")
-    use_chat = tokenizer.has_chat_template if chat == "auto" and messages is None else chat is not False
-    if use_chat and not tokenizer.has_chat_template:
-        what = "task.messages" if messages is not None else "task.chat=true"
-        raise TaskError(f"{what}: the model's tokenizer has no chat template")
-    if not use_chat:
-        return tokenizer.encode(prompt)
-    if messages is None:
-        messages = ([{"role": "system", "content": task["system_prompt"]}]
-                    if task.get("system_prompt") else []) + [{"role": "user", "content": prompt}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    for token in tokens:
+        try:
+            tokenizer.add_eos_token(token)
+        except ValueError as e:
+            raise TaskError(f"task.extra_eos_token={token!r}: {e}") from e
 
 
-def make_sampler_from(task: Dict[str, Any]):
-    """mlx-lm's sampler and logits processors for the task's (checked) sampling settings."""
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
-
-    temp = float(task.get("temperature") or 0.0)
-    top_p = float(task.get("top_p") or 0.0)
-    min_p = float(task.get("min_p") or 0.0)
-    top_k = task.get("top_k") or 0
-    penalty = task.get("repetition_penalty")
-    processors = make_logits_processors(repetition_penalty=penalty) if penalty else None
-    return make_sampler(temp, top_p=top_p, min_p=min_p, top_k=top_k), processors
-
-
-def generate_text(model, tokenizer, prompt: List[int], max_tokens: int, sampler,
-                  logits_processors=None, stop: Optional[str] = None) -> Dict[str, Any]:
-    """Run mlx-lm's ``stream_generate`` and collect the text and its statistics.
-
-    Args:
-        stop: Stop once the text holds this string (it is cut off there).
-
-    Returns:
-        text, finish_reason, prompt/generation token counts, tokens/s, peak memory (GB).
-    """
-    from mlx_lm.generate import stream_generate
-
-    text, last = "", None
-    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
-                                sampler=sampler, logits_processors=logits_processors):
-        text += last.text
-        if stop is not None and stop in text:
-            text = text[: text.index(stop)]
-            break
-    return {
-        "text": text,
-        "finish_reason": last.finish_reason or "stop",
-        "prompt_tokens": last.prompt_tokens,
-        "generation_tokens": last.generation_tokens,
-        "prompt_tps": last.prompt_tps,
-        "generation_tps": last.generation_tps,
-        "peak_memory_gb": last.peak_memory,
+def totals(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Run-level metrics over several prompts: sums, token-weighted speeds, the peak memory."""
+    prompt_tokens = sum(r["prompt_tokens"] for r in results)
+    generated = sum(r["generation_tokens"] for r in results)
+    prompt_seconds = sum(r["prompt_tokens"] / r["prompt_tps"] for r in results if r["prompt_tps"])
+    gen_seconds = sum(r["generation_tokens"] / r["generation_tps"] for r in results
+                      if r["generation_tps"])
+    out = {
+        "prompts": len(results),
+        "prompt_tokens": prompt_tokens,
+        "generation_tokens": generated,
+        "prompt_tps": prompt_tokens / prompt_seconds if prompt_seconds else 0.0,
+        "generation_tps": generated / gen_seconds if gen_seconds else 0.0,
+        "peak_memory_gb": max(r["peak_memory_gb"] for r in results),
     }
+    if "draft_tokens_accepted" in results[0]:
+        out["draft_tokens_accepted"] = sum(r["draft_tokens_accepted"] for r in results)
+    return out
 
 
 def execute(job: TaskInput) -> Metrics:
-    """Generate text; the seed is reset to the job's seed just before sampling.
+    """Generate text for each prompt; the seed is reset to the job's seed before each one.
 
     Returns:
-        Metrics: text, finish_reason, prompt_tokens, generation_tokens,
-        prompt_tps, generation_tps, peak_memory_gb.
+        Metrics: ``results`` (one per prompt: prompt, source, text,
+        finish_reason, token counts, tokens/s, peak memory), the totals
+        (prompts, prompt_tokens, generation_tokens, prompt_tps, generation_tps,
+        peak_memory_gb) and, for a single prompt, its text and finish_reason;
+        with a draft model, draft_model and draft_tokens_accepted.
+
+    Raises:
+        TaskError: unusable prompts, tokens or draft model.
     """
     import mlx.core as mx
 
     task = job.task
-    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
-    prompt = make_prompt(tokenizer, task)
-    sampler, processors = make_sampler_from(task)
-    mx.random.seed(job.seed)
-    out = generate_text(job.model, tokenizer, prompt, task["max_tokens"], sampler, processors)
-    log.info(
-        "generate: %d prompt tokens at %.1f tokens/s, %d generated at %.1f tokens/s, "
-        "peak memory %.3f GB: %r",
-        out["prompt_tokens"], out["prompt_tps"], out["generation_tokens"],
-        out["generation_tps"], out["peak_memory_gb"], out["text"][:200],
+    tokenizer = load_tokenizer(job.model_dir, job.model_config,
+                               chat_template=chat_template_text(task.get("chat_template")),
+                               trust_remote_code=job.trust_remote_code)
+    add_eos_tokens(tokenizer, string_list(task.get("extra_eos_token")) or [])
+    items = prompt_items(task)
+    sampler, processors = make_sampler_from(task, tokenizer)
+    # Under mlx.launch every rank generates; rank 0 alone prints and writes files.
+    leads = world().leads
+    stream = task.get("stream", True) and leads
+    how = Generation(
+        max_tokens=task["max_tokens"], sampler=sampler, logits_processors=processors,
+        stop=[unescape(s) for s in string_list(task.get("stop")) or []],
+        on_text=_print if stream else None,
+        num_draft_tokens=task.get("num_draft_tokens") or 3,
+        options={**kv_options(task), "prefill_step_size": task.get("prefill_step_size") or 2048},
     )
-    return out
+    check_bounded_cache(job.model, how.options)
+    extra: Dict[str, Any] = {}
+    if task.get("draft_model") is not None:
+        how.draft_model, extra["draft_model"] = load_draft_model(task["draft_model"], job.load,
+                                                                 tokenizer)
+        if "hub" in extra["draft_model"]:
+            job.hub["task.draft_model"] = extra["draft_model"]["hub"]
+    results = []
+    with open(job.run_dir / GENERATIONS if leads else os.devnull, "w", encoding="utf-8") as f:
+        for i, item in enumerate(items):
+            prompt = encode_prompt(tokenizer, task, item)
+            if len(items) > 1:
+                log.info("generate: prompt %d of %d (%s)", i + 1, len(items), item.source)
+            mx.random.seed(job.seed)
+            if stream:
+                _print(RULE + "\n")
+            try:
+                out = generate_text(job.model, tokenizer, prompt, how)
+            except (NotImplementedError, ValueError) as e:
+                raise (quantization_failure(how.options, e) or e) from e
+            if stream:
+                _print("\n" + RULE + "\n")
+            result = {"prompt": item.shown(), "source": item.source, **out}
+            results.append(result)
+            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+            f.flush()
+            log.info(
+                "generate: %d prompt tokens at %.1f tokens/s, %d generated at %.1f tokens/s "
+                "(%s), peak memory %.3f GB", out["prompt_tokens"], out["prompt_tps"],
+                out["generation_tokens"], out["generation_tps"], out["finish_reason"],
+                out["peak_memory_gb"],
+            )
+            log.info("generate: text %r", out["text"], extra=FILE_ONLY if stream else None)
+    metrics = totals(results)
+    if len(results) == 1:
+        metrics.update({k: v for k, v in results[0].items() if k not in ("prompt", "source")})
+    metrics.update(extra, results=results)
+    return metrics

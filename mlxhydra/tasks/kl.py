@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..file_checks import first_non_directory
+from ..runs import ranks
 from ..runs.atomic import atomic_directory
 from .common import (
     Metrics,
@@ -30,6 +31,7 @@ from .common import (
     peak_memory_gb,
     progress,
 )
+from .kv_cache import ThroughCache, check_kv, uses_cache
 from .perplexity import check_eval_data, eval_data
 from .reference import (
     build_reference,
@@ -43,6 +45,8 @@ log = logging.getLogger("mlxhydra")
 
 # The tokenizer's files are checked with the settings, before any weight is read.
 USES_TOKENIZER = True
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
 
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -51,6 +55,7 @@ def check(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=kl's settings."""
     c = SettingsCheck(task)
     check_eval_data(c)
+    check_kv(c)
     c.choice("cache_dtype", CACHE_DTYPES, default="float32")
     c.boolean("cache")
     cache_dir = task.get("cache_dir")
@@ -146,7 +151,10 @@ def summarize(t: Dict[str, np.ndarray]) -> Dict[str, Any]:
     n = t["kl"].size
     kl = np.maximum(t["kl"], 0.0)  # rounding can give -1e-9
     diff = t["nll"] - t["nll_ref"]
-    stderr = (lambda x: float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0)
+
+    def stderr(x):
+        return float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
     return {
         "kl_mean": float(kl.mean()),
         "kl_mean_stderr": stderr(kl),
@@ -162,6 +170,25 @@ def summarize(t: Dict[str, np.ndarray]) -> Dict[str, Any]:
         "ln_perplexity_ratio_stderr": stderr(diff),
         "tokens_evaluated": int(n),
     }
+
+
+def follow_reference(model, ref, tokens, batch_size: int, shard: Optional[str]) -> Metrics:
+    """Another rank than 0 of a distributed run: the same (collective) forward passes, nothing kept.
+
+    Rank 0 decides whether the reference must be computed, computes the statistics
+    and writes the cache.
+    """
+    import mlx.core as mx
+
+    starts = range(0, tokens.shape[0], batch_size)
+    if not ranks.rank0_decides(False):
+        reference = build_reference(ref, shard)
+        for s in starts:
+            mx.eval(log_probs(reference, tokens[s: s + batch_size]))
+        del reference
+    for s in starts:
+        mx.eval(log_probs(model, tokens[s: s + batch_size]))
+    return {}
 
 
 def execute(job: TaskInput) -> Metrics:
@@ -183,9 +210,17 @@ def execute(job: TaskInput) -> Metrics:
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(task, tokenizer, job.model_dir)
     ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
+    if ref.hub:
+        job.hub["task.reference"] = ref.hub
+    world = ranks.world()
+    if not world.leads:
+        return follow_reference(job.model, ref, tokens, batch_size, job.load.get("shard"))
     check_fingerprint(ref)
     settings = {k: task.get(k) for k in ("sequence_length", "num_samples", "batch_size")}
     settings["cache_dtype"] = dtype
+    if world.distributed:  # sums across ranks round differently from one process
+        settings["ranks"] = world.size
+        settings["shard"] = job.load.get("shard")
     data_sha = file_sha256(path)
     tokens_sha = "sha256:" + hashlib.sha256(np.array(tokens).tobytes()).hexdigest()
     key = cache_key(ref, tokens_sha, data_sha, settings)
@@ -193,21 +228,22 @@ def execute(job: TaskInput) -> Metrics:
     cache_dir = Path(task.get("cache_dir") or default_cache_dir()).expanduser().absolute()
     scratch: Optional[tempfile.TemporaryDirectory] = None
     target = cache_dir / key[:32]
-    cached = use_cache and is_cached(target)
+    cached = ranks.rank0_decides(use_cache and is_cached(target))
     if not cached:
         if not use_cache:
             scratch = tempfile.TemporaryDirectory(prefix="mlxhydra-kl-")
             target = Path(scratch.name) / "reference"
         if target.exists():  # damaged (files removed by hand): compute it again
             shutil.rmtree(target)
-        reference = build_reference(ref)
+        reference = build_reference(ref, job.load.get("shard"))
         meta = {"key": key, "reference": ref.describe(), "data": str(path), "data_sha256": data_sha,
                 "tokens_sha256": tokens_sha, "settings": settings, "shape": list(tokens.shape)}
         write_reference(reference, tokens, batch_size, dtype, target, meta)
         del reference
         mx.clear_cache()
     try:
-        out = summarize(compare(job.model, tokens, batch_size, target))
+        model = ThroughCache(job.model, task) if uses_cache(task) else job.model
+        out = summarize(compare(model, tokens, batch_size, target))
     finally:
         if scratch is not None:
             scratch.cleanup()

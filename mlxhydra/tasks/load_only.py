@@ -4,6 +4,9 @@ from typing import Any, Dict, List
 
 from .common import Metrics, TaskInput
 
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
+
 
 def check(task: Dict[str, Any]) -> List[str]:
     """task=load has no settings of its own."""

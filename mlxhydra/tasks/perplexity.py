@@ -19,11 +19,14 @@ from .common import (
     read_texts,
     token_chunks,
 )
+from .kv_cache import ThroughCache, check_kv, uses_cache
 
 log = logging.getLogger("mlxhydra")
 
 # The tokenizer's files are checked with the settings, before any weight is read.
 USES_TOKENIZER = True
+# Runs on a model sharded across the ranks of a distributed run (load.shard).
+RUNS_SHARDED = True
 
 DEFAULT_DATA = "eval.txt"
 
@@ -41,6 +44,7 @@ def check(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=perplexity's settings."""
     c = SettingsCheck(task)
     check_eval_data(c)
+    check_kv(c)
     return c.problems
 
 
@@ -95,7 +99,8 @@ def execute(job: TaskInput) -> Metrics:
     """
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(job.task, tokenizer, job.model_dir)
-    out = compute_perplexity(job.model, tokens, job.task["batch_size"])
+    model = ThroughCache(job.model, job.task) if uses_cache(job.task) else job.model
+    out = compute_perplexity(model, tokens, job.task["batch_size"])
     out.update(
         samples=tokens.shape[0], sequence_length=tokens.shape[1],
         peak_memory_gb=peak_memory_gb(), data=str(path), data_sha256=file_sha256(path),

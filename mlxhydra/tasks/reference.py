@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import ConfigError, MlxhydraError, TaskError
+from ..config.hub import is_hub_id, resolve_hub_id
+from ..errors import ConfigError, HubError, MlxhydraError, TaskError
 from ..file_checks import directory_problem, regular_file_problem
 from ..load.load_settings import check_load
 from ..runs.run_dir import RunDir
@@ -22,7 +23,7 @@ class Reference:
     """Everything needed to rebuild a reference model.
 
     ``kind`` is ``default`` (the run's model directory as stored), ``model``
-    (another model directory) or ``run`` (a past run directory).
+    (another model directory or a Hugging Face id) or ``run`` (a past run directory).
     """
 
     kind: str
@@ -32,10 +33,16 @@ class Reference:
     quant: Optional[Dict[str, Any]] = None
     load: Dict[str, Any] = field(default_factory=dict)
     weights_fingerprint: Optional[str] = None
+    hub: Optional[Dict[str, Any]] = None  # a Hugging Face id's resolution
 
     def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "source": str(self.source), "model_dir": str(self.model_dir),
-                "quant": self.quant, "weights_fingerprint": self.weights_fingerprint}
+        out = {"kind": self.kind, "source": str(self.source), "model_dir": str(self.model_dir),
+               "quant": self.quant, "weights_fingerprint": self.weights_fingerprint}
+        if self.hub:
+            out["hub"] = self.hub
+        if self.load.get("adapter_path"):
+            out["adapter_path"] = self.load["adapter_path"]
+        return out
 
 
 def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
@@ -66,14 +73,17 @@ def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
         saved_load = saved.get("load") if isinstance(saved.get("load"), dict) else {}
         # Only settings that shape the weights: consent to run code (a model_file, a class
         # to import) is this command's alone, never the record's.
-        load = {k: saved_load.get(k) for k in ("strict", "dtype", "fingerprint")}
+        load = {k: saved_load.get(k) for k in ("strict", "dtype", "fingerprint", "adapter_path", "fuse")}
         load.update({k: current.get(k) for k in ("trust_remote_code", "model_class", "args_class")})
         # run.json's model_dir is the path as used; config.yaml's is escaped text (\${...})
         model_dir = Path(str(record.get("model_dir") or saved.get("model_dir") or ""))
-        config = run_dir.read_model_config()
+        config = run_dir.read_model_config() or saved.get("model")
         recorded = record.get("weights_fingerprint")
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
+    if isinstance(load.get("adapter_path"), str):  # relative to that run's working directory
+        adapter = Path(load["adapter_path"]).expanduser()
+        load["adapter_path"] = str(Path(str(record.get("cwd") or ".")) / adapter)
     if not isinstance(config, dict) or regular_file_problem(model_dir / "config.json"):
         raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone "
                         "(or the run has no model_config.json)")
@@ -98,7 +108,8 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
 
     Args:
         value: None (this run's model directory, its raw config.json, no
-            quantization), a model directory, or a past run directory.
+            quantization), a model directory, a Hugging Face id (``org/name[@REVISION]``)
+            or a past run directory.
         model_dir: This run's model directory.
         load: This run's ``load`` settings (architecture options are kept;
             dtype is not: the reference is the model as stored).
@@ -116,6 +127,10 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
     path = Path(value).expanduser().absolute()
     if _is_run_dir(path):
         return _from_run(path, keep)
+    if is_hub_id(value):
+        snapshot = resolve_hub_id(value, "task.reference")
+        return Reference("model", snapshot.path, snapshot.path, _model_dir_config(snapshot.path),
+                         None, keep, hub=snapshot.record())
     return Reference("model", path, path, _model_dir_config(path), None, keep)
 
 
@@ -129,9 +144,16 @@ def reference_problems(value: Any) -> List[str]:
     if value is None:
         return []
     if not isinstance(value, str) or not value:
-        return [f"task.reference={value!r}: expected a model or run directory, or null"]
+        return [f"task.reference={value!r}: expected a model or run directory, a Hugging Face "
+                "id, or null"]
     path = Path(value).expanduser().absolute()
     if _is_run_dir(path) or not regular_file_problem(path / "config.json"):
+        return []
+    if is_hub_id(value):
+        try:  # downloads now (once per process), so that a bad id fails before any weight is read
+            resolve_hub_id(value, "task.reference")
+        except HubError as e:
+            return [str(e)]
         return []
     what = directory_problem(path) or "holds neither config.json nor run.json"
     return [f"task.reference={value}: {path} {what} (expected a model or run directory)"]
@@ -159,21 +181,27 @@ def check_fingerprint(ref: Reference) -> str:
     return current
 
 
-def build_reference(ref: Reference):
+def build_reference(ref: Reference, shard: Optional[str] = None):
     """Instantiate and load the reference model.
+
+    Args:
+        shard: This run's ``load.shard``: in a distributed run the reference
+            is split across the ranks as the model is.
 
     Returns:
         The model (evaluated).
     """
     from ..load.loader import build_model
     from ..load.quant_spec import parse_quant
+    from ..runs.ranks import world
 
     load = ref.load
     model, _, _ = build_model(
         ref.model_dir, dict(ref.config), quant=parse_quant(ref.quant) if ref.quant else None,
         strict=bool(load.get("strict", True)), trust_remote_code=bool(load.get("trust_remote_code")),
         dtype=load.get("dtype"), model_class=load.get("model_class"),
-        args_class=load.get("args_class"),
+        args_class=load.get("args_class"), shard=shard, group=world().group,
+        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
     )
     return model
 
@@ -195,5 +223,11 @@ def cache_key(ref: Reference, tokens_sha256: str, data_sha256: str, settings: Di
         "mlx": metadata.version("mlx"),
         "mlx_lm": metadata.version("mlx-lm"),
     }
+    if ref.load.get("adapter_path"):  # a past run's adapters (the key of runs without stays as it was)
+        from ..load.adapters import WEIGHTS_FILE, adapter_dir
+        from ..load.weight_files import fingerprint
+
+        content["adapter"] = fingerprint(adapter_dir(ref.load["adapter_path"]) / WEIGHTS_FILE, "full")
+        content["fuse"] = bool(ref.load.get("fuse"))
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

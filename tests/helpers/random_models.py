@@ -1,6 +1,6 @@
 """Build a small random model with mlx-lm's own classes and save it as mlx-lm saves models.
 
-    python tests/helpers/random_models.py OUT_DIR [--model-type llama] [--seed 0] [--shards 1]
+    python tests/helpers/random_models.py OUT_DIR [--model-type llama] [--seed 0] [--shards 1|layers]
         [--quantize BITS] [--mode affine] [--set key=json ...]
 
 Used by the tests' fixtures and the benchmark; nothing is downloaded.
@@ -44,6 +44,16 @@ BASE = {
         "vocab_size": 256, "rope_theta": 1000000.0, "tie_word_embeddings": False,
         "max_position_embeddings": 512, "norm_topk_prob": True,
     },
+    # Multi-head latent attention, a dense first layer, then MoE (float32 only on CPU).
+    "deepseek_v3": {
+        "model_type": "deepseek_v3", "hidden_size": 64, "num_hidden_layers": 4,
+        "intermediate_size": 128, "moe_intermediate_size": 32, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "n_shared_experts": 1, "n_routed_experts": 4,
+        "num_experts_per_tok": 2, "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+        "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+        "v_head_dim": 16, "rms_norm_eps": 1e-6, "vocab_size": 256,
+        "max_position_embeddings": 512, "rope_theta": 10000.0, "tie_word_embeddings": False,
+    },
 }
 
 
@@ -61,15 +71,21 @@ def build(out_dir, config, seed=0, shards=1, quantize=None, mode="affine", group
     config = dict(config)
     if quantize is not None:
         model, config = quantize_model(model, config, group_size, quantize, mode=mode)
-    if shards > 1:
+    if shards == "layers" or shards > 1:
         weights = dict(tree_flatten(model.parameters()))
         size = sum(v.nbytes for v in weights.values())
         index = {"metadata": {"total_size": size}, "weight_map": {}}
         keys = sorted(weights)
-        per = -(-len(keys) // shards)
-        for i in range(shards):
-            part = {k: weights[k] for k in keys[i * per:(i + 1) * per]}
-            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        if shards == "layers":  # one file per decoder layer, then one for the rest (as HF checkpoints)
+            layer = lambda k: int(k.split(".")[2]) if k.startswith("model.layers.") else 1 << 30  # noqa: E731
+            numbers = sorted({layer(k) for k in keys})
+            parts = [[k for k in keys if layer(k) == n] for n in numbers]
+        else:
+            per = -(-len(keys) // shards)
+            parts = [keys[i * per:(i + 1) * per] for i in range(shards)]
+        for i, part_keys in enumerate(parts):
+            part = {k: weights[k] for k in part_keys}
+            name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
             mx.save_safetensors(str(out_dir / name), part, metadata={"format": "mlx"})
             index["weight_map"].update({k: name for k in part})
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -84,7 +100,8 @@ def main():
     p.add_argument("out_dir")
     p.add_argument("--model-type", default="llama", choices=sorted(BASE))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--shards", type=lambda v: v if v == "layers" else int(v), default=1,
+                   help="number of weight files, or 'layers': one per decoder layer")
     p.add_argument("--quantize", type=int, default=None)
     p.add_argument("--mode", default="affine")
     p.add_argument("--dtype", default=None)

@@ -1,0 +1,122 @@
+"""``mlxhydra launch -n N OVERRIDES...``: N ranks on this machine, with MLX's own launcher.
+
+The shortcut for a local test of a distributed run: it runs
+
+    mlx.launch -n N --backend ring --starting-port PORT -- python -m mlxhydra OVERRIDES...
+
+with a free port, and exits with the ranks' status (mlx.launch itself exits 0
+even when a rank fails): 0 when every rank completed, else rank 0's code, or
+the first other rank's. On several machines, use ``mlx.launch --hostfile``
+directly (docs/distributed.md).
+"""
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+STATUS_DIR_ENV = "MLXHYDRA_RANK_STATUS_DIR"  # where each rank leaves its exit code
+
+
+def find_mlx_launch() -> Optional[str]:
+    """The ``mlx.launch`` script of this Python's environment (or on PATH)."""
+    beside = Path(sys.executable).parent / "mlx.launch"
+    return str(beside) if beside.is_file() else shutil.which("mlx.launch")
+
+
+def free_ports(count: int, host: str = "127.0.0.1", tries: int = 20) -> int:
+    """A port P such that P .. P+count-1 are free now (the ring backend takes one per rank)."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            start = s.getsockname()[1]
+        if start + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(start, start + count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind((host, port))
+            except OSError:
+                continue
+        return start
+    raise OSError(f"no {count} consecutive free ports on {host}")
+
+
+@contextlib.contextmanager
+def exit_status_kept() -> Iterator[None]:
+    """Leave this rank's exit code in ``$MLXHYDRA_RANK_STATUS_DIR/<rank>`` (set by ``launch``)."""
+    directory = os.environ.get(STATUS_DIR_ENV)
+    code: object = 1
+    try:
+        yield
+        code = 0
+    except SystemExit as e:
+        code = e.code
+        raise
+    finally:
+        rank = os.environ.get("MLXHYDRA_RANK", os.environ.get("MLX_RANK"))
+        if directory and rank is not None:
+            value = code if isinstance(code, int) else (0 if code is None else 1)
+            with contextlib.suppress(OSError):
+                (Path(directory) / rank).write_text(str(value))
+
+
+def combined_status(directory: Path, ranks: int) -> int:
+    """The command's exit code from the ranks' codes (a rank without one was killed)."""
+    codes = []
+    for rank in range(ranks):
+        try:
+            codes.append(int((Path(directory) / str(rank)).read_text()))
+        except (OSError, ValueError):
+            sys.stderr.write(f"mlxhydra launch: rank {rank} ended without an exit status (killed?)\n")
+            codes.append(1)
+    return codes[0] or next((c for c in codes if c), 0)
+
+
+def parse(argv: Sequence[str]):
+    parser = argparse.ArgumentParser(
+        prog="mlxhydra launch",
+        description="Run `python -m mlxhydra OVERRIDES...` as N ranks on this machine with "
+                    "mlx.launch (ring backend over 127.0.0.1).",
+        epilog="Example: mlxhydra launch -n 2 model=./llama load.shard=tensor task=generate",
+    )
+    parser.add_argument("-n", "--ranks", type=int, default=2, help="number of ranks (default 2)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="the ring's first port (default: a free one)")
+    parser.add_argument("--verbose", action="store_true", help="mlx.launch's debug messages")
+    return parser.parse_known_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the ranks; return the combined exit code (see the module doc)."""
+    args, overrides = parse(argv)
+    if args.ranks < 1:
+        sys.stderr.write(f"mlxhydra launch: -n {args.ranks}: expected at least 1 rank\n")
+        return 2
+    launcher = find_mlx_launch()
+    if launcher is None:
+        sys.stderr.write("mlxhydra launch: mlx.launch not found (it comes with mlx)\n")
+        return 1
+    port = args.port or free_ports(args.ranks)
+    with tempfile.TemporaryDirectory(prefix="mlxhydra-launch-") as status_dir:
+        command: List[str] = [
+            launcher, "-n", str(args.ranks), "--backend", "ring", "--starting-port", str(port),
+            *(["--verbose"] if args.verbose else []),
+            "--", sys.executable, "-m", "mlxhydra", *overrides,
+        ]
+        # mlx.launch leaves each rank's hostfile and pid file (mktemp) behind: here they go
+        # into this temporary directory, removed at the end.
+        env = {**os.environ, STATUS_DIR_ENV: status_dir, "TMPDIR": status_dir}
+        proc = subprocess.Popen(command, env=env)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached every rank too: let them record it
+            proc.wait()
+        return combined_status(Path(status_dir), args.ranks)

@@ -1,0 +1,209 @@
+"""Prompts of ``task=generate`` and ``task=accuracy``: where they come from and how they are encoded.
+
+A prompt is plain text or a list of chat messages. ``task.prompt`` (a string
+or a list of strings), ``task.messages`` and ``task.prompt_file`` (one prompt
+a line, or JSON lines with ``prompt`` or ``messages``) give one or several;
+each is encoded as ``mlx_lm.generate`` encodes its prompt: through the chat
+template (with the system prompt, the template's arguments and a prefilled
+response) when there is one, else as plain text.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..errors import TaskError
+from .common import SettingsCheck, read_jsonl
+
+JSON_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt: plain text or chat messages, and where it came from."""
+
+    source: str  # "task.prompt", "task.prompt_file line 3"...
+    prompt: Optional[str] = None
+    messages: Optional[List[Dict[str, Any]]] = None
+
+    def shown(self) -> Any:
+        """The prompt as the outputs record it."""
+        return self.prompt if self.messages is None else self.messages
+
+
+def unescape(text: str) -> str:
+    r"""``\n`` and ``\t`` typed on the command line as newline and tab (as ``mlx_lm.generate``)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def messages_problem(messages: Any) -> Optional[str]:
+    """What is wrong with a chat message list, or None."""
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) and {"role", "content"} <= set(m)
+        and isinstance(m["role"], str) and isinstance(m["content"], str) for m in messages
+    ):
+        return "expected a non-empty list of {role, content} items"
+    return None
+
+
+def read_prompt_file(value: str) -> List[PromptItem]:
+    """The prompts of ``task.prompt_file``.
+
+    A ``.jsonl``/``.json`` file holds one JSON object a line with ``prompt``
+    (text) or ``messages`` (chat messages); any other file holds one prompt a
+    non-blank line.
+
+    Raises:
+        TaskError: naming the file (and line) that cannot be used.
+    """
+    path = Path(value).expanduser().absolute()
+    key = f"task.prompt_file={value}"
+    if not path.is_file():
+        raise TaskError(f"{key}: {path} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        if path.suffix in JSON_SUFFIXES:
+            items = [_json_prompt(key, path, n, row) for n, row in read_jsonl(path, (), key)]
+        else:
+            items = [PromptItem(f"task.prompt_file line {n}", prompt=line)
+                     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                     if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskError(f"{key}: {path} cannot be read ({e})") from e
+    if not items:
+        raise TaskError(f"{key}: {path} holds no prompts")
+    return items
+
+
+def _json_prompt(key: str, path: Path, n: int, row: Any) -> PromptItem:
+    """One JSON line of a prompt file: ``{"prompt": ...}`` or ``{"messages": [...]}``."""
+    source = f"task.prompt_file line {n}"
+    if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"]:
+        return PromptItem(source, prompt=row["prompt"])
+    if isinstance(row, dict) and "messages" in row and messages_problem(row["messages"]) is None:
+        return PromptItem(source, messages=row["messages"])
+    raise TaskError(f"{key}: {path} line {n}: expected an object with a non-empty "
+                    '"prompt" string or "messages" [{role, content}, ...]')
+
+
+def prompt_items(task: Mapping[str, Any]) -> List[PromptItem]:
+    """Every prompt of a task: from ``prompt_file``, else ``messages``, else ``prompt``.
+
+    Raises:
+        TaskError: a prompt file that cannot be used.
+    """
+    if task.get("prompt_file") is not None:
+        return read_prompt_file(task["prompt_file"])
+    if task.get("messages") is not None:
+        return [PromptItem("task.messages", messages=task["messages"])]
+    prompt = task.get("prompt")
+    if isinstance(prompt, list):
+        return [PromptItem(f"task.prompt[{i}]", prompt=unescape(p)) for i, p in enumerate(prompt)]
+    return [PromptItem("task.prompt", prompt=unescape(prompt))]
+
+
+def check_chat(c: SettingsCheck) -> None:
+    """The chat settings shared with task=accuracy: chat, messages, system_prompt."""
+    task = c.task
+    c.choice("chat", ("auto", True, False), default="auto")
+    messages = task.get("messages")
+    if messages is not None:
+        problem = messages_problem(messages)
+        if problem:
+            c.problems.append(f"task.messages: {problem}")
+        elif task.get("chat", "auto") is False:
+            c.problems.append("task.messages needs task.chat=auto or true (a chat template)")
+        elif task.get("system_prompt") is not None and messages[0].get("role") == "system":
+            c.problems.append("task.system_prompt and a system message in task.messages: give one")
+    system = task.get("system_prompt")
+    if system is not None and not isinstance(system, str):
+        c.fail("system_prompt", "a string or null")
+
+
+def check_prompts(c: SettingsCheck) -> None:
+    """Every prompt setting of task=generate (the prompt file is read now)."""
+    task = c.task
+    check_chat(c)
+    prompt = task.get("prompt")
+    if task.get("messages") is None and task.get("prompt_file") is None and not (
+        (isinstance(prompt, str) and prompt)
+        or (isinstance(prompt, list) and prompt and all(isinstance(p, str) and p for p in prompt))
+    ):
+        c.fail("prompt", "a non-empty string or list of strings (or set task.messages or "
+                         "task.prompt_file)")
+    value = task.get("prompt_file")
+    if value is not None:
+        if not isinstance(value, str) or not value:
+            c.fail("prompt_file", "a file path or null")
+        else:
+            try:
+                read_prompt_file(value)
+            except TaskError as e:
+                c.problems.append(str(e))
+    template = task.get("chat_template")
+    if template is not None:
+        if not isinstance(template, str) or not template:
+            c.fail("chat_template", "a Jinja template, a template file, or null")
+        elif not looks_like_template(template) and not Path(template).expanduser().is_file():
+            c.problems.append(f"task.chat_template={template}: neither a Jinja template nor an "
+                              "existing file")
+    args = task.get("chat_template_args")
+    if args is not None and not isinstance(args, dict):
+        c.fail("chat_template_args", "a mapping of chat template arguments, e.g. "
+                                     "{enable_thinking: false}, or null")
+    prefill = task.get("prefill_response")
+    if prefill is not None:
+        if not isinstance(prefill, str):
+            c.fail("prefill_response", "a string or null")
+        elif task.get("chat", "auto") is False:
+            c.problems.append("task.prefill_response needs task.chat=auto or true (a chat template)")
+
+
+def looks_like_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def chat_template_text(value: Optional[str]) -> Optional[str]:
+    """The template of ``task.chat_template``: the text itself, or the file's contents."""
+    if value is None or looks_like_template(value):
+        return value
+    return Path(value).expanduser().read_text(encoding="utf-8")
+
+
+def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[int]:
+    """The prompt's tokens, as ``mlx_lm.generate`` makes them.
+
+    ``chat: auto`` applies the tokenizer's chat template when it has one;
+    ``true`` requires one; ``false`` encodes the text with the tokenizer's
+    special tokens. Messages always need a template. Through the template, the
+    system prompt comes first and ``prefill_response`` starts the reply.
+
+    Raises:
+        TaskError: a chat template required but absent.
+    """
+    chat, prefill = task.get("chat", "auto"), task.get("prefill_response")
+    if item.messages is not None:
+        use_chat = True
+    else:
+        use_chat = tokenizer.has_chat_template if chat == "auto" else chat is True
+    if use_chat and not tokenizer.has_chat_template:
+        what = "task.messages" if item.messages is not None else "task.chat=true"
+        raise TaskError(f"{what}: the model's tokenizer has no chat template "
+                        "(set task.chat_template)")
+    if not use_chat:
+        if prefill is not None:
+            raise TaskError("task.prefill_response: the model's tokenizer has no chat template "
+                            "(set task.chat_template)")
+        return list(tokenizer.encode(item.prompt))
+    system = task.get("system_prompt")
+    messages = ([{"role": "system", "content": system}] if system is not None else [])
+    if item.messages is not None:
+        messages += item.messages
+    else:
+        messages.append({"role": "user", "content": item.prompt})
+    if prefill is not None:
+        messages.append({"role": "assistant", "content": prefill})
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, continue_final_message=prefill is not None,
+        add_generation_prompt=prefill is None, **(task.get("chat_template_args") or {}),
+    )
+    return list(tokenizer.encode(text, add_special_tokens=False))

@@ -1,0 +1,42 @@
+"""The ``logger`` node's settings, checked in the validate stage (before any weight is read)."""
+
+from typing import Any, Dict, List
+
+from ..config.plugin_extras import EXTRAS, install_hint, installed
+
+# logger name -> {key: (expected types, what is expected)}
+KEYS: Dict[str, Dict[str, tuple]] = {
+    "mlflow": {"tracking_uri": ((str,), "a tracking URI (sqlite:///outputs/mlflow.db, http://host:5000)"),
+               "experiment": ((str,), "an experiment name"),
+               "artifacts": ((bool,), "true or false")},
+    "tensorboard": {"log_dir": ((str, type(None)), "a directory or null")},
+    "csv": {"path": ((str,), "a CSV file path")},
+}
+
+
+def check_logger(node: Any) -> List[str]:
+    """Problems of the ``logger`` node: unknown loggers or keys, bad values, missing packages."""
+    if node in (None, {}):
+        return []
+    if not isinstance(node, dict):
+        return [f"logger={node!r}: expected logger settings (choose trackers with logger=[mlflow,csv])"]
+    problems = []
+    for name, settings in node.items():
+        if name not in KEYS:
+            problems.append(f"logger.{name}: unknown logger (expected one of {', '.join(KEYS)})")
+            continue
+        if not isinstance(settings, dict):
+            problems.append(f"logger.{name}={settings!r}: expected its settings")
+            continue
+        for key, value in settings.items():
+            if key not in KEYS[name]:
+                problems.append(f"logger.{name}.{key}: unknown key (expected {', '.join(KEYS[name])})")
+                continue
+            types, expected = KEYS[name][key]
+            if not isinstance(value, types) or value == "":
+                problems.append(f"logger.{name}.{key}={value!r}: expected {expected}")
+        module, extra, package = EXTRAS["logger"].get(name, (None, None, None))
+        if module and not installed(module):
+            problems.append(f"logger={name} needs {package}, which is not installed: "
+                            f"{install_hint(extra, package)}")
+    return problems

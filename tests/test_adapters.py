@@ -1,0 +1,131 @@
+"""LoRA/DoRA adapters (``load.adapter_path``, ``load.fuse``) against ``mlx_lm.load(adapter_path=...)``.
+
+The adapters are made with mlx-lm's tuner (tests/helpers/adapters.py) with
+random non-zero weights, so that they change the logits.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from conftest import EMBEDDED_TINY, make_model
+from helpers.adapters import make_adapter
+
+from mlxhydra.config.composition import compose
+from mlxhydra.config.validation import validate
+from mlxhydra.errors import ConfigError, WeightsError
+from mlxhydra.runs.job import prepare
+from mlxhydra.runs.record import RecordWriter
+from mlxhydra.runs.run_dir import RunDir
+from mlxhydra.tasks import TaskInput, run_task
+
+TOKENS = [[1, 5, 20, 21, 22, 11, 20, 30, 40, 41]]
+
+
+def logits(model):
+    return np.array(model(mx.array(TOKENS)).astype(mx.float32))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A float llama (vocab 128) with the embedded tokenizer and eval data, and its 4-bit twin."""
+    root = tmp_path_factory.mktemp("adapters")
+    d = make_model(root / "base", vocab_size=128, seed=3)
+    make_model(root / "base_q4", vocab_size=128, seed=3, quantize=4, group_size=64)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "eval.txt",
+                 "accuracy.jsonl"):
+        shutil.copy(EMBEDDED_TINY / name, d / name)
+        shutil.copy(EMBEDDED_TINY / name, root / "base_q4" / name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def lora(base) -> Path:
+    return make_adapter(base, base.parent / "lora", "lora")
+
+
+def load_ours(model_dir: Path, *overrides: str):
+    cfg = compose([f"model={model_dir}", *overrides])
+    return prepare(cfg, validate(cfg))
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_adapter_logits_equal_mlx_lm_load(base, lora, kind):
+    from mlx_lm import load as mlx_lm_load
+
+    adapter = lora if kind == "lora" else make_adapter(base, base.parent / "dora", "dora")
+    theirs, _ = mlx_lm_load(str(base), adapter_path=str(adapter))
+    ours, report = load_ours(base, f"load.adapter_path={adapter}")
+    assert np.array_equal(logits(ours), logits(theirs))
+    plain, _ = load_ours(base)
+    assert not np.allclose(logits(ours), logits(plain), atol=1e-3)  # the adapter does something
+    assert report.adapter["config"]["fine_tune_type"] == kind and report.adapter["parameters"] > 0
+
+
+def test_adapter_on_runtime_4bit_equals_mlx_lm_on_the_4bit_model(base, lora):
+    from mlx_lm import load as mlx_lm_load
+
+    theirs, _ = mlx_lm_load(str(base.parent / "base_q4"), adapter_path=str(lora))
+    ours, report = load_ours(base, "quant=4bit", f"load.adapter_path={lora}")
+    assert report.quantization["source"] == "runtime"
+    assert np.array_equal(logits(ours), logits(theirs))
+
+
+def test_fused_equals_unfused_and_saves_a_model_mlx_lm_loads(base, lora, tmp_path):
+    from mlx_lm import load as mlx_lm_load
+
+    unfused, _ = load_ours(base, f"load.adapter_path={lora}")
+    cfg = compose([f"model={base}", f"load.adapter_path={lora}", "load.fuse=true", "task=save",
+                   f"task.path={tmp_path / 'fused'}"])
+    settings = validate(cfg)
+    record = RecordWriter(tmp_path / "run.json")
+    fused, report = prepare(cfg, settings, RunDir(tmp_path), record)
+    np.testing.assert_allclose(logits(fused), logits(unfused), rtol=1e-4, atol=1e-4)
+    metrics = run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=fused,
+                                 model_config=report.model_config, model_dir=base, run_dir=tmp_path))
+    saved, _ = mlx_lm_load(metrics["path"])
+    assert np.array_equal(logits(saved), logits(fused))
+    keys = mx.load(str(tmp_path / "fused" / "model.safetensors"))
+    assert not any("lora" in k for k in keys)
+    adapter = json.loads((tmp_path / "run.json").read_text())["adapter"]
+    assert adapter["config"] == json.loads((lora / "adapter_config.json").read_text())
+    assert adapter["fused"] is True and adapter["parameters"] == 0 and adapter["path"] == str(lora)
+    import hashlib
+    digest = hashlib.sha256((lora / "adapters.safetensors").read_bytes()).hexdigest()
+    assert adapter["fingerprint"] == f"full:sha256:{digest}"
+
+
+def test_kl_of_an_adapter_is_against_the_base_model(base, lora, tmp_path):
+    common = ("task=kl", "task.num_samples=2", "task.sequence_length=32",
+              f"task.cache_dir={tmp_path / 'kl'}")
+    out = {}
+    for name, extra in (("base", ()), ("lora", (f"load.adapter_path={lora}",))):
+        cfg = compose([f"model={base}", *common, *extra])
+        settings = validate(cfg)
+        model, report = prepare(cfg, settings)
+        out[name] = run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                                       model_config=report.model_config, model_dir=base,
+                                       run_dir=tmp_path))
+    assert out["base"]["kl_mean"] == 0.0 and out["lora"]["kl_mean"] > 0.0
+    assert out["lora"]["reference_cached"] is True  # the same reference: the base model
+
+
+def test_bad_adapter_settings_are_refused_before_loading(base, lora, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    cfg = compose([f"model={base}", f"load.adapter_path={broken}", "task=save"])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert f"load.adapter_path={broken}: {broken / 'adapter_config.json'}: cannot be read as JSON" in str(e.value)
+    assert "task=save with load.adapter_path needs load.fuse=true" in str(e.value)
+    with pytest.raises(ConfigError, match="load.fuse=true needs load.adapter_path"):
+        validate(compose([f"model={base}", "load.fuse=true"]))
+    other = make_model(tmp_path / "wide", vocab_size=128, hidden_size=96, num_attention_heads=4,
+                       num_key_value_heads=2)
+    with pytest.raises(WeightsError, match=f"load.adapter_path={lora}: the adapters do not fit"):
+        load_ours(other, f"load.adapter_path={lora}")

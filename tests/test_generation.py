@@ -1,0 +1,207 @@
+"""task=generate's mlx-lm options, and the KV-cache options of perplexity and kl.
+
+The embedded tiny model (trained on "41+28=069" lines) generates; a random
+llama with the same tokenizer is the draft model of speculative decoding.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from conftest import EMBEDDED_TINY, make_model
+
+from mlxhydra.config.composition import compose
+from mlxhydra.config.overrides import parse_overrides
+from mlxhydra.config.validation import validate
+from mlxhydra.errors import ConfigError, TaskError
+from mlxhydra.runs.job import prepare
+from mlxhydra.tasks import TaskInput, run_task
+from mlxhydra.tasks.common import load_tokenizer
+from mlxhydra.tasks.kv_cache import ThroughCache
+from mlxhydra.tasks.prompts import PromptItem, encode_prompt
+
+PROMPT = "task.prompt='41+28='"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The embedded model, loaded once: (model, report)."""
+    cfg = compose(["model=tiny"])
+    return prepare(cfg, validate(cfg))
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory) -> Path:
+    """A random llama with the tiny model's vocabulary and tokenizer."""
+    d = make_model(tmp_path_factory.mktemp("draft") / "draft", vocab_size=128, hidden_size=32,
+                   intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, seed=7)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(EMBEDDED_TINY / name, d / name)
+    return d
+
+
+def generate(tiny, run_dir: Path, *overrides: str):
+    """Run task=generate on the loaded tiny model with the job's own stages."""
+    cfg = compose(["model=tiny", "task=generate", "task.stream=false", *overrides])
+    settings = validate(cfg)
+    model, report = tiny
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_task(TaskInput(task=settings.task, seed=settings.seed, load=settings.load,
+                              model=model, model_config=report.model_config,
+                              model_dir=Path(settings.model_dir), run_dir=run_dir))
+
+
+def test_speculative_decoding_gives_the_same_greedy_text(tiny, draft_dir, tmp_path):
+    plain = generate(tiny, tmp_path / "a", PROMPT, "task.max_tokens=24")
+    for draft in (str(draft_dir), "tiny"):  # a weak draft (rejections) and a perfect one (a preset)
+        out = generate(tiny, tmp_path / draft.replace("/", "_"), PROMPT, "task.max_tokens=24",
+                       f"task.draft_model={draft}", "task.num_draft_tokens=3")
+        assert out["text"] == plain["text"] and out["generation_tokens"] == plain["generation_tokens"]
+        assert 0 <= out["draft_tokens_accepted"] < out["generation_tokens"]
+        assert out["draft_model"]["model_dir"] in (str(draft_dir), str(EMBEDDED_TINY))
+    assert out["draft_tokens_accepted"] > 0  # tiny drafting for itself is always right
+
+
+def test_stop_strings_and_extra_eos_tokens_end_the_text(tiny, tmp_path):
+    full = generate(tiny, tmp_path / "full", PROMPT, "task.max_tokens=24")
+    assert full["finish_reason"] == "length" and "\n" in full["text"] and "=" in full["text"]
+    newline = generate(tiny, tmp_path / "nl", PROMPT, "task.max_tokens=24", r"task.stop='\n'")
+    cut = full["text"][:full["text"].index("\n")]
+    assert (newline["text"], newline["finish_reason"]) == (cut, "stop")
+    several = generate(tiny, tmp_path / "two", PROMPT, "task.max_tokens=24", "task.stop=['=','\\n']")
+    assert several["text"] == cut  # the first of either
+    eos = generate(tiny, tmp_path / "eos", PROMPT, "task.max_tokens=24", "task.extra_eos_token='='")
+    assert eos["text"] == full["text"][:full["text"].index("=")] and eos["finish_reason"] == "stop"
+
+
+def test_streamed_pieces_add_up_to_the_text_and_never_show_a_stop_string(tiny):
+    from mlx_lm.sample_utils import make_sampler
+
+    from mlxhydra.tasks.generation import Generation, generate_text
+
+    model, report = tiny
+    tokenizer = load_tokenizer(EMBEDDED_TINY, report.model_config)
+    prompt = tokenizer.encode("41+28=")
+    pieces = []
+    out = generate_text(model, tokenizer, prompt, Generation(
+        max_tokens=40, sampler=make_sampler(0.0), stop=["+7"], on_text=pieces.append))
+    assert "".join(pieces) == out["text"] and "+7" not in "".join(pieces)
+
+
+def test_several_prompts_give_one_result_each(tiny, tmp_path):
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("41+28=\n\n12+07=\n93-68=\n")
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "41+28="}) + "\n" +
+                     json.dumps({"messages": [{"role": "user", "content": "12+07="}]}) + "\n")
+    singles = [generate(tiny, tmp_path / p, f"task.prompt='{p}'", "task.max_tokens=6")["text"]
+               for p in ("41+28=", "12+07=", "93-68=")]
+    from_lines = generate(tiny, tmp_path / "lines", f"task.prompt_file={lines}", "task.max_tokens=6")
+    assert from_lines["prompts"] == 3 and "text" not in from_lines
+    assert [r["text"] for r in from_lines["results"]] == singles
+    assert [r["source"] for r in from_lines["results"]] == [
+        "task.prompt_file line 1", "task.prompt_file line 3", "task.prompt_file line 4"]
+    assert from_lines["generation_tokens"] == sum(r["generation_tokens"] for r in from_lines["results"])
+    written = [json.loads(x) for x in (tmp_path / "lines" / "generations.jsonl").read_text().splitlines()]
+    assert written == from_lines["results"]
+    from_json = generate(tiny, tmp_path / "json", f"task.prompt_file={jsonl}", "task.max_tokens=6")
+    # The tiny chat template is "<s>" + content: the same tokens as the plain prompt.
+    assert [r["text"] for r in from_json["results"]] == singles[:2]
+    as_list = generate(tiny, tmp_path / "list", "task.prompt=['41+28=','93-68=']", "task.max_tokens=6")
+    assert [r["text"] for r in as_list["results"]] == [singles[0], singles[2]]
+
+
+def test_chat_template_arguments_system_prompt_and_prefill(tmp_path):
+    template = tmp_path / "chat.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+        "{% if enable_thinking is defined and not enable_thinking %}[no-think]{% endif %}")
+    tokenizer = load_tokenizer(EMBEDDED_TINY, chat_template=template.read_text())
+    task = {"chat": "auto", "system_prompt": "be brief", "chat_template_args": {"enable_thinking": False}}
+    item = PromptItem("task.messages", messages=[{"role": "user", "content": "1+1="}])
+    expected = "[system]be brief[user]1+1=[assistant][no-think]"
+    assert encode_prompt(tokenizer, task, item) == tokenizer.encode(expected, add_special_tokens=False)
+    prefilled = encode_prompt(tokenizer, {**task, "prefill_response": "00"}, item)
+    # continue_final_message: the text ends with the prefilled reply, which the model continues.
+    assert prefilled == tokenizer.encode("[system]be brief[user]1+1=[assistant]00",
+                                         add_special_tokens=False)
+    plain = load_tokenizer(EMBEDDED_TINY)
+    with pytest.raises(TaskError, match="task.prefill_response: the model's tokenizer has no chat"):
+        encode_prompt(plain, {"chat": False, "prefill_response": "0"}, PromptItem("p", prompt="1"))
+
+
+def test_kv_quantization_costs_more_at_fewer_bits(tiny, tmp_path):
+    model, report = tiny
+    common = ["model=tiny", "task=kl", "task.num_samples=2", "task.sequence_length=64",
+              f"task.cache_dir={tmp_path}", "task.kv_group_size=32"]
+    kl = {}
+    for bits in (None, 8, 4):
+        cfg = compose(common + ([f"task.kv_bits={bits}"] if bits else []))
+        settings = validate(cfg)
+        kl[bits] = run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                                      model_config=report.model_config, model_dir=EMBEDDED_TINY,
+                                      run_dir=tmp_path))["kl_mean"]
+    assert kl[None] == 0.0 < kl[8] < kl[4]
+    # Without quantization, the row fed through the cache gives the model's own logits.
+    tokens = mx.array([list(range(1, 60))])
+    np.testing.assert_allclose(np.array(ThroughCache(model, {"prefill_step_size": 7})(tokens)),
+                               np.array(model(tokens)), rtol=1e-4, atol=1e-4)
+
+
+def test_perplexity_with_kv_bits_and_unusable_kv_settings(tiny, tmp_path):
+    model, report = tiny
+
+    def perplexity(*overrides):
+        cfg = compose(["model=tiny", "task=perplexity", "task.num_samples=2", *overrides])
+        settings = validate(cfg)
+        return run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                                  model_config=report.model_config, model_dir=EMBEDDED_TINY,
+                                  run_dir=tmp_path))["perplexity"]
+
+    assert perplexity("task.kv_bits=2", "task.kv_group_size=32") > perplexity()
+    with pytest.raises(TaskError, match="task.kv_group_size=64 does not fit this model's KV cache"):
+        perplexity("task.kv_bits=4")  # tiny's head dimension is 32
+    with pytest.raises(TaskError, match="task.max_kv_size=16: mlx_lm.models.llama makes its own"):
+        perplexity("task.max_kv_size=16")
+
+
+def test_bad_generation_settings_are_listed_together(tmp_path):
+    cfg = compose(["model=tiny", "task=generate", "task.kv_bits=7", "task.kv_group_size=48",
+                   "task.stop=[1]", "task.draft_model=nope", f"task.prompt_file={tmp_path}/none.txt",
+                   "task.xtc_probability=2.0", "task.chat=false", "task.prefill_response=x"])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    problems = e.value.problems
+    assert "task.kv_bits=7: expected one of 2, 3, 4, 5, 6, 8, or null (no KV-cache quantization)" in problems
+    assert "task.kv_group_size=48: expected one of 32, 64, 128" in problems
+    assert "task.stop=[1]: expected a non-empty string, a list of them, or []" in problems
+    assert any(p.startswith("task.draft_model=nope: not a model directory, a preset") for p in problems)
+    assert f"task.prompt_file={tmp_path}/none.txt: {tmp_path}/none.txt does not exist" in problems
+    assert "task.xtc_probability=2.0: expected 0..1 (0: off)" in problems
+    assert "task.prefill_response needs task.chat=auto or true (a chat template)" in problems
+    assert len(problems) == 7
+
+
+def test_documented_forms_of_prompts_hydra_would_reject():
+    # docs/tasks.md: quote the value for Hydra inside quotes for the shell.
+    values = [o.value for o in parse_overrides(
+        ["task.prompt=\"What's 2+2?\"", "task.prompt='Hello, world'", "task.prompt='a=b: [c]'"],
+        strict=True)]
+    assert values == ["What's 2+2?", "Hello, world", "a=b: [c]"]
+
+
+def test_a_bad_prompt_file_line_is_named(tmp_path):
+    from mlxhydra.tasks.prompts import read_prompt_file
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1="}\n\n{"text": "2+2="}\n')
+    with pytest.raises(TaskError, match=rf"task.prompt_file={bad}: {bad} line 3: expected an object"):
+        read_prompt_file(str(bad))
+    bad.write_text('{"prompt": "1+1="}\n{oops\n')
+    with pytest.raises(TaskError, match=rf"{bad} line 2: invalid JSON"):
+        read_prompt_file(str(bad))
