@@ -33,9 +33,17 @@ OPTIONAL_PACKAGES = ("hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-
 
 def run_subcommand(argv: Sequence[str]) -> int:
     """Run ``argv[0]`` (a name in :data:`SUBCOMMANDS`) with the rest; return its exit status."""
+    from .errors import one_line_message
+
     module, _, name = SUBCOMMANDS[argv[0]].partition(":")
     func: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module), name)
-    return func(list(argv[1:]))
+    try:
+        return func(list(argv[1:]))
+    except Exception as e:  # a damaged directory the subcommand did not foresee: one line, exit 2
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.stderr.write(f"mlxhydra {argv[0]}: {one_line_message(e)}\n")
+        return 2
 
 
 class JobFunction:

@@ -399,6 +399,9 @@ ROWS = [
     Row("summarize_bad_plan", lambda c: ["summarize", str(c["cwd"] / "sweep")],
         lambda c: [f"{c['cwd']}/sweep/multirun.yaml"], exit=2, record=None,
         setup=lambda c: _sweep_with(c, {"status": "completed"}, "hydra: [\n")),
+    Row("resume_plan_of_the_wrong_type", lambda c: ["resume", str(c["cwd"] / "sweep")],
+        lambda c: [f"{c['cwd']}/sweep/multirun.yaml: not a sweep plan"], exit=2, record=None,
+        setup=lambda c: _sweep_with(c, {"status": "failed"}, "[1, 2]\n")),
     # --- sweeps: a job whose composition fails is that job's failure only
     Row("sweep_with_bad_model_directories",
         lambda c: ["-m", f"model={c['good']},{c['root']}/gone,{c['deep_config']},{c['good']}"],

@@ -60,6 +60,8 @@ KEPT_HYDRA = ("hydra.job.chdir",)
 OWN_KEYS = ("model", "patch", "quant", "load", "task", "seed", "sweep", "model_dir", "logger")
 # Consent to run a model directory's code is the replay command's, never the record's.
 CONSENT = "load.trust_remote_code"
+# Other consents to run code (lm-eval's unsafe tasks): never taken from a record either.
+OTHER_CONSENTS = ("task.confirm_run_unsafe_code",)
 
 
 def _root(key: str) -> str:
@@ -79,9 +81,9 @@ def replayed_overrides(task: List[str], hydra: List[str]) -> Tuple[List[str], Li
     for o in parse_overrides(task):
         if _root(o.key) not in OWN_KEYS:
             dropped.append(f"{o.text} (not an mlxhydra setting)")
-        elif o.key == CONSENT or o.key.startswith(CONSENT + "."):
+        elif o.key in (CONSENT, *OTHER_CONSENTS) or o.key.startswith(CONSENT + "."):
             dropped.append(f"{o.text} (consent to run code is never taken from a record; "
-                           f"add {CONSENT}=true to the replay command)")
+                           f"add {o.key}=true to the replay command)")
         elif "${" in (o.value_text or ""):
             dropped.append(f"{o.text} (an interpolation: recorded values are never resolved)")
         else:
@@ -260,7 +262,7 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
 INTERRUPTED_EXITS = {128 + s: signal.Signals(s).name for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
 
-def _run_forwarding_signals(command: List[str], cwd: Path, stdout: Optional[int]) -> int:
+def run_forwarding_signals(command: List[str], cwd: Path, stdout: Optional[int]) -> int:
     """Run the replay; a SIGINT, SIGTERM or SIGHUP of replay is passed on to it.
 
     The replayed command then records ``interrupted`` and exits 128 + the signal
@@ -312,7 +314,7 @@ def main(argv: Sequence[str]) -> int:
         stdout = sys.stderr.fileno()  # keep stdout for the table
     except (AttributeError, OSError, ValueError):
         stdout = None
-    rc = _run_forwarding_signals(command, cwd, stdout)
+    rc = run_forwarding_signals(command, cwd, stdout)
     if rc in INTERRUPTED_EXITS:
         sys.stderr.write(f"mlxhydra: replay interrupted ({INTERRUPTED_EXITS[rc]})\n")
         return rc
