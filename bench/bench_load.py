@@ -73,6 +73,7 @@ class Side:
     label: str
     commands: Callable[[Context], List[List[str]]]
     collect: Optional[Callable[[Context], Dict[str, Any]]] = None
+    before: Optional[Callable[[], None]] = None  # untimed, before each measurement (drop caches)
 
 
 @dataclass
@@ -81,8 +82,8 @@ class Case:
     description: str
     baseline: Side
     candidate: Side
-    # Targets: "wall_ratio" (candidate / baseline median wall) and
-    # "candidate_rss_bytes" (candidate median peak RSS), each an upper bound.
+    # Targets: "wall_ratio" (candidate / baseline median wall), "rss_ratio" (the same
+    # for peak RSS) and "candidate_rss_bytes" (candidate median peak RSS), each an upper bound.
     targets: Dict[str, float] = field(default_factory=dict)
     needs_model: bool = True
     repeats: Optional[int] = None  # overrides --repeats for cheap cases
@@ -186,6 +187,8 @@ def run_process(argv: Sequence[str], cwd: Path, log: Path) -> Dict[str, Any]:
 
 def measure(side: Side, model_dir: Optional[Path]) -> Dict[str, Any]:
     """One measurement of one side, in a fresh empty working directory."""
+    if side.before is not None:
+        side.before()
     with tempfile.TemporaryDirectory(prefix="mlxhydra-bench-") as tmp:
         ctx = Context(model_dir=model_dir, workdir=Path(tmp))
         total: Dict[str, Any] = {"wall_s": 0.0, "cpu_s": 0.0, "max_rss_bytes": 0}
@@ -234,6 +237,9 @@ def summarize(case: Case, runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, An
     if "wall_ratio" in case.targets:
         checks["wall_ratio"] = {"target": case.targets["wall_ratio"], "value": ratios["wall"],
                                 "ok": ratios["wall"] <= case.targets["wall_ratio"]}
+    if "rss_ratio" in case.targets:
+        checks["rss_ratio"] = {"target": case.targets["rss_ratio"], "value": ratios["max_rss"],
+                               "ok": ratios["max_rss"] <= case.targets["rss_ratio"]}
     if "candidate_rss_bytes" in case.targets:
         checks["candidate_rss_bytes"] = {
             "target": case.targets["candidate_rss_bytes"], "value": c["max_rss_bytes"],

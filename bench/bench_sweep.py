@@ -1,7 +1,8 @@
-"""Sweep benchmark: one 6-job mlxhydra sweep vs 6 separate mlx-lm load+quantize runs.
+"""Sweep benchmark: one k-job mlxhydra sweep vs k separate mlx-lm load+quantize runs.
 
     python bench/bench_sweep.py                 # bits 2,3,4,5,6,8 at group size 64
     python bench/bench_sweep.py --repeats 3 --bits 2 4 8
+    python bench/bench_sweep.py --cache cold --cases sweep_quant sweep_cache   # as root
 
 Both sides quantize bench_load.py's cached ~1.1B float16 llama
 (``bench/.cache/llama-1b``, built on first use) to each bit width:
@@ -10,11 +11,17 @@ Both sides quantize bench_load.py's cached ~1.1B float16 llama
   process (``mlx_lm.utils.load_model`` + ``quantize_model``): N reads of the
   float weights; wall times add up, peak RSS is the largest process's.
 - candidate: ``python -m mlxhydra -m model=DIR quant.bits=B1,B2,...`` — one
-  process with Hydra's basic launcher, the float weights read once and kept
-  (mlxhydra/load/weights_cache.py), N quantizations, run records and the summary files.
+  process with Hydra's basic launcher and the default settings (each job reads the
+  weight files and quantizes layer by layer), N quantizations, run records and the
+  summary files.
 
-``--cases sweep_cache`` measures the same sweep with ``sweep.reuse_weights=false`` vs
-true instead, to isolate what the weights cache itself saves.
+``--cases sweep_cache`` measures the same sweep with ``sweep.reuse_weights=false`` (the
+default) vs true (the float weights read once and kept, mlxhydra/load/weights_cache.py).
+
+``--cache cold`` empties the OS page cache before every measurement (``sync`` and
+``/proc/sys/vm/drop_caches``: Linux, as root; it slows the whole machine for a moment), so
+the first read of the weights in each measurement comes from the disk; ``warm`` (default)
+leaves the file in the page cache, as after the warm-up.
 
 The measuring (fresh processes, ``os.wait4`` peak RSS, alternating order,
 one warm-up) is bench_load.py's; results go to ``bench/results_sweep.json``.
@@ -22,6 +29,8 @@ one warm-up) is bench_load.py's; results go to ``bench/results_sweep.json``.
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,7 +64,13 @@ def sweep_records(ctx: bl.Context) -> Dict[str, Any]:
     }
 
 
-def make_case(bits: Sequence[int], group_size: int) -> bl.Case:
+def drop_page_cache() -> None:
+    """Write dirty pages and empty the OS page cache (Linux, root)."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def make_case(bits: Sequence[int], group_size: int, before=None) -> bl.Case:
     """The side-by-side case for these bit widths (registered in bench_load's registry)."""
     widths = ",".join(str(b) for b in bits)
     return bl.register_case(
@@ -65,16 +80,18 @@ def make_case(bits: Sequence[int], group_size: int) -> bl.Case:
         baseline=bl.Side(
             f"{len(bits)} x mlx-lm load+quantize",
             lambda ctx: [[bl.PY, str(bl.BENCH / "mlx_lm_load.py"), str(ctx.model_dir),
-                          "--bits", str(b), "--group-size", str(group_size)] for b in bits]),
+                          "--bits", str(b), "--group-size", str(group_size)] for b in bits],
+            before=before),
         candidate=bl.Side(
             f"mlxhydra -m ({len(bits)} jobs)",
             lambda ctx: [bl.mlxhydra_cli("-m", f"model={ctx.model_dir}", f"quant.bits={widths}",
                                          f"quant.group_size={group_size}", "task=load")],
-            collect=sweep_records),
+            collect=sweep_records, before=before),
+        targets={"wall_ratio": 0.8, "rss_ratio": 0.7},
     )
 
 
-def make_cache_case(bits: Sequence[int], group_size: int) -> bl.Case:
+def make_cache_case(bits: Sequence[int], group_size: int, before=None) -> bl.Case:
     """The weights cache alone: the same sweep with sweep.reuse_weights=false vs true."""
     widths = ",".join(str(b) for b in bits)
 
@@ -86,8 +103,10 @@ def make_cache_case(bits: Sequence[int], group_size: int) -> bl.Case:
     return bl.register_case(
         "sweep_cache",
         f"the same {len(bits)}-job mlxhydra sweep without and with the weights cache",
-        baseline=bl.Side("mlxhydra -m reuse_weights=false", sweep(False), collect=sweep_records),
-        candidate=bl.Side("mlxhydra -m reuse_weights=true", sweep(True), collect=sweep_records),
+        baseline=bl.Side("mlxhydra -m reuse_weights=false", sweep(False), collect=sweep_records,
+                         before=before),
+        candidate=bl.Side("mlxhydra -m reuse_weights=true", sweep(True), collect=sweep_records,
+                          before=before),
     )
 
 
@@ -99,10 +118,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--cases", nargs="+", default=["sweep_quant"], choices=["sweep_quant", "sweep_cache"],
                    help="sweep_cache: the sweep without vs with the weights cache")
+    p.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                   help="cold: empty the OS page cache before every measurement (Linux, root)")
     p.add_argument("--output", type=Path, default=RESULTS)
     a = p.parse_args(argv)
+    if a.cache == "cold" and os.geteuid() != 0:
+        p.error("--cache cold needs root (it writes /proc/sys/vm/drop_caches)")
+    before = drop_page_cache if a.cache == "cold" else None
     makers = {"sweep_quant": make_case, "sweep_cache": make_cache_case}
-    cases = [makers[name](a.bits, a.group_size) for name in a.cases]
+    cases = [makers[name](a.bits, a.group_size, before) for name in a.cases]
     model_dir = bl.ensure_model()
     results = bl.run_cases(cases, a.repeats, model_dir, warmup=not a.no_warmup)
     print()
@@ -115,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"per-job load+quantize s {c['job_load_s']}")
     a.output.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "repeats": a.repeats, "bits": a.bits,
-        "group_size": a.group_size, "model": bl.LLAMA_1B, "machine": bl.machine(),
+        "group_size": a.group_size, "page_cache": a.cache, "model": bl.LLAMA_1B, "machine": bl.machine(),
         "cases": results,
     }, indent=2) + "\n")
     print(f"written {a.output}")

@@ -149,25 +149,23 @@ class TrainStream:
     def batch(self, batch_size, seq_len):
         """(inputs, targets, mask) int32/float32 arrays of shape (batch, seq_len).
 
-        Each row is whole documents ``<s>text</s>`` packed from its start, padded.
-        The mask weighs each next-token target: 1 for answers and what ends them
-        (digits after ``=``, ``\n``, ``</s>``), ``prompt_weight`` for the rest (operands,
-        operators, ``=``; their digits are random), 0 for padding.
+        Each row is documents ``<s>text</s>`` packed one after another from its
+        start; the last one is cut at the end of the row (no padding). The mask
+        weighs each next-token target: 1 for answers and what ends them (digits
+        after ``=``, ``\n``, ``</s>``), ``prompt_weight`` for the rest (operands,
+        operators, ``=``; their digits are random).
         """
         rows = np.full((batch_size, seq_len + 1), PAD_ID, dtype=np.int32)
         weights = np.zeros((batch_size, seq_len + 1), dtype=np.float32)
         for r in range(batch_size):
             pos = 0
-            while True:
+            while pos < seq_len + 1:
                 doc = [BOS_ID] + encode(self.next_text()) + [EOS_ID]
                 w = _answer_weights(doc, self.prompt_weight)
-                if pos + len(doc) > seq_len + 1:
-                    if pos == 0:  # a document longer than a row: keep its start
-                        rows[r], weights[r] = doc[:seq_len + 1], w[:seq_len + 1]
-                    break
-                rows[r, pos:pos + len(doc)] = doc
-                weights[r, pos:pos + len(doc)] = w
-                pos += len(doc)
+                n = min(len(doc), seq_len + 1 - pos)
+                rows[r, pos:pos + n] = doc[:n]
+                weights[r, pos:pos + n] = w[:n]
+                pos += n
         weights[:, 0] = 0.0  # not a target
         return rows[:, :-1], rows[:, 1:], weights[:, 1:]
 

@@ -108,16 +108,15 @@ def test_sharded_logits_equal_single_process(models, tmp_path):
 
 
 def single_process_text(prompt: str, max_tokens: int) -> str:
-    """Greedy generation with the embedded model in this process (mlx-lm's stream_generate)."""
+    """Greedy generation with the embedded model in this process (mlx-lm's own generate)."""
+    from mlx_lm import generate
+
     from mlxhydra.load.loader import load_model
     from mlxhydra.tasks.common import load_tokenizer
-    from mlxhydra.tasks.generate import generate_text, make_prompt, make_sampler_from
 
     model, config = load_model(EMBEDDED_TINY)
     tokenizer = load_tokenizer(EMBEDDED_TINY, config)
-    task = {"prompt": prompt, "chat": "auto", "temperature": 0.0}
-    sampler, _ = make_sampler_from(task)
-    return generate_text(model, tokenizer, make_prompt(tokenizer, task), max_tokens, sampler)["text"]
+    return generate(model, tokenizer, prompt, max_tokens=max_tokens)
 
 
 @pytest.mark.slow
@@ -127,8 +126,8 @@ def test_rank0_records_and_prints_others_write_nothing(tmp_path):
     (run_dir,) = run_dirs(tmp_path)
     assert files_under(tmp_path) == sorted(
         str((run_dir / f).relative_to(tmp_path)) for f in
-        (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "metrics.json",
-         "mlxhydra.log", "model_config.json", "run.json"))
+        (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "generations.jsonl",
+         "metrics.json", "mlxhydra.log", "model_config.json", "run.json"))
     run = read_run(run_dir)
     assert run["status"] == "completed"
     assert run["metrics"]["text"] == single_process_text("12+34=", 6)

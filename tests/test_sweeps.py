@@ -72,8 +72,8 @@ def test_every_job_runs_and_failures_do_not_stop_the_sweep(failed_sweep):
         assert r["quantization"]["bits_per_weight"] == pytest.approx(bpw, rel=1e-12)
         assert r["parameters"] == parameters
         assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) == {}  # task=load
-    # the float weights are read by the first job and reused by the next
-    assert [r.get("weights_cache") for r in runs[:2]] == ["miss", "hit"]
+    # sweep.reuse_weights is off by default: each job reads the weight files itself
+    assert [r.get("weights_cache") for r in runs[:2]] == [None, None]
     assert runs[0]["weights_fingerprint"] == runs[1]["weights_fingerprint"]
 
 
@@ -169,7 +169,7 @@ def test_joblib_launcher_two_workers(tmp_path):
         seen.add(key)
         assert run["status"] == "completed"
         assert run["quantization"]["bits_per_weight"] == pytest.approx(expected[key], rel=1e-12)
-        assert run["weights_cache"] in ("hit", "miss")  # which worker ran it first varies
+        assert run.get("weights_cache") is None  # no reuse by default
     assert seen == set(expected)
     rows = read_csv(sweep / "summary.csv")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
@@ -285,19 +285,21 @@ def test_weights_cache_gives_each_key_its_own_weights():
 
 
 def test_sweep_over_two_model_directories_gives_each_job_its_own_weights(tmp_path):
-    """-m model=./a,./b,./a (same shapes, other weights): each job saves the weights of its
-    own model, exactly as a single run of that model does; the cache never serves a's for b."""
+    """-m model=./a,./b,./a,./a with sweep.reuse_weights=true (same shapes, other weights):
+    each job saves the weights of its own model, exactly as a single run of that model does;
+    the cache never serves a's for b, and serves a's to the a that follows an a."""
     from mlxhydra.load.weight_files import combined_fingerprint, describe_files, find_weight_files
 
     for name, seed in (("a", 1), ("b", 2)):
         make_model(tmp_path / name, seed=seed)
-    proc = run_cli("-m", "model=./a,./b,./a", "task=save", cwd=tmp_path)
+    proc = run_cli("-m", "model=./a,./b,./a,./a", "task=save", "sweep.reuse_weights=true",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = sweep_dirs(tmp_path)
     jobs = [read_run(d) for d in job_dirs(sweep)]
-    assert [r["status"] for r in jobs] == ["completed"] * 3
-    assert [r["model_dir"] for r in jobs] == [str(tmp_path / n) for n in ("a", "b", "a")]
-    assert [r["weights_cache"] for r in jobs] == ["miss", "miss", "miss"]  # one model kept at a time
+    assert [r["status"] for r in jobs] == ["completed"] * 4
+    assert [r["model_dir"] for r in jobs] == [str(tmp_path / n) for n in ("a", "b", "a", "a")]
+    assert [r["weights_cache"] for r in jobs] == ["miss", "miss", "miss", "hit"]  # one model kept
 
     single, seen = {}, set(run_dirs(tmp_path))
     for name in ("a", "b"):
@@ -311,4 +313,4 @@ def test_sweep_over_two_model_directories_gives_each_job_its_own_weights(tmp_pat
         assert single[name] == source
     assert single["a"] != single["b"]
     saved = [r["metrics"]["weights_fingerprint"] for r in jobs]
-    assert saved == [single["a"], single["b"], single["a"]]
+    assert saved == [single["a"], single["b"], single["a"], single["a"]]

@@ -354,6 +354,17 @@ def test_accuracy_counts_exact_matches(model_dir, tmp_path):
                             + "\n" for p in predictions))
     again, _ = task(model_dir, tmp_path / "b", "task=accuracy", f"task.data={data}", model=m)
     assert (again["accuracy"], again["correct"], again["total"]) == (1.0, 5, 5)
+    assert first["accuracy_ci95_low"] <= first["accuracy"] <= first["accuracy_ci95_high"]
+    # Wilson's interval for 5 of 5 (published value): not empty, and not past 1
+    assert again["accuracy_ci95_low"] == pytest.approx(0.5655, abs=1e-4)
+    assert again["accuracy_ci95_high"] == 1.0
+
+
+def test_wilson_interval_published_values():
+    from mlxhydra.tasks.accuracy import wilson_interval
+
+    for (correct, total), expected in (((5, 10), (0.2366, 0.7634)), ((0, 10), (0.0, 0.2775))):
+        assert wilson_interval(correct, total) == pytest.approx(expected, abs=1e-4)
 
 
 def test_bench_reports_mlx_lm_statistics(tok_model, tmp_path):

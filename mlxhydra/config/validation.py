@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.quant_spec import QuantSpec, parse_quant
+from ..load.quantized_compute import check_compute
 from ..runs.ranks import check_world
 from ..tasks import TASKS, check_task
 from ..tracking.logger_settings import check_logger
@@ -38,6 +39,7 @@ class Settings:
     quant: Optional[QuantSpec]  # None: no runtime quantization
     task: Dict[str, Any]
     sweep: Dict[str, Any]
+    compute: Optional[str] = None  # quant.compute: native, dequantized, auto (None: native)
 
 
 def _number(value: Any) -> bool:
@@ -113,8 +115,10 @@ def validate(cfg: DictConfig) -> Settings:
     load = plain("load", {})
     problems += _mapping("load", load) or unknown_key_problems("load", load) + check_load(load)
     spec = None
+    quant = plain("quant")
+    compute = quant.get("compute") if isinstance(quant, dict) else None
+    problems += check_compute(compute)
     try:
-        quant = plain("quant")
         problems += _mapping("quant", quant, optional=True)
         spec = parse_quant(quant if isinstance(quant, dict) else None)
     except ConfigError as e:
@@ -132,4 +136,5 @@ def validate(cfg: DictConfig) -> Settings:
         problems += check_world(load, task)  # several ranks (mlx.launch): what runs sharded
     if problems:
         raise ConfigError(problems)
-    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep)
+    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,
+                    compute=compute)

@@ -31,6 +31,7 @@ from .prequantized import (
     saved_quantization,
 )
 from .quant_spec import QuantSpec, make_decider, parse_quant, same_settings
+from .quantized_compute import check_compute, use_dequantized
 from .runtime_quant import (
     config_entry,
     describe_request,
@@ -311,7 +312,9 @@ def load_model(
         path: The model directory.
         model_config: Merged on top of config.json with ``dict.update`` (shallow,
             as in mlx-lm).
-        quant: Runtime quantization, e.g. ``{"bits": 4, "group_size": 64}``.
+        quant: Runtime quantization, e.g. ``{"bits": 4, "group_size": 64}``; with
+            ``"compute": "dequantized"`` the quantized layers (pre-quantized ones too)
+            multiply with dequantized weights (:mod:`.quantized_compute`).
         strict: Report every missing, unexpected or mis-shaped weight at once.
         lazy: Leave the parameters unevaluated.
         trust_remote_code: Allow the directory's ``model_file``.
@@ -324,6 +327,10 @@ def load_model(
         FileNotFoundError: the directory, its config.json or its weights are missing.
         ValueError: bad config or weights (ConfigError, WeightsError).
     """
+    compute = quant.get("compute") if isinstance(quant, Mapping) else None
+    problems = check_compute(compute)
+    if problems:
+        raise ConfigError(problems)
     model_dir = Path(path).expanduser()
     config = load_config(model_dir)
     if model_config is not None:
@@ -332,4 +339,6 @@ def load_model(
         model_dir, config, quant=quant, strict=strict, lazy=lazy,
         trust_remote_code=trust_remote_code,
     )
+    if compute == "dequantized":  # auto needs a task to decide: native here
+        use_dequantized(model)
     return model, config

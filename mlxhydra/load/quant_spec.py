@@ -148,6 +148,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     """
     if not quant:
         return None
+    # compute (how quantized layers multiply) is checked by quantized_compute.check_compute;
+    # the valid keys are those the shipped conf/quant/*.yaml declare (config/declared.py).
     problems: List[str] = unknown_key_problems("quant", quant)
     bits, group_size = quant.get("bits"), quant.get("group_size")
     mode, recipe = quant.get("mode", "affine"), quant.get("recipe")

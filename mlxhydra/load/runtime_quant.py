@@ -1,6 +1,8 @@
 """Runtime quantization of float weights, layer by layer while they are read."""
 
+import functools
 import logging
+import os
 from typing import Any, Callable, Dict, List, Optional
 
 import mlx.core as mx
@@ -11,6 +13,24 @@ from .prequantized import describe_settings
 from .quant_spec import QuantSpec, make_decider
 
 log = logging.getLogger("mlxhydra.loading")
+
+MAX_CPU_STREAMS = 4  # each stream in flight holds one more layer's float weights
+
+
+def quantize_streams() -> list:
+    """The streams layers are quantized on: one per CPU core (at most MAX_CPU_STREAMS) on
+    the CPU back end, where each stream is one thread and ``mx.quantize`` uses one thread;
+    the default stream on a GPU."""
+    if mx.default_device().type != mx.DeviceType.cpu:
+        return [mx.default_stream(mx.default_device())]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [mx.default_stream(mx.cpu)] + _extra_cpu_streams(max(1, min(cores or 1, MAX_CPU_STREAMS)) - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _extra_cpu_streams(count: int) -> list:
+    # Created once per process: a stream is a thread that lives as long as the process.
+    return [mx.new_stream(mx.cpu) for _ in range(count)]
 
 
 def quantizable_paths(model: nn.Module) -> List[str]:
@@ -25,8 +45,10 @@ def quantize_while_loading(
 ) -> Dict[str, Any]:
     """Quantize each chosen layer as soon as its float weights are read.
 
-    At most two layers' float weights are in memory at a time: each is read,
-    quantized and put in place while the layer before is evaluated.
+    At most one layer per quantization stream, plus one, has its float weights
+    in memory at a time (:func:`quantize_streams`: two on a 2-core CPU, one on a
+    GPU): each is read, quantized and put in place while the layers before it
+    are evaluated.
 
     Args:
         decide: ``make_decider(spec, model)`` made earlier (on the whole model,
@@ -60,8 +82,9 @@ def quantize_while_loading(
     # still referenced (by the plan, a loop variable) keeps its evaluated float
     # weights alive, and the float model would pile up in memory layer by layer.
     plan.reverse()
-    # Each layer is evaluated in MLX's thread while Python prepares the next
-    # one; waiting on the layer before keeps at most two in flight.
+    # Each layer is evaluated in MLX's threads while Python prepares the next
+    # one; waiting on the oldest keeps at most len(streams) + 1 in flight.
+    streams = quantize_streams()
     pending: List[list] = []
     while plan:
         path, module, params = plan.pop()
@@ -71,7 +94,8 @@ def quantize_while_loading(
             if key in weights:
                 own[name] = weights.pop(key)
         module.update(tree_unflatten(list(own.items())))
-        qmodule = module.to_quantized(**params)
+        with mx.stream(streams[counts["quantized"] % len(streams)]):
+            qmodule = module.to_quantized(**params)
         arrays = []
         for name, value in tree_flatten(qmodule.parameters()):
             weights[f"{path}.{name}"] = value
@@ -79,7 +103,7 @@ def quantize_while_loading(
         if evaluate:
             mx.async_eval(arrays)
             pending.append(arrays)
-        if len(pending) > 1:
+        if len(pending) > len(streams):
             mx.eval(pending.pop(0))
         model.update_modules(tree_unflatten([(path, qmodule)]))
         del module, own, qmodule, arrays

@@ -1,8 +1,11 @@
-"""Float weights reused by the jobs of one multirun process.
+"""Float weights reused by the jobs of one multirun process (``sweep.reuse_weights=true``).
 
 A sweep over quantization settings loads the same model directory N times.
-With a key (the directory's weights fingerprint, given by the job only in
-multirun mode) the first job's opened weights are kept and later jobs get a
+By default each job reads the files again: from the OS page cache after the
+first job, which costs little and keeps each job's memory to the quantized
+model plus a layer. With ``sweep.reuse_weights=true`` and a key (the
+directory's weights fingerprint, given by the job only in multirun mode)
+the first job's opened weights are kept and later jobs get a
 shallow copy of the same dict: the arrays are read from disk once (MLX keeps
 an evaluated array's data while it is referenced) and each job only
 quantizes. MLX arrays are immutable and the loader pops entries from its own
@@ -59,13 +62,13 @@ def job_key(sweep: Mapping[str, Any], fingerprint: Optional[str]) -> Optional[st
     """The cache key for this job: the fingerprint in a multirun, else None.
 
     Args:
-        sweep: The ``sweep`` settings; ``reuse_weights: false`` turns the reuse off.
+        sweep: The ``sweep`` settings; ``reuse_weights: true`` turns the reuse on.
         fingerprint: The weights fingerprint of the job's model directory.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not fingerprint or not sweep.get("reuse_weights", True):
+    if not fingerprint or not sweep.get("reuse_weights", False):
         return None
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None

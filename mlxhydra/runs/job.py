@@ -62,6 +62,7 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     """
     from ..load import architecture, weights_cache
     from ..load.loader import apply_mlx_lm_adjustments, build_model
+    from ..load.quantized_compute import apply_compute
     from ..load.weight_files import (
         check_unchanged, check_weight_files, combined_fingerprint, describe_files,
         find_weight_files, identities,
@@ -135,11 +136,13 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     if record is not None and report.adapter is not None:
         record.update(adapter=report.adapter)
     quantization = report.quantization
+    quantization.update(apply_compute(model, settings.compute, settings.task.get("name")))
     log.info(
-        "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight",
+        "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight%s",
         config.get("model_type"), model_dir, f"{quantization['parameters']:,}",
         quantization["quantized_layers"], quantization["float_layers"],
         quantization["bits_per_weight"] or 0.0,
+        ", dequantized compute" if quantization["compute"] == "dequantized" else "",
     )
     return model, report
 

@@ -59,6 +59,8 @@ class QuantizationRecord(TypedDict, total=False):
     float_layers: int
     bits_per_weight: Optional[float]
     parameters: int
+    compute: str  # how quantized layers multiply: "native" or "dequantized" (quant.compute)
+    dequantized_layers: int
 
 
 class RankRecord(TypedDict, total=False):

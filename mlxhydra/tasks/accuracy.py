@@ -2,8 +2,9 @@
 
 import json
 import logging
+import math
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from ..errors import TaskError
 from .common import (
@@ -38,6 +39,19 @@ def check(task: Dict[str, Any]) -> List[str]:
     return c.problems
 
 
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> Tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for the default ``z``).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or
+    ``total`` correct, which matters for the small sets accuracy files usually are.
+    """
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def execute(job: TaskInput) -> Metrics:
     """Greedy-decode each prompt (stop at eos or a newline) and compare with the answer.
 
@@ -45,7 +59,8 @@ def execute(job: TaskInput) -> Metrics:
     whitespace. Each prediction is written to ``<run_dir>/predictions.jsonl``.
 
     Returns:
-        Metrics: accuracy, correct, total, data, predictions, seconds, peak_memory_gb.
+        Metrics: accuracy, accuracy_ci95_low/high (Wilson), correct, total, data,
+        predictions, seconds, peak_memory_gb.
 
     Raises:
         TaskError: missing, empty or malformed data file.
@@ -75,10 +90,13 @@ def execute(job: TaskInput) -> Metrics:
                                 "prediction": out["text"], "correct": ok},
                                ensure_ascii=False) + "\n")
     total = len(rows)
+    low, high = wilson_interval(correct, total)
     metrics = {
-        "accuracy": correct / total, "correct": correct, "total": total, "data": str(path),
+        "accuracy": correct / total, "accuracy_ci95_low": low, "accuracy_ci95_high": high,
+        "correct": correct, "total": total, "data": str(path),
         "predictions": str(predictions), "seconds": time.perf_counter() - start,
         "peak_memory_gb": peak_memory_gb(),
     }
-    log.info("accuracy: %d/%d = %.4f on %s", correct, total, metrics["accuracy"], path.name)
+    log.info("accuracy: %d/%d = %.4f (95%% interval %.4f-%.4f) on %s", correct, total,
+             metrics["accuracy"], low, high, path.name)
     return metrics
