@@ -105,7 +105,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         run_dir.write_model_config(config)
     # For the record and a multirun's cache key; the other ranks of a distributed run keep
     # no record and read no file beyond their own.
-    paths = check_weight_files(find_weight_files(model_dir)) if record is not None else []  # sound headers
+    paths = find_weight_files(model_dir) if record is not None else []
+    if not ranks.world().distributed:  # sound headers now; each rank checks those it reads itself
+        check_weight_files(paths)
     before = identities(paths)
     files = describe_files(paths, load.get("fingerprint", "fast")) if record is not None else []
     fingerprint = combined_fingerprint(files) if record is not None else None
