@@ -110,7 +110,10 @@ def _handlers(signums: Tuple[int, ...], handler: Callable[[int, Any], None]) -> 
         yield
     finally:
         for signum, old in previous.items():
-            signal.signal(signum, old)
+            # Ignored meanwhile on purpose (a distributed run's rank 0 once another rank failed:
+            # mlx.launch's SIGTERMs must not replace the recorded cause): it stays ignored.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, old)
 
 
 @contextmanager
