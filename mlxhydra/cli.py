@@ -129,7 +129,8 @@ def run_hydra(args: List[str]) -> int:
     from .config.help_cache import install_for
     from .config.model_source import DEFER_ERRORS_ENV, check_model_path
     from .config.overrides import (
-        check_override_syntax, override_value, overrides_of_argv, quote_model_paths, wants_multirun,
+        check_override_syntax, group_choice_problems, override_value, overrides_of_argv,
+        quote_model_paths, wants_multirun,
     )
     from .config.plugin_extras import missing_extras
     from .config.resolvers import register_resolvers
@@ -170,7 +171,7 @@ def run_hydra(args: List[str]) -> int:
         # Hydra looks a model= path up in its own config tree first, where a name too long
         # for the file system fails with the package's path in the message: say it here.
         check_model_path(override_value(overrides_of_argv(args), "model"))
-        missing = missing_extras(overrides_of_argv(args))
+        missing = missing_extras(overrides_of_argv(args)) + group_choice_problems(overrides_of_argv(args))
         if missing:
             raise ConfigError(missing)
     except (OverrideSyntaxError, ModelDirError, ConfigError) as e:
