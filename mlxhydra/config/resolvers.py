@@ -34,8 +34,15 @@ def question_marks() -> str:
     return "???"
 
 
+def data_file(name: str) -> str:
+    """The path of a data file shipped in the package (``mlxhydra/data/NAME``)."""
+    from importlib import resources
+
+    return str(resources.files("mlxhydra") / "data" / str(name))
+
+
 def register_resolvers() -> None:
-    """Register mlxhydra's resolvers (token, safe, question_marks) once per process."""
+    """Register mlxhydra's resolvers (token, safe, question_marks, data) once per process."""
     if not OmegaConf.has_resolver("mlxhydra_question_marks"):
         OmegaConf.register_new_resolver("mlxhydra_question_marks", question_marks)
     if not OmegaConf.has_resolver("mlxhydra_token"):
@@ -45,3 +52,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mlxhydra_token", run_token, use_cache=True)
     if not OmegaConf.has_resolver("mlxhydra_safe"):
         OmegaConf.register_new_resolver("mlxhydra_safe", safe_name)
+    if not OmegaConf.has_resolver("mlxhydra_data"):
+        OmegaConf.register_new_resolver("mlxhydra_data", data_file)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..load.adapters import save_problems
 from ..load.load_settings import check_load
+from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..load.quantized_compute import check_compute
 from ..runs.ranks import check_world
@@ -123,6 +124,9 @@ def validate(cfg: DictConfig) -> Settings:
         spec = parse_quant(quant if isinstance(quant, dict) else None)
     except ConfigError as e:
         problems.extend(e.problems)
+    if spec is not None and isinstance(cfg.get("model"), DictConfig):
+        problems += model_problems(spec.method, plain("model", {}),
+                                   model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
     problems += _mapping("task", task) or check_task(task)
     if isinstance(task, dict) and task.get("name") in TASKS:
@@ -132,8 +136,8 @@ def validate(cfg: DictConfig) -> Settings:
     sweep = plain("sweep", {})
     problems += _mapping("sweep", sweep) or check_sweep(sweep)
     problems += check_logger(plain("logger", {}))
-    if isinstance(load, dict) and isinstance(task, dict):
-        problems += check_world(load, task)  # several ranks (mlx.launch): what runs sharded
+    if isinstance(load, dict) and isinstance(task, dict):  # several ranks (mlx.launch): what runs sharded
+        problems += check_world(load, task, spec.method if spec is not None else "rtn")
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,

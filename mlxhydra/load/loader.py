@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -41,6 +41,9 @@ from .runtime_quant import (
 )
 from .weight_files import find_weight_files, read_header, require_weight_files
 from .weight_fit import check_weights
+
+if TYPE_CHECKING:
+    from .learned_quant import MethodRun
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +174,7 @@ def build_model(
     args_class: Optional[str] = None,
     classes: Optional[Tuple[type, type]] = None,
     weights_key: Optional[str] = None,
+    method_run: Optional["MethodRun"] = None,
     adapter_path: Optional[str] = None,
     fuse: bool = False,
     shard: Optional[str] = None,
@@ -190,6 +194,9 @@ def build_model(
         classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
         weights_key: The weights fingerprint: reuse (and keep) this process's
             opened float weights (:mod:`.weights_cache`; for multirun jobs only).
+        method_run: The calibration data of a calibrated ``quant.method``
+            (:func:`.learned_quant.prepare_method`); by default the model
+            directory's ``eval.txt`` or the embedded corpus.
         adapter_path: LoRA/DoRA adapters applied after quantization, as
             ``mlx_lm.load(adapter_path=...)`` applies them (:mod:`.adapters`).
         fuse: Fuse the adapters into the weights.
@@ -218,7 +225,15 @@ def build_model(
     )
     find_quantization_config(model_dir, config)
     report.ignored_keys = architecture.ignored_keys(config, args_cls)
+    learned = spec is not None and spec.method != "rtn"
+    if learned:
+        from . import learned_quant
+
+        method_run = method_run or learned_quant.prepare_method(spec, model_dir, config)
+        learned_quant.seed_before_instantiation(method_run)
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
+    if learned:
+        learned_quant.choose_data(method_run)
     decide = paths = None
     if spec is not None and group is not None:  # on the whole model: recipes count its layers
         decide, paths = make_decider(spec, model), quantizable_paths(model)
@@ -267,7 +282,7 @@ def build_model(
     if problems and strict:
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
     report.weight_mismatches = problems
-    if saved is None and spec is not None:
+    if saved is None and spec is not None and not learned:
         # Tensor parallelism: quantized lazily, evaluated slice by slice after shard().
         evaluate = plan is None or plan.mode != "tensor"
         applied = {"source": "runtime", **spec.describe(),
@@ -281,6 +296,11 @@ def build_model(
     model.eval()
     model.load_weights(list(weights.items()), strict=strict)
     del weights
+    if saved is None and learned:  # the float weights are read lazily, as the method reaches them
+        start = time.perf_counter()
+        model, applied = learned_quant.quantize_with_method(model, config, method_run)
+        times["quantize"] += time.perf_counter() - start
+        t += time.perf_counter() - start
     report.quantization = {**applied, **quantization_summary(model)}  # tensor: of the whole model
     if plan is not None:
         report.sharding = sharding.shard_and_evaluate(model, plan, files, lazy)

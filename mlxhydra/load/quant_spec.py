@@ -1,7 +1,8 @@
 """Quantization settings: validation, per-layer rules and the per-layer decision.
 
-The ``quant`` config node has ``bits``, ``group_size``, ``mode``, ``recipe``
-and ``rules``. :func:`parse_quant` checks all of it before any weight is read
+The ``quant`` config node has ``bits``, ``group_size``, ``mode``, ``recipe``,
+``rules`` and the method settings (``method``, ``calibration``, one node per
+method: :mod:`.method_settings`). :func:`parse_quant` checks all of it before any weight is read
 and returns a :class:`QuantSpec`, or ``None`` when nothing is to be quantized.
 """
 
@@ -11,6 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..config.declared import unknown_key_problems
 from ..errors import ConfigError
+from .method_settings import parse_method
 
 # mlx-lm's defaults per mode (mlx_lm.utils.quantize_model): (bits, group_size).
 MODE_DEFAULTS = {"affine": (4, 64), "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
@@ -41,9 +43,13 @@ class QuantSpec:
     default: Optional[Params]
     recipe: Optional[str] = None
     rules: List[Rule] = field(default_factory=list)
+    method: str = "rtn"  # or a calibrated method of mlx_lm.quant: awq, gptq, dwq, dynamic
+    settings: Dict[str, Any] = field(default_factory=dict)  # quant.<method>, defaults filled in
+    calibration: Dict[str, Any] = field(default_factory=dict)  # quant.calibration (not for rtn)
 
     def describe(self) -> dict:
-        return {
+        described = {
+            "method": self.method,
             "default": self.default,
             "recipe": self.recipe,
             "rules": [
@@ -51,6 +57,9 @@ class QuantSpec:
                 for r in self.rules
             ],
         }
+        if self.method != "rtn":
+            described["method_settings"] = dict(self.settings)
+        return described
 
 
 def check_params(
@@ -149,7 +158,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     if not quant:
         return None
     # compute (how quantized layers multiply) is checked by quantized_compute.check_compute;
-    # the valid keys are those the shipped conf/quant/*.yaml declare (config/declared.py).
+    # the valid keys are those the shipped conf/quant/*.yaml declare (config/declared.py),
+    # the methods' settings included (conf/quant/none.yaml).
     problems: List[str] = unknown_key_problems("quant", quant)
     bits, group_size = quant.get("bits"), quant.get("group_size")
     mode, recipe = quant.get("mode", "affine"), quant.get("recipe")
@@ -160,6 +170,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     inherit = {"bits": bits, "group_size": group_size, "mode": mode}
     parsed = [_parse_rule(i, rule, problems, inherit) for i, rule in enumerate(rules_in)]
     rules = [r for r in parsed if r is not None]
+    method, settings, calibration = parse_method(quant, bits, group_size, mode, recipe, rules_in,
+                                                 problems)
 
     default = None
     if recipe is not None:
@@ -170,7 +182,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
         if bits is not None:
             problems.append(f"quant.recipe={recipe}: the recipe sets the bits; leave quant.bits null")
         default = check_params(None, group_size, "affine", "quant", problems)
-    elif bits is not None or mode != "affine":
+    elif bits is not None or mode != "affine" or method != "rtn":
+        # A calibrated method asks for quantization by itself (mlx-lm's default 4 bits).
         default = check_params(bits, group_size, mode, "quant", problems)
     elif group_size is not None and not any(r.params for r in rules):
         # A group size alone is more likely a mistake than a request for 4 bits.
@@ -183,7 +196,8 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
         raise ConfigError(problems)
     if default is None and not any(r.params for r in rules):
         return None
-    return QuantSpec(default=default, recipe=recipe, rules=rules)
+    return QuantSpec(default=default, recipe=recipe, rules=rules, method=method,
+                     settings=settings, calibration=calibration)
 
 
 Decider = Callable[[str, Any], Union[bool, Params]]
@@ -234,7 +248,7 @@ def make_decider(spec: QuantSpec, model: Any) -> Callable[[str, Any], Optional[P
 
 def same_settings(spec: QuantSpec, saved: Mapping[str, Any]) -> bool:
     """True when a runtime request matches a pre-quantized model's settings."""
-    if spec.default is None or spec.recipe is not None or spec.rules:
+    if spec.default is None or spec.recipe is not None or spec.rules or spec.method != "rtn":
         return False
     keys = ("bits", "group_size", "mode")
     saved_params = {k: saved.get(k, "affine" if k == "mode" else None) for k in keys}

@@ -76,7 +76,7 @@ def load_run(run_dir: RunDir) -> Dict[str, Dict[str, Any]]:
         "weights_fingerprint": {"": record.get("weights_fingerprint")},
         "versions": flatten(record.get("versions") or {}),
         "platform": flatten(record.get("platform") or {}),
-        "quantization": flatten(quant),
+        "quantization": {k: in_run_dir(v, own) for k, v in flatten(quant).items()},
         "metrics": metrics,
     }
 

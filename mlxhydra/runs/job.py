@@ -124,11 +124,17 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
             weight_files=files,
             weights_fingerprint=fingerprint,
         )
+    method_run = None
+    if settings.quant is not None and settings.quant.method != "rtn":
+        from ..load.learned_quant import prepare_method
+
+        method_run = prepare_method(settings.quant, model_dir, config, settings.task,
+                                    run_dir.path if run_dir is not None else None)
     model, config, report = build_model(
         model_dir, config, quant=settings.quant,
         strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
         trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
-        weights_key=weights_cache.job_key(settings.sweep, fingerprint),
+        weights_key=weights_cache.job_key(settings.sweep, fingerprint), method_run=method_run,
         adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
         shard=load.get("shard"), group=ranks.world().group,
     )

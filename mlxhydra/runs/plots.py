@@ -22,7 +22,8 @@ from .atomic import write_bytes_atomic
 from .summary import FIXED
 
 # Metrics where higher is better (the rest: lower is better).
-HIGHER_IS_BETTER = ("accuracy", "generation_tps", "prompt_tps", "tokens_per_second")
+HIGHER_IS_BETTER = ("accuracy", "top1_agreement", "generation_tps", "prompt_tps",
+                    "tokens_per_second")
 # Metrics drawn on a log axis: they span orders of magnitude across bit widths.
 LOG_SCALE = ("kl_", "delta_p", "ln_perplexity_ratio")
 SPEED = "generation_tps"

@@ -172,8 +172,11 @@ def multirun_refusal(args: List[str]) -> Optional[str]:
     return None
 
 
-def check_world(load: Mapping[str, Any], task: Mapping[str, Any]) -> List[str]:
-    """Settings that cannot run across the ranks (validate stage; none in one process)."""
+def check_world(load: Mapping[str, Any], task: Mapping[str, Any], method: str = "rtn") -> List[str]:
+    """Settings that cannot run across the ranks (validate stage; none in one process).
+
+    ``method`` is ``quant.method``: the calibrated methods need the whole model in one process.
+    """
     from ..tasks import TASKS, task_module
 
     w = world()
@@ -187,6 +190,9 @@ def check_world(load: Mapping[str, Any], task: Mapping[str, Any]) -> List[str]:
         problems.append(f"load.adapter_path={load['adapter_path']}: adapters are not applied to a "
                         f"model sharded across {w.size} ranks (mlx-lm's sharded_load has none); "
                         "fuse them first (load.fuse=true task=save) and load the fused model")
+    if method != "rtn":
+        problems.append(f"quant.method={method}: calibrated quantization runs in one process; "
+                        "quantize there (task=save) and load the saved directory across the ranks")
     name = task.get("name")
     if name in TASKS and not getattr(task_module(name), "RUNS_SHARDED", False):
         sharded = sorted(n for n in TASKS if getattr(task_module(n), "RUNS_SHARDED", False))

@@ -47,6 +47,12 @@ class AdapterRecord(TypedDict, total=False):
 class QuantizationRecord(TypedDict, total=False):
     source: str  # "none", "pre-quantized" or "runtime"
     settings: Dict[str, Any]  # pre-quantized: as saved
+    method: str  # runtime: "rtn", "awq", "gptq", "dwq" or "dynamic"
+    method_settings: Dict[str, Any]  # calibrated methods: quant.<method>, defaults filled in
+    # calibrated methods: data, data_sha256, data_tokens, sequence_length, seed, samples,
+    # rows_sha256 (dwq: validation_samples, steps; dynamic: target_bpw, threshold, high_bits,
+    # high_group_size, high_layers, sensitivities)
+    calibration: Dict[str, Any]
     default: Optional[Dict[str, Any]]  # runtime: the request
     recipe: Optional[str]
     rules: List[Dict[str, Any]]

@@ -18,6 +18,7 @@ from ..config.overrides import override_texts, parse_overrides
 from ..errors import RunDirError, describe_os_error
 from ..file_checks import directory_problem
 from .atomic import write_bytes_atomic
+from .pareto import COLUMN as PARETO, mark_front
 from .record import flatten
 from .run_dir import SweepDir, read_yaml
 
@@ -57,8 +58,9 @@ def sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Option
         task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
         sweeper = hydra.get("sweeper") or {}
         params = sweeper.get("params") or {}
-        texts = task + [f"{k}={v}" for k, v in params.items()]
-        keys = [o.key for o in parse_overrides(texts) if o.is_sweep]
+        # As Hydra's sweepers read them: the sweeper's params, then the command line (which wins).
+        texts = [f"{k}={v}" for k, v in params.items()] + task
+        keys = list(dict.fromkeys(o.key for o in parse_overrides(texts) if o.is_sweep))
     except (RunDirError, AttributeError, TypeError) as e:  # an odd multirun.yaml
         if strict:
             raise RunDirError(f"{sweep.plan}: not a sweep plan ({e})") if not isinstance(
@@ -137,12 +139,15 @@ def collect(sweep_dir: Path, strict: bool = False) -> Tuple[List[Dict[str, Any]]
             rows[num] = {"job": num, "status": "missing", "_overrides": override_texts(overrides),
                          "_metrics": {}}
     ordered = [rows[n] for n in sorted(rows)]
-    if not keys:  # no plan: the keys whose values differ between jobs
-        seen: Dict[str, set] = {}
-        for r in ordered:
-            for k, v in r["_overrides"].items():
-                seen.setdefault(k, set()).add(v)
-        keys = [k for k, vs in seen.items() if len(vs) > 1]
+    # Also the keys whose values differ between jobs without being in the plan (those a
+    # sweeper's custom search space draws, or all of them when there is no plan).
+    seen: Dict[str, set] = {}
+    for r in ordered:
+        for k, v in r["_overrides"].items():
+            seen.setdefault(k, set()).add(v)
+    varies = [k for k, vs in seen.items()
+              if len(vs) > 1 or any(k not in r["_overrides"] for r in ordered)]
+    keys = list(keys) + [k for k in varies if k not in keys]
     return ordered, keys
 
 
@@ -156,6 +161,8 @@ def table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> Tuple[List[str], L
     fixed = FIXED[:1] + list(keys) + FIXED[1:2]
     if any(r.get("objective") is not None for r in rows):
         fixed.append("objective")
+    if any(PARETO in r for r in rows):
+        fixed.append(PARETO)
     fixed += FIXED[2:]
     metric_names = [m if m not in fixed and m not in TAIL else f"metrics.{m}" for m in metric_cols]
     columns = fixed + metric_names + TAIL
@@ -163,7 +170,7 @@ def table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> Tuple[List[str], L
     for r in rows:
         values = {**{k: r["_overrides"].get(k) for k in keys},
                   **{n: r["_metrics"].get(m) for n, m in zip(metric_names, metric_cols)},
-                  **{k: r.get(k) for k in FIXED + TAIL + ["objective"]}}
+                  **{k: r.get(k) for k in FIXED + TAIL + ["objective", PARETO]}}
         cells.append([values.get(c) for c in columns])
     return columns, cells
 
@@ -202,21 +209,24 @@ def to_markdown(sweep_dir: Path, columns: List[str], cells: List[List[Any]],
     :data:`SHOWN_WHEN_VARYING` whose values differ between jobs.
 
     ``keep`` names the job, the swept keys, the status and the headline
-    metrics. Columns with no value at all are left out. summary.csv has
-    every column.
+    metrics. Columns with no value at all are left out, and a metric's
+    ``<name>_stderr`` is shown in its cell (``value ± error``): summary.csv
+    has every column.
     """
     statuses: Dict[str, int] = {}
     for row in cells:
         s = row[columns.index("status")]
         statuses[s] = statuses.get(s, 0) + 1
     counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    errors = {i: columns.index(f"{c}_stderr") for i, c in enumerate(columns)
+              if f"{c}_stderr" in columns}
 
     def values(i: int) -> List[Any]:
         return [row[i] for row in cells]
 
     def shown_column(i: int) -> bool:
         vs = values(i)
-        if all(v is None or v == "" for v in vs):
+        if all(v is None or v == "" for v in vs) or i in errors.values():
             return False
         return columns[i] in keep or (columns[i] in SHOWN_WHEN_VARYING and len({_fmt(v) for v in vs}) > 1)
 
@@ -224,7 +234,10 @@ def to_markdown(sweep_dir: Path, columns: List[str], cells: List[List[Any]],
     lines = [f"# Sweep {sweep_dir}", "", f"{len(cells)} jobs: {counts}", "",
              "| " + " | ".join(columns[i] for i in shown) + " |", "|" + "---|" * len(shown)]
     for row in cells:
-        text = [_fmt(row[i]).replace("|", "\\|").replace("\n", " ")[:80] for i in shown]
+        text = [_fmt(row[i]) + (f" ± {_fmt(row[errors[i]])}" if i in errors
+                                and row[errors[i]] is not None and row[i] is not None else "")
+                for i in shown]
+        text = [t.replace("|", "\\|").replace("\n", " ")[:80] for t in text]
         lines.append("| " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
 
@@ -250,15 +263,16 @@ def write_summary(sweep_dir: Path, objective: Optional[str] = None,
     """
     sweep = SweepDir(Path(sweep_dir))
     rows, keys = collect(sweep.path, strict)
+    metric = main_metric(rows, objective)
+    mark_front(rows, metric)
     columns, cells = table(rows, keys)
     csv_file, md_file, png_file = (sweep.summary_file(s) for s in ("csv", "md", "png"))
     write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
-    metric = main_metric(rows, objective)
     headline = [metric, f"{metric}_stderr"]
     for task in dict.fromkeys(r.get("_task") for r in rows):
         headline += HEADLINE.get(task, [])
     headline += [f"metrics.{m}" for m in headline]  # metric names that clash with a column
-    keep = ["job", *keys, "status", "objective", "bits_per_weight", *headline, *TAIL]
+    keep = ["job", *keys, "status", "objective", PARETO, "bits_per_weight", *headline, *TAIL]
     write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
     files = [csv_file, md_file]
     policy = sweep_policy(sweep)

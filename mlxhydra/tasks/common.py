@@ -1,5 +1,6 @@
 """What the tasks share: their input, settings checks, tokenizer, data files, token chunks, progress."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,6 +48,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "spiece.model", "tiktoken.model")
 
 
+def has_tokenizer(model_dir: Path) -> bool:
+    """Whether a model directory has one of the tokenizer files mlx-lm reads (regular files)."""
+    model_dir = Path(model_dir)
+    return (any(not regular_file_problem(model_dir / f) for f in TOKENIZER_FILES)
+            or bool(list(model_dir.glob("*.tiktoken"))))
+
+
 def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
                    chat_template: Optional[str] = None, *, trust_remote_code: bool = False):
     """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
@@ -68,9 +76,7 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
     model_dir = Path(model_dir)
-    if all(regular_file_problem(model_dir / f) for f in TOKENIZER_FILES) and not list(
-        model_dir.glob("*.tiktoken")
-    ):
+    if not has_tokenizer(model_dir):
         raise TaskError(
             f"{model_dir}: no tokenizer (expected tokenizer.json or tokenizer_config.json "
             "next to config.json); this task needs one"
@@ -170,6 +176,21 @@ def read_jsonl(path: Path, fields: Iterable[str], key: str = "task.data") -> Lis
     return rows
 
 
+@contextlib.contextmanager
+def long_documents_allowed():
+    """Silence transformers' warning that a document is longer than model_max_length.
+
+    Documents are cut into rows after tokenizing, so the warning is noise here.
+    """
+    quiet = logging.getLogger("transformers.tokenization_utils_base")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def token_chunks(tokenizer, texts: List[str], sequence_length: int, num_samples: int,
                  path: Path):
     """Tokenize documents and cut them into ``[samples, sequence_length]`` rows.
@@ -187,17 +208,11 @@ def token_chunks(tokenizer, texts: List[str], sequence_length: int, num_samples:
     dataset = TextDataset([{"text": t} for t in texts], tokenizer)
     wanted = sequence_length * num_samples if num_samples > 0 else None
     tokens: List[int] = []
-    # transformers warns when a document is longer than model_max_length: harmless here.
-    quiet = logging.getLogger("transformers.tokenization_utils_base")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with long_documents_allowed():
         for i in range(len(dataset)):
             tokens.extend(dataset.process(dataset[i])[0])
             if wanted is not None and len(tokens) >= wanted:
                 break
-    finally:
-        quiet.setLevel(level)
     rows = len(tokens) // sequence_length
     if num_samples > 0:
         rows = min(rows, num_samples)
@@ -231,23 +246,28 @@ class SettingsCheck:
     """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
     Each task's ``check(task)`` uses one and returns its ``problems``; the
-    validate stage reports them together before any weight is read.
+    validate stage reports them together before any weight is read. Other
+    nodes use it with their own ``prefix`` (``quant.dwq``).
     """
 
-    def __init__(self, task: Mapping[str, Any]):
+    def __init__(self, task: Mapping[str, Any], prefix: str = "task"):
         self.task = task
+        self.prefix = prefix
         self.problems: List[str] = []
 
     def fail(self, key: str, expected: str) -> None:
-        self.problems.append(f"task.{key}={self.task.get(key)!r}: expected {expected}")
+        self.problems.append(f"{self.prefix}.{key}={self.task.get(key)!r}: expected {expected}")
 
     def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False,
-                maximum: int = MAX_INTEGER) -> None:
-        """An integer from ``minimum`` (1: positive, 0: or 0) to ``maximum``, or -1 when allowed.
+                maximum: int = MAX_INTEGER, optional: bool = False) -> None:
+        """An integer from ``minimum`` (1: positive, 0: or 0) to ``maximum``, or -1 when
+        allowed (null when optional).
 
         The default maximum is what an MLX array dimension holds (2**31 - 1).
         """
         value = self.task.get(key)
+        if value is None and optional:
+            return
         if type(value) is int and value > maximum:
             self.fail(key, f"at most {maximum}")
             return
@@ -255,7 +275,8 @@ class SettingsCheck:
         if not ok:
             expect = ("a positive integer" if minimum == 1 else "a positive integer or 0"
                       if minimum == 0 else f"at least {minimum}")
-            self.fail(key, expect + (" or -1" if allow_negative_one else ""))
+            self.fail(key, expect + (" or -1" if allow_negative_one else "")
+                      + (" or null" if optional else ""))
 
     def number(self, key: str, low: float, high: Optional[float] = None, expected: str = "",
                optional: bool = False) -> None:
@@ -275,8 +296,9 @@ class SettingsCheck:
 
     def choice(self, key: str, choices: Sequence[Any], default: Any = None) -> None:
         if self.task.get(key, default) not in choices:
-            self.fail(key, "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c)
-                                                 for c in choices))
+            self.fail(key, "one of " + ", ".join(
+                "null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+                for c in choices))
 
     def data_file(self, key: str = "data") -> None:
         """An explicit data file must exist and not be empty (null: the default file)."""
@@ -289,9 +311,9 @@ class SettingsCheck:
         path = Path(value).expanduser().absolute()
         problem = regular_file_problem(path)  # a FIFO or a device is never opened
         if problem:
-            self.problems.append(f"task.{key}={value}: {path} {problem}")
+            self.problems.append(f"{self.prefix}.{key}={value}: {path} {problem}")
         elif path.stat().st_size == 0:
-            self.problems.append(f"task.{key}: {path} is empty")
+            self.problems.append(f"{self.prefix}.{key}: {path} is empty")
 
 
 def peak_memory_gb() -> float:

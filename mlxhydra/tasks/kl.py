@@ -1,14 +1,15 @@
 """``task=kl``: KL(reference ‖ this model) on the same tokens, with cached reference log-probs.
 
-The metrics are those of llama.cpp's ``perplexity --kl-divergence``: mean,
-median, 99th percentile and maximum KL per token, top-1 agreement ("same top
-p"), RMS of Δp of the correct token and the perplexity ratio.
+The metrics are those of llama.cpp's ``perplexity --kl-divergence``
+(:mod:`.kl_stats`): both perplexities and their ratio, KL per token (mean and
+distribution), Δp of the correct token and top-1 agreement ("same top p"),
+each with its standard error. They also go to ``kl_report.txt`` in the run
+directory, laid out as llama.cpp prints them.
 """
 
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 from ..errors import TaskError
 from ..file_checks import first_non_directory
 from ..runs import ranks
-from ..runs.atomic import atomic_directory
+from ..runs.atomic import atomic_directory, write_bytes_atomic
 from .common import (
     Metrics,
     SettingsCheck,
@@ -31,6 +32,7 @@ from .common import (
     peak_memory_gb,
     progress,
 )
+from .kl_stats import report_text, summarize
 from .kv_cache import ThroughCache, check_kv, uses_cache
 from .perplexity import check_eval_data, eval_data
 from .reference import (
@@ -49,6 +51,7 @@ USES_TOKENIZER = True
 RUNS_SHARDED = True
 
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
+REPORT = "kl_report.txt"
 
 
 def check(task: Dict[str, Any]) -> List[str]:
@@ -146,32 +149,6 @@ def compare(model, tokens, batch_size: int, cached: Path) -> Dict[str, Any]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def summarize(t: Dict[str, np.ndarray]) -> Dict[str, Any]:
-    """llama.cpp-style statistics of the per-token values."""
-    n = t["kl"].size
-    kl = np.maximum(t["kl"], 0.0)  # rounding can give -1e-9
-    diff = t["nll"] - t["nll_ref"]
-
-    def stderr(x):
-        return float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-
-    return {
-        "kl_mean": float(kl.mean()),
-        "kl_mean_stderr": stderr(kl),
-        "kl_median": float(np.median(kl)),
-        "kl_p99": float(np.percentile(kl, 99)),
-        "kl_max": float(kl.max()),
-        "top1_agreement": float(t["same"].mean()),
-        "delta_p_rms": float(np.sqrt(np.mean(t["dp"] ** 2))),
-        "perplexity": float(math.exp(t["nll"].mean())),
-        "reference_perplexity": float(math.exp(t["nll_ref"].mean())),
-        "perplexity_ratio": float(math.exp(diff.mean())),
-        "ln_perplexity_ratio": float(diff.mean()),
-        "ln_perplexity_ratio_stderr": stderr(diff),
-        "tokens_evaluated": int(n),
-    }
-
-
 def follow_reference(model, ref, tokens, batch_size: int, shard: Optional[str]) -> Metrics:
     """Another rank than 0 of a distributed run: the same (collective) forward passes, nothing kept.
 
@@ -195,8 +172,8 @@ def execute(job: TaskInput) -> Metrics:
     """KL divergence of this model from a reference on ``task.data``.
 
     Returns:
-        Metrics: see :func:`summarize`, plus reference, reference_cached,
-        cache_path, samples, sequence_length, data, seconds, peak_memory_gb.
+        Metrics: see :func:`.kl_stats.summarize`, plus reference, reference_cached,
+        cache_path, samples, sequence_length, data, report, seconds, peak_memory_gb.
 
     Raises:
         TaskError: bad data or reference.
@@ -247,16 +224,19 @@ def execute(job: TaskInput) -> Metrics:
     finally:
         if scratch is not None:
             scratch.cleanup()
+    report = job.run_dir / REPORT
+    text = report_text(out)
+    write_bytes_atomic(report, text.encode())
     out.update(
         reference=ref.describe(), reference_cached=cached,
         cache_path=str(target) if use_cache else None, samples=tokens.shape[0],
         sequence_length=tokens.shape[1], data=str(path), data_sha256=data_sha,
-        seconds=time.perf_counter() - start, peak_memory_gb=peak_memory_gb(),
+        report=str(report), seconds=time.perf_counter() - start, peak_memory_gb=peak_memory_gb(),
     )
     log.info(
         "kl: mean %.6f, p99 %.6f, top-1 agreement %.4f, PPL ratio %.4f on %d tokens "
-        "(reference %s%s)", out["kl_mean"], out["kl_p99"], out["top1_agreement"],
+        "(reference %s%s)\n%s", out["kl_mean"], out["kl_p99"], out["top1_agreement"],
         out["perplexity_ratio"], out["tokens_evaluated"], ref.source,
-        ", cached" if cached else "",
+        ", cached" if cached else "", text,
     )
     return out

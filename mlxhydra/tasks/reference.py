@@ -79,6 +79,7 @@ def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
         model_dir = Path(str(record.get("model_dir") or saved.get("model_dir") or ""))
         config = run_dir.read_model_config() or saved.get("model")
         recorded = record.get("weights_fingerprint")
+        quant = _recorded_calibration(quant, record)
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
     if isinstance(load.get("adapter_path"), str):  # relative to that run's working directory
@@ -101,6 +102,18 @@ def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
     except (MlxhydraError, OSError, ValueError) as e:
         raise TaskError(f"task.reference={path}: {e}") from e
     return Reference("run", path, model_dir, config, quant, load, recorded)
+
+
+def _recorded_calibration(quant: Any, record: Dict[str, Any]) -> Any:
+    """A calibrated method's quant settings with the calibration file the run used.
+
+    ``.hydra/config.yaml`` keeps ``quant.calibration.data`` as written (null for the
+    task's file, or an interpolation); run.json has the file that was read.
+    """
+    used = ((record.get("quantization") or {}).get("calibration") or {}).get("data")
+    if not isinstance(quant, dict) or not used:
+        return quant
+    return {**quant, "calibration": {**(quant.get("calibration") or {}), "data": used}}
 
 
 def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any]) -> Reference:
@@ -193,6 +206,7 @@ def build_reference(ref: Reference, shard: Optional[str] = None):
     """
     from ..load.loader import build_model
     from ..load.quant_spec import parse_quant
+    from ..load.quantized_compute import apply_compute
     from ..runs.ranks import world
 
     load = ref.load
@@ -203,6 +217,9 @@ def build_reference(ref: Reference, shard: Optional[str] = None):
         args_class=load.get("args_class"), shard=shard, group=world().group,
         adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
     )
+    # A past run's quantized model computes as that run set it for a quality task (its
+    # quant.compute, part of the cache key), so that the same settings give KL 0.
+    apply_compute(model, (ref.quant or {}).get("compute"), "kl")
     return model
 
 

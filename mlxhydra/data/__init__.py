@@ -1,0 +1,1 @@
+"""Data files shipped with mlxhydra (calibration text of the embedded model)."""

@@ -1,0 +1,40 @@
+"""The Pareto front of a sweep, marked in its summary: the jobs no other job beats on both
+size (bits per weight) and quality.
+
+The front itself is :func:`mlxhydra.runs.plots.pareto_front`, the one the
+summary figure draws; this module marks it on the summary's rows.
+"""
+
+import math
+from typing import Any, Dict, List, Optional
+
+# The quality metrics a front is marked for (higher or lower is better: plots.HIGHER_IS_BETTER).
+QUALITY = ("kl_mean", "perplexity", "ln_perplexity_ratio", "accuracy", "top1_agreement")
+COLUMN = "pareto"
+
+
+def _number(v: Any) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def mark_front(rows: List[Dict[str, Any]], metric: str) -> bool:
+    """Set ``row["pareto"]`` (True/False) on the completed rows with both values.
+
+    Rows without them get nothing. Marks nothing, and returns False, unless
+    ``metric`` is a quality metric and at least two jobs differ in bits per weight.
+    """
+    from .plots import HIGHER_IS_BETTER, pareto_front  # plots imports summary, which imports this
+
+    if metric not in QUALITY:
+        return False
+    done = [(r, _number(r.get("bits_per_weight")), _number((r.get("_metrics") or {}).get(metric)))
+            for r in rows if r.get("status") == "completed"]
+    done = [(r, x, y) for r, x, y in done if x is not None and y is not None]
+    if len({x for _, x, _ in done}) < 2:
+        return False
+    on = set(pareto_front([(x, y) for _, x, y in done], metric in HIGHER_IS_BETTER))
+    for i, (r, _, _) in enumerate(done):
+        r[COLUMN] = i in on
+    return True
