@@ -37,6 +37,8 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     # Hydra: how the basic sweeper expands sweep overrides into jobs.
     "split_sweep_arguments": ("hydra-core", "hydra._internal.core_plugins.basic_sweeper",
                               "BasicSweeper.split_arguments"),
+    # Hydra: the basic sweeper itself, whose per-job composition check runs/job_sweeper.py adapts.
+    "BasicSweeper": ("hydra-core", "hydra._internal.core_plugins.basic_sweeper", "BasicSweeper"),
     # Hydra: the config loader whose group listing --help repeats (config/help_cache.py).
     "ConfigLoaderImpl": ("hydra-core", "hydra._internal.config_loader_impl", "ConfigLoaderImpl"),
     # hydra-optuna-sweeper: a search's Optuna distributions from its overrides (runs/resume_search.py).

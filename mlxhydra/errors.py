@@ -72,6 +72,31 @@ class UpstreamError(MlxhydraError, ImportError):
     """An installed mlx-lm or Hydra lacks a name mlxhydra relies on."""
 
 
+class FileSystemError(MlxhydraError, OSError):
+    """A file or directory that cannot be read or written: the path and the reason, one line.
+
+    ``errno`` and ``strerror`` are those of the OSError it reports (when made
+    with :meth:`from_os_error`); the message stays the one line given.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+    @classmethod
+    def from_os_error(cls, message: str, error: OSError) -> "FileSystemError":
+        made = cls(message)
+        made.errno, made.strerror = error.errno, error.strerror
+        return made
+
+
+class RecordWriteError(FileSystemError):
+    """run.json (or another record of the run) could not be written."""
+
+
+class RunDirTaken(MlxhydraError, FileExistsError):
+    """A run or sweep directory that already holds another run's records."""
+
+
 class RankFailed(MlxhydraError, RuntimeError):
     """Another rank of a distributed run failed, or the connection to one was lost."""
 
@@ -117,13 +142,64 @@ class SweepFailed(BaseException):
         return f"{self.failed} of {self.jobs} jobs failed (see {self.summary})"
 
 
+class RefusedBeforeRun(BaseException):
+    """An error a Hydra callback found before the run starts (``error``).
+
+    Hydra turns a callback's Exception into a warning and goes on; this one
+    passes through, and the command reports ``error`` as any other error.
+    """
+
+    def __init__(self, error: MlxhydraError):
+        super().__init__(error)
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.error)
+
+
+def describe_os_error(error: OSError, path: object = None) -> str:
+    """``PATH: reason`` for an OSError (``path`` when the error names none)."""
+    where = error.filename if error.filename is not None else path
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename2 is not None:
+        where = f"{where} -> {error.filename2}"
+    return f"{where}: {reason}" if where is not None else reason
+
+
+# Lines of OmegaConf's and Hydra's messages that repeat what the first line says.
+_DETAIL_LINES = ("full_key:", "object_type=", "reference_type=", "    ")
+
+
+def one_line_message(error: BaseException) -> str:
+    """The message of an error as the one line the command prints and records.
+
+    mlxhydra's errors are one line already; Hydra's and OmegaConf's several lines
+    (``Could not override 'x'`` / ``Key 'x' is not in struct`` / ``full_key: ...``)
+    are joined, their detail lines dropped; an OSError is ``PATH: reason``; any
+    other error is its type and message.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(error, OSError) and not isinstance(error, MlxhydraError):
+        return describe_os_error(error)
+    if isinstance(error, CompactHydraException):
+        text = str(error)
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            text += "\n" + str(error.__cause__)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith(_DETAIL_LINES)]
+    return " ".join(lines) or type(error).__name__
+
+
 def raise_interrupted(signum: int, _frame: object) -> None:
     """A signal handler: stop where the program is, as Ctrl-C does."""
     raise Interrupted(signum)
 
 
 def interruption_message(error: BaseException) -> str:
-    """``interrupted by SIGINT`` / ``SIGTERM`` for a KeyboardInterrupt or Interrupted."""
+    """``interrupted by SIGINT`` / ``SIGTERM`` / ``SIGHUP`` for a KeyboardInterrupt or Interrupted."""
     signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
     rank = f"rank {error.rank} " if isinstance(error, RankInterrupted) else ""
     return f"{rank}interrupted by {signal.Signals(signum).name}"

@@ -245,7 +245,7 @@ BAD = [
     ({"recipe": "mixed_3_6", "mode": "mxfp4"}, "quant.recipe=mixed_3_6: recipes are affine only, not mode mxfp4"),
     ({"recipe": "mixed_3_6", "bits": 4}, "quant.recipe=mixed_3_6: the recipe sets the bits"),
     ({"recipe": "mixed_9_9"}, "quant.recipe='mixed_9_9': expected one of mixed_2_6"),
-    ({"bits": 4, "groupsize": 64}, "quant: unknown keys ['groupsize']"),
+    ({"bits": 4, "groupsize": 64}, "quant.groupsize: unknown key for quant; valid keys: "),
 ]
 
 

@@ -25,6 +25,13 @@ def compose(overrides: Iterable[str] = (), *, return_hydra_config: bool = False)
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from ..errors import ConfigError
+    from .overrides import group_choice_problems
+
+    overrides = list(overrides)
+    problems = group_choice_problems(overrides)
+    if problems:
+        raise ConfigError(problems)
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):

@@ -6,6 +6,7 @@ replays all go through it (Hydra's own grammar).
 """
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -77,6 +78,34 @@ def parse_overrides(texts: Sequence[str], strict: bool = False) -> List[ParsedOv
     return out
 
 
+# Config groups whose override picks an option (a list of options for the last two).
+CHOICE_GROUPS = ("model", "quant", "load", "task", "patch", "logger")
+LIST_GROUPS = ("patch", "logger")
+_UNESCAPED_INTERPOLATION = re.compile(r"(?<!\\)\$\{")
+
+
+def group_choice_problems(texts: Sequence[str]) -> List[str]:
+    """Overrides of a config group whose value is not an option name or path.
+
+    Hydra's defaults list fails on them with a Python error (``model=1e-5``,
+    ``model=[1]``) or resolves them (``model=${oc.env:X}``): both are refused
+    here, before composition, each with one line.
+    """
+    problems = []
+    for o in parse_overrides(texts):
+        group = o.key.split("@", 1)[0]
+        if group not in CHOICE_GROUPS or o.is_delete or o.is_sweep or o.value is None:
+            continue
+        values = o.value if isinstance(o.value, list) and group in LIST_GROUPS else [o.value]
+        if not all(isinstance(v, str) for v in values):
+            expected = "a list of option names" if group in LIST_GROUPS else "an option name or a path"
+            problems.append(f"{o.text}: expected {expected} for the {group} group")
+        elif any(_UNESCAPED_INTERPOLATION.search(v) for v in values):
+            problems.append(f"{o.text}: a config group's choice cannot be an interpolation "
+                            "(give the option or path itself)")
+    return problems
+
+
 def override_texts(texts: Sequence[str]) -> Dict[str, Optional[str]]:
     """``{key: value as text}`` of overrides (prefix dropped; the last one wins)."""
     return {o.key: o.value_text for o in parse_overrides(texts)}
@@ -119,15 +148,28 @@ def overrides_of_argv(args: Sequence[str]) -> List[str]:
         return [a for a in args if not a.startswith("-")]
 
 
+def _parsed_or_none(args: Sequence[str]):
+    try:
+        return _parse_argv(args)
+    except SystemExit:  # a usage error: argparse has already said so
+        return None
+
+
 def wants_single_job(args: Sequence[str]) -> bool:
     """True when a command line asks for one job (not --help, --cfg, -m...)."""
-    try:
-        parsed = _parse_argv(args)
-    except SystemExit:
-        return False
-    if parsed.multirun:
+    parsed = _parsed_or_none(args)
+    if parsed is None or parsed.multirun:
         return False
     return not any(getattr(parsed, flag, None) for flag in _NO_JOB_FLAGS)
+
+
+def wants_multirun(args: Sequence[str]) -> bool:
+    """True when a command line asks for a multirun (``-m`` or ``hydra.mode=MULTIRUN``)."""
+    parsed = _parsed_or_none(args)
+    if parsed is None:
+        return False
+    mode = override_value(list(parsed.overrides), "hydra.mode")
+    return bool(parsed.multirun) or (isinstance(mode, str) and mode.upper() == "MULTIRUN")
 
 
 def quote_model_paths(args: Sequence[str]) -> List[str]:

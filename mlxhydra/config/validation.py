@@ -21,9 +21,11 @@ from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..load.quantized_compute import check_compute
 from ..runs.ranks import check_world
-from ..tasks import check_task
+from ..tasks import TASKS, check_task
 from ..tracking.logger_settings import check_logger
 from .composition import to_plain
+from .declared import unknown_key_problems
+from .model_source import ERROR_KEY
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
 
@@ -44,6 +46,13 @@ class Settings:
 def _number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
+
+
+def _mapping(key: str, value: Any, optional: bool = False) -> List[str]:
+    """A problem when a group's node is not a mapping (``task=null``, ``load=[1]``...)."""
+    if isinstance(value, dict) or (optional and value is None):
+        return []
+    return [f"{key}={value!r}: expected the {key} settings (a mapping)"]
 
 
 def check_seed(seed: Any) -> List[str]:
@@ -89,34 +98,46 @@ def validate(cfg: DictConfig) -> Settings:
             return default
         return default if value is None else value
 
+    model_error = plain(ERROR_KEY)
     model_dir = plain("model_dir")
-    if not isinstance(model_dir, str) or not model_dir:
-        problems.append(f"model_dir={model_dir!r}: expected a model directory (choose one with model=PATH)")
-    if not isinstance(cfg.get("model"), DictConfig):
-        problems.append("model: expected the model config (model=PATH or a preset), found none")
+    job_error = plain("job_error")
+    if job_error:  # a sweep's job that could not be composed (runs/job_sweeper.py)
+        problems.append(str(job_error))
+    if model_error:  # a sweep's job whose model directory could not be read (model_source)
+        problems.append(str(model_error))
+    else:
+        if not isinstance(model_dir, str) or not model_dir:
+            problems.append(
+                f"model_dir={model_dir!r}: expected a model directory (choose one with model=PATH)")
+        if not isinstance(cfg.get("model"), DictConfig):
+            problems.append("model: expected the model config (model=PATH or a preset), found none")
     seed = plain("seed")
     problems += check_seed(seed)
     load = plain("load", {})
-    problems += check_load(load)
+    problems += _mapping("load", load) or unknown_key_problems("load", load) + check_load(load)
     spec = None
     quant = plain("quant")
     compute = quant.get("compute") if isinstance(quant, dict) else None
     problems += check_compute(compute)
     try:
-        spec = parse_quant(quant)
+        problems += _mapping("quant", quant, optional=True)
+        spec = parse_quant(quant if isinstance(quant, dict) else None)
     except ConfigError as e:
         problems.extend(e.problems)
     if spec is not None and isinstance(cfg.get("model"), DictConfig):
         problems += model_problems(spec.method, plain("model", {}),
                                    model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
-    problems += check_task(task)
-    problems += save_problems(load, task)
+    problems += _mapping("task", task) or check_task(task)
+    if isinstance(task, dict) and task.get("name") in TASKS:
+        problems += unknown_key_problems("task", task, task["name"])
+    if isinstance(load, dict) and isinstance(task, dict):
+        problems += save_problems(load, task)
     sweep = plain("sweep", {})
-    problems += check_sweep(sweep)
+    problems += _mapping("sweep", sweep) or check_sweep(sweep)
     problems += check_logger(plain("logger", {}))
-    # several ranks (mlx.launch): what runs sharded
-    problems += check_world(load, task, spec.method if spec is not None else "rtn")
+    if isinstance(load, dict) and isinstance(task, dict):  # several ranks (mlx.launch): what runs sharded
+        problems += check_world(load, task, spec.method if spec is not None else "rtn")
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,

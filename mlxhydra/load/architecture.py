@@ -176,11 +176,21 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-def check_types(config: Dict[str, Any], args_cls: Type, keys: List[str]) -> None:
+def check_types(config: Dict[str, Any], args_cls: Type, keys: List[str],
+                user_keys: Optional[List[str]] = None, file: Optional[Path] = None) -> None:
     """Check the given keys' values against the ModelArgs field types.
 
+    Args:
+        keys: The keys to check.
+        user_keys: Keys the command line or a patch changed (all of ``keys`` when None);
+            the others are named as values of ``file``.
+        file: The config.json the other keys come from.
+
+    A value that config.json leaves null is accepted (mlx-lm hands it to the
+    model, whose defaults may fill it); one the user set is checked as given.
+
     Raises:
-        ConfigError: naming each key, the expected type and the value.
+        ConfigError: naming each key, where its value comes from, the expected type and the value.
     """
     if not dataclasses.is_dataclass(args_cls):
         return
@@ -190,10 +200,17 @@ def check_types(config: Dict[str, Any], args_cls: Type, keys: List[str]) -> None
         return
     problems = []
     for key in keys:
-        if key in hints and key in config and not _fits(config[key], hints[key]):
+        if key not in hints or key not in config:
+            continue
+        from_user = user_keys is None or key in user_keys
+        if config[key] is None and not from_user:
+            continue
+        if not _fits(config[key], hints[key]):
             expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            origin = "" if from_user or file is None else f" in {file}"
             problems.append(
-                f"model.{key}={config[key]!r}: expected {expected}, got {type(config[key]).__name__}"
+                f"model.{key}={config[key]!r}{origin}: expected {expected}, "
+                f"got {type(config[key]).__name__}"
             )
     if problems:
         raise ConfigError(problems)

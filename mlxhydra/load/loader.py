@@ -7,6 +7,7 @@ the float model is never whole in memory), and each stage is timed in a
 :class:`LoadReport`.
 """
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Uni
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from ..config.model_source import read_config_json
 from ..errors import ConfigError, WeightsError
+from ..file_checks import exists, regular_file_problem
 from . import architecture, sharding, weights_cache
 from .adapters import apply_adapters
 from .load_settings import DTYPE_NAMES, check_dtype
@@ -38,7 +39,8 @@ from .runtime_quant import (
     quantization_summary,
     quantize_while_loading,
 )
-from .weight_files import absent_shards, find_weight_files, read_header, require_weight_files
+from .weight_files import find_weight_files, read_header, require_weight_files
+from .weight_fit import check_weights
 
 if TYPE_CHECKING:
     from .learned_quant import MethodRun
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(mx, name) for name in DTYPE_NAMES}
-SHOWN = 5
 
 
 def load_config(path: Union[str, Path]) -> dict:
@@ -63,7 +64,40 @@ def load_config(path: Union[str, Path]) -> dict:
 
     model_dir = Path(path).expanduser()
     read_config_json(model_dir)  # clear errors for every way config.json can fail
+    problems = generation_config_problems(model_dir)
+    if problems:
+        raise ConfigError(problems)
     return mlx_load_config(model_dir)
+
+
+def generation_config_problems(model_dir: Path) -> List[str]:
+    """What mlx-lm could not use in ``generation_config.json`` (read by its load_config).
+
+    mlx-lm skips a file that is not JSON, and so does this; a file that is not a
+    regular file (never opened), a top level that is not an object, or an
+    ``eos_token_id`` that is not a token id or a list of them is named.
+    """
+    file = Path(model_dir) / "generation_config.json"
+    if not exists(file):
+        return []
+    problem = regular_file_problem(file)
+    if problem:
+        return [f"{file} {problem} (expected a JSON file)"]
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        log.warning("%s is not valid JSON: ignored, as mlx-lm ignores it", file)
+        return []
+    except OSError as e:
+        return [f"{file}: cannot be read: {e.strerror or e}"]
+    if not isinstance(value, dict):
+        return [f"{file}: expected a JSON object at the top level, found {type(value).__name__}"]
+    eos = value.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and eos is not False and not all(
+            type(i) is int and i >= 0 for i in ids):
+        return [f"{file}: eos_token_id={eos!r}: expected a token id or a list of token ids"]
+    return []
 
 
 def apply_mlx_lm_adjustments(model_dir: Path, config: dict, raw: Optional[dict] = None) -> List[str]:
@@ -84,34 +118,6 @@ def apply_mlx_lm_adjustments(model_dir: Path, config: dict, raw: Optional[dict] 
     return changed
 
 
-def check_weights(model: nn.Module, weights: Mapping[str, mx.array], files: List[Path]) -> List[str]:
-    """Compare weights with the model's parameters; one line per kind of mismatch."""
-    expected = dict(tree_flatten(model.parameters()))
-    missing = sorted(k for k in expected if k not in weights)
-    unexpected = sorted(k for k in weights if k not in expected)
-    shapes = sorted(
-        f"{k} {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    )
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if items:
-            more = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:SHOWN])}{more}")
-    if problems:
-        names = ", ".join(f.name for f in files) or "no files"
-        problems.append(f"read {names}")
-    absent = absent_shards(files[0].parent) if missing and files else []
-    if absent:
-        more = " ..." if len(absent) > SHOWN else ""
-        problems.append(
-            f"model.safetensors.index.json lists {len(absent)} missing file(s): "
-            f"{', '.join(absent[:SHOWN])}{more} (an incomplete copy or download?)"
-        )
-    return problems
-
-
 @dataclass
 class LoadReport:
     """What loading did: stage times, files read, quantization applied, mismatches."""
@@ -123,6 +129,7 @@ class LoadReport:
     weight_mismatches: List[str] = field(default_factory=list)  # with strict=False
     quantization: Dict[str, Any] = field(default_factory=dict)  # see runs.record.QuantizationRecord
     model_config: Dict[str, Any] = field(default_factory=dict)  # as loaded: with its quantization entry
+    file_identities: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # path -> size, mtime, inode
     adapter: Optional[Dict[str, Any]] = None  # see runs.record.AdapterRecord
     # sharded: mode, rank, layers, weight_files, weight_bytes_read, parameter_bytes
     sharding: Dict[str, Any] = field(default_factory=dict)

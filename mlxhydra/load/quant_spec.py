@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+from ..config.declared import unknown_key_problems
 from ..errors import ConfigError
-from .method_settings import QUANT_KEYS, parse_method
+from .method_settings import parse_method
 
 # mlx-lm's defaults per mode (mlx_lm.utils.quantize_model): (bits, group_size).
 MODE_DEFAULTS = {"affine": (4, 64), "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
@@ -156,12 +157,10 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     """
     if not quant:
         return None
-    problems: List[str] = []
-    # compute (how quantized layers multiply) is checked by quantized_compute.check_compute.
-    unknown = sorted(set(quant) - {"bits", "group_size", "mode", "recipe", "rules", "compute",
-                                   *QUANT_KEYS})
-    if unknown:
-        problems.append(f"quant: unknown keys {unknown}")
+    # compute (how quantized layers multiply) is checked by quantized_compute.check_compute;
+    # the valid keys are those the shipped conf/quant/*.yaml declare (config/declared.py),
+    # the methods' settings included (conf/quant/none.yaml).
+    problems: List[str] = unknown_key_problems("quant", quant)
     bits, group_size = quant.get("bits"), quant.get("group_size")
     mode, recipe = quant.get("mode", "affine"), quant.get("recipe")
     rules_in = quant.get("rules") or []

@@ -4,9 +4,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Set
 
 
 def _read_umask() -> int:
@@ -17,6 +18,30 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()  # read once, at import, before any thread writes files
 
+# Temporary files and directories being written now: removed by remove_unfinished()
+# when the command exits without waiting for the thread writing them.
+_unfinished: Set[Path] = set()
+_unfinished_lock = threading.Lock()
+
+
+def _track(path: Path, add: bool) -> None:
+    with _unfinished_lock:
+        (_unfinished.add if add else _unfinished.discard)(Path(path))
+
+
+def remove_unfinished() -> None:
+    """Remove the temporary files and directories of writes still under way."""
+    with _unfinished_lock:
+        paths = list(_unfinished)
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes through a temporary file in the same directory, renamed into place.
@@ -26,6 +51,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _track(Path(tmp), True)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide records from others
         with os.fdopen(fd, "wb") as f:
@@ -37,6 +63,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _track(Path(tmp), False)
 
 
 def json_text(data: Any) -> str:
@@ -66,6 +94,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _track(tmp, True)
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
@@ -75,3 +104,4 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _track(tmp, False)

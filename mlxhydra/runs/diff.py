@@ -23,6 +23,8 @@ from .record import flatten, same
 from .run_dir import RunDir, check_run_dir
 
 ABSENT = "(absent)"
+# What a run directory must hold to be compared (besides .hydra/overrides.yaml).
+NEEDED = (RunDir.RECORD, f"{RunDir.HYDRA}/config.yaml")
 RUN_DIR_PLACEHOLDER = "<run_dir>"
 FINGERPRINT = re.compile(r"^([a-z]+:)?sha256:[0-9a-f]{64}$")
 
@@ -35,7 +37,7 @@ def override_items(overrides: Sequence[str]) -> Dict[str, Any]:
 def layer_settings(layers: Optional[Dict[str, Any]]) -> Dict[str, int]:
     """Count quantized layers per (mode, bits, group_size)."""
     counts: Counter = Counter()
-    for params in (layers or {}).values():
+    for params in (layers.values() if isinstance(layers, dict) else ()):
         if isinstance(params, dict):
             counts[f"{params.get('mode', 'affine')}_{params.get('bits')}bit_g{params.get('group_size')}"] += 1
     return dict(sorted(counts.items()))
@@ -126,8 +128,8 @@ def main(argv: Sequence[str]) -> int:
                         help="exit with 1 when the runs differ (like git diff --exit-code)")
     args = parser.parse_args(list(argv))
     try:
-        a = load_run(check_run_dir(args.run_a, "diff"))
-        b = load_run(check_run_dir(args.run_b, "diff"))
+        a = load_run(check_run_dir(args.run_a, "diff", NEEDED))
+        b = load_run(check_run_dir(args.run_b, "diff", NEEDED))
     except RunDirError as e:
         sys.stderr.write(f"mlxhydra: {e}\n")
         return 2

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config.overrides import override_value, overrides_of_argv, wants_single_job
-from ..errors import Interrupted, interruption_message
+from ..errors import Interrupted, describe_os_error, interruption_message, one_line_message
+from ..file_checks import exists
 from . import environment
 from .record import write_record
 from .run_dir import RunDir
@@ -68,19 +69,6 @@ def early_run_dir(overrides: List[str], cwd: Optional[str] = None) -> Path:
     raise RuntimeError("no run directory pattern could be resolved")
 
 
-def error_message(error: BaseException) -> str:
-    """The message Hydra printed for ``error`` (without its trace)."""
-    from hydra.errors import CompactHydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if isinstance(error, CompactHydraException):
-        message = str(error)
-        if isinstance(error.__cause__, OmegaConfBaseException):
-            message += "\n" + str(error.__cause__)
-        return message.strip()
-    return f"{type(error).__name__}: {error}".strip()
-
-
 def record_early_failure(
     error: Optional[BaseException], args: List[str], started: str
 ) -> Optional[Path]:
@@ -103,7 +91,7 @@ def record_early_failure(
     if isinstance(error, (KeyboardInterrupt, Interrupted)):
         data.update(status="interrupted", error=interruption_message(error))
     elif error is not None:
-        data.update(error=error_message(error), error_type=type(error).__name__)
+        data.update(error=one_line_message(error), error_type=type(error).__name__)
     else:
         data.update(error="failed before the job started (no message)", error_type=None)
     try:
@@ -126,9 +114,14 @@ def record_early_failure(
             git=environment.git_state(Path(os.getcwd())),
             ended=environment.now(),
         )
+        if exists(run_dir.record):  # another run's record: never overwritten
+            sys.stderr.write(f"mlxhydra: no run record written: {run_dir.record} belongs to "
+                             "another run\n")
+            return None
         run_dir.path.mkdir(parents=True, exist_ok=True)
         write_record(run_dir.record, data)
         return run_dir.path
     except Exception as e:  # never hide the original error behind this one
-        sys.stderr.write(f"mlxhydra: could not write the run record: {e}\n")
+        reason = describe_os_error(e) if isinstance(e, OSError) else one_line_message(e)
+        sys.stderr.write(f"mlxhydra: could not write the run record: {reason}\n")
         return None

@@ -9,21 +9,24 @@ interrupted), ``model_config.json`` and ``metrics.json``.
 import logging
 import random
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.composition import changed_keys, removed_keys, to_plain
 from ..config.model_source import read_config_json
 from ..config.validation import Settings, validate
-from ..errors import Interrupted, interruption_message, raise_interrupted
+from ..errors import (
+    ConfigError, FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
+    interruption_message, one_line_message,
+)
 from . import environment, ranks
+from .job_thread import interruption_handlers, run_in_job_thread, signals_held
 from .record import RecordWriter
-from .run_dir import RunDir
+from .run_dir import RunDir, refuse_taken
 
 log = logging.getLogger("mlxhydra")
 
@@ -60,7 +63,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     from ..load import architecture, weights_cache
     from ..load.loader import apply_mlx_lm_adjustments, build_model
     from ..load.quantized_compute import apply_compute
-    from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
+    from ..load.weight_files import (
+        check_unchanged, check_weight_files, combined_fingerprint, describe_files,
+        find_weight_files, identities,
+    )
+    from ..tasks import task_file_problems
 
     import mlx.core as mx
 
@@ -82,7 +89,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         config, model_dir, trust_remote_code=trust,
         model_class=load.get("model_class"), args_class=load.get("args_class"),
     )
-    architecture.check_types(config, args_cls, user_keys)
+    # config.json's own values as strictly as the command line's, each named with its origin
+    architecture.check_types(config, args_cls, list(config), user_keys, model_dir / "config.json")
+    problems = task_file_problems(settings.task, model_dir, trust)
+    if problems:
+        raise ConfigError(problems)
     ignored = [k for k in architecture.ignored_keys(config, args_cls) if k in user_keys]
     if ignored:
         log.warning(
@@ -94,8 +105,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         run_dir.write_model_config(config)
     # For the record and a multirun's cache key; the other ranks of a distributed run keep
     # no record and read no file beyond their own.
-    files = (describe_files(find_weight_files(model_dir), load.get("fingerprint", "fast"))
-             if record is not None else [])
+    paths = find_weight_files(model_dir) if record is not None else []
+    if not ranks.world().distributed:  # sound headers now; each rank checks those it reads itself
+        check_weight_files(paths)
+    before = identities(paths)
+    files = describe_files(paths, load.get("fingerprint", "fast")) if record is not None else []
     fingerprint = combined_fingerprint(files) if record is not None else None
     if record is not None:
         record.update(
@@ -124,6 +138,9 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
         shard=load.get("shard"), group=ranks.world().group,
     )
+    # The recorded fingerprint must be of the bytes that were read.
+    check_unchanged(before)
+    report.file_identities = before
     if record is not None and report.adapter is not None:
         record.update(adapter=report.adapter)
     quantization = report.quantization
@@ -147,13 +164,17 @@ def _hydra_fields(hc: Any) -> Dict[str, Any]:
         "overrides": OmegaConf.to_container(hc.overrides.task, resolve=False),
         "job_num": hc.job.get("num"),
         "cwd": hc.runtime.cwd,
-        "choices": dict(hc.runtime.choices),
+        # resolve=False: a choice is text as typed (an escaped "\${...}" must stay text)
+        "choices": OmegaConf.to_container(hc.runtime.choices, resolve=False),
         "log_file": str(Path(hc.runtime.output_dir) / f"{hc.job.name}.log"),
     }
 
 
 def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[str, Any]:
     """Run one job inside Hydra's run directory, recording every stage.
+
+    The job runs on the job thread (:mod:`mlxhydra.runs.job_thread`) while
+    this thread answers signals; only this thread writes the final status.
 
     Args:
         cfg: The composed config.
@@ -163,52 +184,106 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
         The task's metrics.
 
     Raises:
-        MlxhydraError: bad input, after the failure is recorded.
+        MlxhydraError: bad input or a file that cannot be read or written, after
+            the failure is recorded (its message says when run.json could not be).
         Interrupted, KeyboardInterrupt: after the interruption is recorded.
     """
     from hydra.core.hydra_config import HydraConfig
 
     if not ranks.world().leads:  # another rank of a distributed run: the same job, nothing written
-        return ranks.follow(lambda: _prepare_and_run(cfg, None, None, {}))
+        return ranks.follow(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, None, None, {})))
     hc = HydraConfig.get()
     run_dir = RunDir(Path(hc.runtime.output_dir))
+    refuse_taken(run_dir.path, "hydra.run.dir" if hc.job.get("num") is None else "hydra.sweep.subdir")
     times: Dict[str, float] = {}
     if compose_seconds is not None:
         times["compose"] = compose_seconds
-    record = RecordWriter(
-        run_dir.record,
-        run_dir=str(run_dir.path),
-        **_hydra_fields(hc),
-        model_dir=cfg.get("model_dir"),
-        seed=cfg.get("seed"),
-        versions=environment.versions(),
-        platform=environment.platform_info(),
-        git=environment.git_state(Path(hc.runtime.cwd)),
-        times=times,
-        **ranks.record_entry(OmegaConf.select(cfg, "load.shard", default=None,
-                                         throw_on_resolution_failure=False)),
-    )
-    previous_handler = signal.signal(signal.SIGTERM, raise_interrupted)
-    try:
-        metrics = ranks.lead(lambda: _prepare_and_run(cfg, run_dir, record, times))
-    except (KeyboardInterrupt, Interrupted) as e:
-        record.finish("interrupted", error=interruption_message(e), **environment.resources())
-        raise
-    except BaseException as e:
-        record.finish("failed", error=str(e) or type(e).__name__, error_type=type(e).__name__,
-                      **environment.resources())
-        log.error("run failed: %s", e)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    record.finish("completed", metrics=metrics, **environment.resources())
+    fields: Dict[str, Any] = {}
+    record: Optional[RecordWriter] = None
+
+    def open_record() -> RecordWriter:
+        return RecordWriter(run_dir.record, run_dir=str(run_dir.path), times=times, **fields)
+
+    with interruption_handlers():
+        try:
+            fields.update(
+                **_hydra_fields(hc),
+                model_dir=_recordable(cfg, "model_dir", str),
+                seed=_recordable(cfg, "seed", (int, str, float, bool)),
+                versions=environment.versions(),
+                platform=environment.platform_info(),
+                git=environment.git_state(Path(hc.runtime.cwd)),
+                **ranks.record_entry(OmegaConf.select(cfg, "load.shard", default=None,
+                                                      throw_on_resolution_failure=False)),
+            )
+            with signals_held():  # a signal now is answered once the record exists
+                record = open_record()
+            metrics = ranks.lead(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, run_dir, record, times)))
+        except (KeyboardInterrupt, Interrupted) as e:
+            message = interruption_message(e)
+            with signals_held():
+                unrecorded = _finish(record or open_record, "interrupted", error=message)
+            if unrecorded:
+                log.error("%s; %s", message, unrecorded)
+            raise
+        except BaseException as e:
+            error = _user_error(e)
+            message = one_line_message(error)
+            with signals_held():
+                unrecorded = _finish(record or open_record, "failed", error=message,
+                                     error_type=type(error).__name__)
+            if unrecorded:  # the message says that run.json could not be updated
+                message = (f"{message} (it may still say running)" if isinstance(error, RecordWriteError)
+                           else f"{message}; {unrecorded}")
+            log.error("run failed: %s", message)
+            if unrecorded:
+                raise FileSystemError(message) from e
+            if error is not e:
+                raise error from e
+            raise
+        with signals_held():
+            unrecorded = _finish(record, "completed", metrics=metrics)
+    if unrecorded:
+        raise FileSystemError(f"the run completed, but {unrecorded}")
     return metrics
+
+
+def _recordable(cfg: DictConfig, key: str, types: Any) -> Any:
+    """A top-level value for the record when it resolves to one of ``types`` (validate names it otherwise)."""
+    try:
+        value = to_plain(cfg.get(key))
+    except MlxhydraError:
+        return None
+    return value if isinstance(value, types) else None
+
+
+def _user_error(error: BaseException) -> BaseException:
+    """An OSError from the job as one line naming the path (mlxhydra's own errors unchanged)."""
+    if isinstance(error, OSError) and not isinstance(error, MlxhydraError):
+        return FileSystemError.from_os_error(describe_os_error(error), error)
+    return error
+
+
+def _finish(record: Union[RecordWriter, Callable[[], RecordWriter]], status: str, **fields: Any) -> str:
+    """Write the final status; '' when written, else what the message must say about run.json.
+
+    Args:
+        record: The job's record, or what opens it when the job stopped before it existed.
+    """
+    try:
+        if not isinstance(record, RecordWriter):
+            record = record()
+        record.finish(status, **fields, **environment.resources())
+    except RecordWriteError as e:
+        return f"{e} (it may still say running)"
+    return ""
 
 
 def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optional[RecordWriter],
                      times: Dict[str, float]) -> Dict[str, Any]:
     """Validate, load and run the task; without a run directory and record
     (another rank than 0 of a distributed run) nothing is written."""
+    from ..load.weight_files import check_unchanged
     from ..tasks import TaskInput, run_task
 
     settings = validate(cfg)
@@ -236,10 +311,11 @@ def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optiona
         if job.hub and record is not None:  # Hugging Face ids the task resolved (draft model, reference)
             record.update(hub={**record.data.get("hub", {}), **job.hub})
     times["task"] = time.perf_counter() - t
+    if settings.load.get("lazy"):  # lazy weights are read by the task
+        check_unchanged(report.file_identities)
     per_rank = ranks.gather_ranks(report.sharding)
     if run_dir is not None and record is not None:
         run_dir.write_metrics(metrics)
         if per_rank is not None:
             record.update(**ranks.record_entry(settings.load.get("shard"), per_rank))
     return metrics
-

@@ -2,10 +2,12 @@
 
 import json
 import math
+import threading
+import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TypedDict
 
-from ..errors import RunDirError
+from ..errors import RecordWriteError, RunDirError
 from .atomic import read_json, write_json_atomic
 from .environment import now
 
@@ -138,6 +140,43 @@ class RunRecord(TypedDict, total=False):
 FIELDS = tuple(RunRecord.__annotations__)
 
 
+def _json_types(hint: Any) -> Optional[tuple]:
+    """The Python types a JSON value of a schema field may have (None: any)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return None
+    if origin is typing.Union:
+        parts = [_json_types(h) for h in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if hint is type(None):
+        return (type(None),)
+    if hint is float:
+        return (int, float)
+    if origin in (list, List) or hint is list:
+        return (list,)
+    if origin in (dict, Dict) or hint is dict or typing.is_typeddict(hint):
+        return (dict,)
+    if isinstance(hint, type):
+        return (hint,)
+    return None
+
+
+FIELD_TYPES = {k: _json_types(v) for k, v in typing.get_type_hints(RunRecord).items()}
+
+
+def shape_problem(data: Dict[str, Any]) -> Optional[str]:
+    """The first field of a record read back whose JSON type the schema does not allow, or None."""
+    for key, value in data.items():
+        types = FIELD_TYPES.get(key)
+        if types is None or isinstance(value, types) and not (
+                isinstance(value, bool) and bool not in types):
+            continue
+        expected = " or ".join(sorted({"object" if t is dict else "list" if t is list else
+                                       "null" if t is type(None) else t.__name__ for t in types}))
+        return f"field {key!r} is {json.dumps(value)[:60]}, expected {expected}"
+    return None
+
+
 def write_record(path: Path, fields: Dict[str, Any]) -> None:
     """Write a whole record atomically, its fields in schema order.
 
@@ -150,12 +189,23 @@ def write_record(path: Path, fields: Dict[str, Any]) -> None:
     write_json_atomic(path, {k: fields[k] for k in FIELDS if k in fields})
 
 
+class RecordClosed(BaseException):
+    """An update of a record whose final status is written (by a job that was stopped)."""
+
+
 class RecordWriter:
-    """Writes one job's run.json: created as running, rewritten atomically at each change."""
+    """Writes one job's run.json: created as running, rewritten atomically at each change.
+
+    The job's thread and the main thread may both write it (see
+    :mod:`mlxhydra.runs.job_thread`): after :meth:`finish` the record is closed
+    and a late update raises :class:`RecordClosed` instead of changing it.
+    """
 
     def __init__(self, path: Path, /, **fields: Any):
         self.path = Path(path)
         self.data: Dict[str, Any] = {"status": "running", "started": now(), "ended": None}
+        self.closed = False
+        self._lock = threading.RLock()
         self.update(**fields)
 
     def update(self, **fields: Any) -> None:
@@ -163,14 +213,31 @@ class RecordWriter:
 
         Raises:
             KeyError: a name that is not a field of :class:`RunRecord`.
+            RecordWriteError: the file cannot be written (naming it and the reason).
+            RecordClosed: the record already has its final status.
         """
-        write_record(self.path, {**self.data, **fields})
-        self.data.update(fields)
+        with self._lock:
+            if self.closed:
+                raise RecordClosed(str(self.path))
+            try:
+                write_record(self.path, {**self.data, **fields})
+            except OSError as e:
+                raise RecordWriteError.from_os_error(
+                    f"cannot update {self.path}: {e.strerror or e}", e) from e
+            self.data.update(fields)
 
     def finish(self, status: str, **fields: Any) -> None:
-        """Set the final status (completed, failed, interrupted) and the end time."""
+        """Set the final status (completed, failed, interrupted) and the end time; close the record.
+
+        Raises:
+            RecordWriteError: run.json cannot be written (it keeps its previous content).
+        """
         assert status in STATUSES[1:], status
-        self.update(**fields, status=status, ended=now())
+        with self._lock:
+            try:
+                self.update(**fields, status=status, ended=now())
+            finally:
+                self.closed = True
 
 
 
@@ -183,17 +250,29 @@ def read_record(path: Path, missing_ok: bool = True) -> RunRecord:
     Raises:
         RunDirError: naming the file, when it is unreadable, not JSON or not an object.
     """
+    from ..file_checks import regular_file_problem
+
     path = Path(path)
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
+        if missing_ok:
+            return RunRecord()
+        raise RunDirError(f"{path}: no such file")
+    if problem:  # a FIFO or a device is never opened
+        raise RunDirError(f"{path} {problem} (expected a JSON file)")
     try:
         data = read_json(path)
     except FileNotFoundError:
         if missing_ok:
             return RunRecord()
         raise RunDirError(f"{path}: no such file")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{path}: unreadable ({e})") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise RunDirError(f"{path}: unreadable ({' '.join(str(e).split())})") from e
     if not isinstance(data, dict):
         raise RunDirError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    problem = shape_problem(data)
+    if problem:
+        raise RunDirError(f"{path}: not a run record: {problem}")
     return data  # type: ignore[return-value]
 
 

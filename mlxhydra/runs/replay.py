@@ -1,4 +1,4 @@
-"""``mlxhydra replay RUN_DIR``: re-run a recorded run and check that it reproduces.
+"""``mlxhydra replay RUN_DIR [OVERRIDE ...]``: re-run a recorded run and check that it reproduces.
 
 The replay is the real ``python -m mlxhydra`` command run with the recorded
 task overrides (``.hydra/overrides.yaml``, so the seed too; a multirun job's own
@@ -27,6 +27,7 @@ import argparse
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -35,8 +36,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config.hub import pinned, split_hub_id
 from ..config.overrides import parse_overrides
-from ..errors import RunDirError
-from .diff import ABSENT, differences, load_run, table
+from ..errors import Interrupted, RunDirError, one_line_message
+from ..file_checks import directory_problem, regular_file_problem
+from .diff import ABSENT, NEEDED, differences, load_run, table
+from .job_thread import interruption_handlers
 from .record import same
 from .run_dir import RunDir, check_run_dir
 
@@ -49,38 +52,105 @@ VOLATILE_METRIC = re.compile(r"(seconds|time|tps|per_second|memory|rss|elapsed|l
 REQUESTED_REVISION = re.compile(r"(^|\.)(model_)?hub\.revision$")
 # Tasks whose metrics are measurements: shown, never checked.
 NONDETERMINISTIC_TASKS = frozenset({"bench"})
-# Hydra overrides of the original that must not be carried into a single replay run.
-DROPPED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.sweeper", "hydra.launcher",
-                 "hydra/sweeper", "hydra/launcher", "hydra.job.id", "hydra.job.num")
+# Hydra overrides of the original that the replay replaces with its own (a new run directory).
+REPLACED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.id", "hydra.job.num")
+# The only Hydra overrides re-applied from a record: they change where relative paths point.
+KEPT_HYDRA = ("hydra.job.chdir",)
+# The config's own keys (mlxhydra's groups and top-level settings): the only task overrides re-applied.
+OWN_KEYS = ("model", "patch", "quant", "load", "task", "seed", "sweep", "model_dir", "logger")
+# Consent to run a model directory's code is the replay command's, never the record's.
+CONSENT = "load.trust_remote_code"
+# Other consents to run code (lm-eval's unsafe tasks): never taken from a record either.
+OTHER_CONSENTS = ("task.confirm_run_unsafe_code",)
+
+
+def _root(key: str) -> str:
+    return re.split(r"[./@]", key, maxsplit=1)[0]
+
+
+def replayed_overrides(task: List[str], hydra: List[str]) -> Tuple[List[str], List[str]]:
+    """The recorded overrides a replay re-applies, and a note for each one it drops.
+
+    A record is data: task overrides outside mlxhydra's own settings, a value
+    holding an interpolation (``${oc.env:...}`` would be resolved again), the
+    recorded consent to run code, and Hydra overrides other than
+    :data:`KEPT_HYDRA` (callbacks, launchers, sweepers, logging, search path:
+    anything Hydra instantiates or imports) are not re-applied.
+    """
+    kept, dropped = [], []
+    for o in parse_overrides(task):
+        if _root(o.key) not in OWN_KEYS:
+            dropped.append(f"{o.text} (not an mlxhydra setting)")
+        elif o.key in (CONSENT, *OTHER_CONSENTS) or o.key.startswith(CONSENT + "."):
+            dropped.append(f"{o.text} (consent to run code is never taken from a record; "
+                           f"add {o.key}=true to the replay command)")
+        elif "${" in (o.value_text or ""):
+            dropped.append(f"{o.text} (an interpolation: recorded values are never resolved)")
+        else:
+            kept.append(o.text)
+    for text in hydra:
+        key = text.lstrip("+~").split("=", 1)[0]
+        if key.startswith(REPLACED_HYDRA):
+            continue
+        if key in KEPT_HYDRA and "${" not in text:
+            kept.append(text)
+        else:
+            dropped.append(f"{text} (a Hydra setting: what Hydra instantiates, launches or "
+                           "loads is never taken from a record)")
+    return kept, dropped
 
 
 def primary_config_options(hc: Dict[str, Any]) -> List[str]:
     """``--config-name``/``--config-dir`` as in the original command, from a recorded ``hydra`` node."""
-    job, runtime = hc.get("job") or {}, hc.get("runtime") or {}
+    job = hc.get("job") if isinstance(hc.get("job"), dict) else {}
+    runtime = hc.get("runtime") if isinstance(hc.get("runtime"), dict) else {}
     options = []
     if job.get("config_name") not in (None, "config"):
-        options += ["--config-name", job["config_name"]]
+        options += ["--config-name", str(job["config_name"])]
     for source in runtime.get("config_sources") or []:
-        if source.get("provider") == "command-line" and source.get("schema") == "file":
-            options += ["--config-dir", source["path"]]
+        if isinstance(source, dict) and source.get("provider") == "command-line" \
+                and source.get("schema") == "file":
+            options += ["--config-dir", str(source["path"])]
     return options
 
 
 def recorded(run_dir: RunDir) -> Dict[str, Any]:
-    """The recorded cwd, model_dir, config options, hydra overrides and task overrides of a run."""
+    """The recorded cwd, model_dir, config options, trust flag, Hub ids and overrides of a run (as data).
+
+    Raises:
+        RunDirError: a file of the run directory that is damaged or of the wrong shape.
+    """
     hc = run_dir.read_hydra()  # plain, unresolved
     record = run_dir.read_record()
     config = run_dir.read_config()
-    runtime = hc.get("runtime") or {}
+    _mapping(hc, "job", run_dir)
+    runtime = _mapping(hc, "runtime", run_dir)
+    sources = runtime.get("config_sources") or []
+    if not isinstance(sources, list):
+        raise RunDirError(f"{run_dir.hydra}: hydra.runtime.config_sources is not a list")
+    hydra_overrides = _mapping(hc, "overrides", run_dir).get("hydra") or []
+    if not isinstance(hydra_overrides, list) or not all(isinstance(o, str) for o in hydra_overrides):
+        raise RunDirError(f"{run_dir.hydra}: hydra.overrides.hydra is not a list of strings")
+    load = config.get("load") if isinstance(config.get("load"), dict) else {}
+    cwd = runtime.get("cwd") or record.get("cwd")
+    hub = record.get("hub")
     return {
-        "cwd": runtime.get("cwd") or record.get("cwd"),
+        "cwd": cwd if isinstance(cwd, str) else None,
         "options": primary_config_options(hc),
-        "model_dir": config.get("model_dir") or record.get("model_dir"),
+        # run.json's model_dir is the path as used; config.yaml's is escaped text
+        "model_dir": record.get("model_dir") or config.get("model_dir"),
         "task": run_dir.read_overrides(),
-        "hub": record.get("hub") or {},
-        "hydra": [o for o in (hc.get("overrides") or {}).get("hydra") or []
-                  if not o.lstrip("+~").startswith(DROPPED_HYDRA)],
+        "hub": hub if isinstance(hub, dict) else {},
+        "hydra": hydra_overrides,
+        "trusted": load.get("trust_remote_code") is True,
     }
+
+
+def _mapping(node: Dict[str, Any], key: str, run_dir: RunDir) -> Dict[str, Any]:
+    value = node.get(key) or {}
+    if not isinstance(value, dict):
+        raise RunDirError(f"{run_dir.hydra}: hydra.{key} is not a mapping")
+    return value
 
 
 def new_run_dir() -> str:
@@ -118,12 +188,28 @@ def pin_hub_ids(overrides: List[str], hub: Dict[str, Any]) -> List[str]:
     return out
 
 
-def replay_command(run_dir: RunDir) -> Tuple[List[str], Path, Path, List[str]]:
-    """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``."""
+def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence[str] = ()
+                   ) -> Tuple[List[str], Path, Path, List[str]]:
+    """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``.
+
+    Args:
+        extra: Overrides of the replay command itself, applied last (its consent,
+            e.g. ``load.trust_remote_code=true``).
+        options: ``--config-dir``/``--config-name`` of the replay command (the
+            recorded ones are only named in a note).
+    """
     rec = recorded(run_dir)
-    notes = []
-    overrides = pin_hub_ids(rec["task"], rec["hub"])
-    if rec["cwd"] and Path(rec["cwd"]).is_dir():
+    # Hub ids pinned first: a pin is recorded data too, and is filtered like the rest.
+    overrides, dropped = replayed_overrides(pin_hub_ids(rec["task"], rec["hub"]), rec["hydra"])
+    notes = [f"not re-applied from the record: {d}" for d in dropped]
+    if rec["options"] and not options:
+        notes.append(f"not re-applied from the record: {' '.join(rec['options'])} (YAML outside "
+                     "the record can instantiate code: pass these options to replay yourself)")
+    if rec["trusted"] and not any(o.key == CONSENT for o in parse_overrides(extra)):
+        overrides.append(f"{CONSENT}=false")
+        notes.append(f"the original ran with {CONSENT}=true; the replay does not, unless "
+                     f"you add {CONSENT}=true to the replay command")
+    if rec["cwd"] and directory_problem(rec["cwd"]) is None:
         cwd = Path(rec["cwd"])
     else:
         cwd = Path.cwd()
@@ -131,7 +217,7 @@ def replay_command(run_dir: RunDir) -> Tuple[List[str], Path, Path, List[str]]:
         notes.append(f"recorded cwd {rec['cwd']} is gone: replaying in {cwd} "
                      f"with model={rec['model_dir']}")
     out_dir = new_run_dir()
-    argv = [sys.executable, "-m", "mlxhydra", *rec["options"], *overrides, *rec["hydra"],
+    argv = [sys.executable, "-m", "mlxhydra", *options, *overrides, *extra,
             f"hydra.run.dir={out_dir}"]
     return argv, cwd, cwd / out_dir, notes
 
@@ -173,6 +259,26 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
     return rows
 
 
+INTERRUPTED_EXITS = {128 + s: signal.Signals(s).name for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+
+def run_forwarding_signals(command: List[str], cwd: Path, stdout: Optional[int]) -> int:
+    """Run the replay; a SIGINT, SIGTERM or SIGHUP of replay is passed on to it.
+
+    The replayed command then records ``interrupted`` and exits 128 + the signal
+    number, which is returned (never a SIGKILL that would leave its record running).
+    """
+    with subprocess.Popen(command, cwd=cwd, stdout=stdout) as proc:
+        while True:
+            try:
+                with interruption_handlers():
+                    return proc.wait()
+            except (KeyboardInterrupt, Interrupted) as e:
+                signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+
 def main(argv: Sequence[str]) -> int:
     """``mlxhydra replay RUN_DIR``; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -181,15 +287,24 @@ def main(argv: Sequence[str]) -> int:
                     "new run directory and check that config, weights, versions and metrics match.",
     )
     parser.add_argument("run_dir", help="a run directory, or a job directory of a multirun sweep")
+    parser.add_argument("overrides", nargs="*",
+                        help="overrides of this replay, applied last (e.g. load.trust_remote_code=true)")
+    parser.add_argument("--config-dir", help="Hydra's --config-dir for the replay (never taken "
+                        "from the record)")
+    parser.add_argument("--config-name", help="Hydra's --config-name for the replay")
     args = parser.parse_args(list(argv))
+    options = (["--config-dir", args.config_dir] if args.config_dir else []) + (
+        ["--config-name", args.config_name] if args.config_name else [])
     try:
-        original = check_run_dir(args.run_dir, "replay")
-        command, cwd, out_dir, notes = replay_command(original)
+        original = check_run_dir(args.run_dir, "replay", NEEDED)
+        load_run(original)  # every file compared afterwards is read once now: damage stops here
+        command, cwd, out_dir, notes = replay_command(original, args.overrides, options)
     except (RunDirError, OSError) as e:
-        sys.stderr.write(f"mlxhydra: {e}\n")
+        sys.stderr.write(f"mlxhydra: {one_line_message(e)}\n")
         return 2
     except Exception as e:  # a corrupt .hydra file
-        sys.stderr.write(f"mlxhydra: replay {args.run_dir}: unreadable run record ({e})\n")
+        sys.stderr.write(f"mlxhydra: replay {args.run_dir}: unreadable run record "
+                         f"({one_line_message(e)})\n")
         return 2
     for note in notes:
         sys.stderr.write(f"mlxhydra: {note}\n")
@@ -199,16 +314,19 @@ def main(argv: Sequence[str]) -> int:
         stdout = sys.stderr.fileno()  # keep stdout for the table
     except (AttributeError, OSError, ValueError):
         stdout = None
-    try:
-        rc = subprocess.run(command, cwd=cwd, stdout=stdout).returncode
-    except KeyboardInterrupt:
-        sys.stderr.write("mlxhydra: replay interrupted\n")
-        return 130
+    rc = run_forwarding_signals(command, cwd, stdout)
+    if rc in INTERRUPTED_EXITS:
+        sys.stderr.write(f"mlxhydra: replay interrupted ({INTERRUPTED_EXITS[rc]})\n")
+        return rc
     replayed = RunDir(out_dir)
-    if not replayed.overrides.is_file():
+    if regular_file_problem(replayed.overrides):
         sys.stderr.write(f"mlxhydra: replay failed (exit {rc}) before creating its run directory\n")
         return 1
-    rows = compare(original, replayed)
+    try:
+        rows = compare(original, replayed)
+    except RunDirError as e:
+        sys.stderr.write(f"mlxhydra: the replay's record cannot be read: {e}\n")
+        return 1
     print(table(("field", "original", "replay", "match"), rows))
     print(f"\noriginal: {original.path}\nreplay:   {out_dir}")
     failed = [r[0] for r in rows if r[3] == "NO"]

@@ -19,7 +19,6 @@ there is nothing to resume, 2 for a directory that is not a resumable sweep.
 
 import argparse
 import shutil
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from ..errors import RunDirError
 from .latest import find_run, shown
-from .replay import primary_config_options
+from .replay import CONSENT, OTHER_CONSENTS, primary_config_options, run_forwarding_signals
 from .run_dir import SweepDir, read_yaml
 from .summary import sweep_plan
 
@@ -105,6 +104,14 @@ def set_aside(sweep: SweepDir, jobs: Sequence[int]) -> List[Path]:
     return moved
 
 
+def _list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RunDirError(f"expected a list of overrides in the sweep's {SweepDir.PLAN}, found {value!r:.60}")
+    return value
+
+
 def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -114,13 +121,20 @@ def resume_command(sweep: SweepDir, hc: Dict[str, Any], replaced: Sequence[str],
     """(argv, cwd) of the resumed command: the recorded one, its ``replaced`` Hydra overrides
     dropped and ``added`` appended, into the same sweep directory."""
     overrides = hc.get("overrides") or {}
-    cwd = Path((hc.get("runtime") or {}).get("cwd") or ".")
+    runtime = hc.get("runtime") or {}
+    if not isinstance(overrides, dict) or not isinstance(runtime, dict) or not all(
+            isinstance(o, str) for key in ("task", "hydra") for o in _list(overrides.get(key))):
+        raise RunDirError(f"{sweep.plan}: hydra.overrides and hydra.runtime are not those of a sweep")
+    cwd = Path(str(runtime.get("cwd") or "."))
     if not cwd.is_dir():
         raise RunDirError(f"{sweep.path}: its working directory {cwd} is gone")
-    hydra = [o for o in overrides.get("hydra") or [] if not o.lstrip("+~").startswith(tuple(replaced))]
+    hydra = [o for o in _list(overrides.get("hydra")) if not o.lstrip("+~").startswith(tuple(replaced))]
+    # Consent to run code is the resume command's own (its overrides), never the record's.
+    task = [o for o in _list(overrides.get("task"))
+            if o.lstrip("+~").split("=", 1)[0] not in (CONSENT, *OTHER_CONSENTS)]
     where = _quoted(str(sweep.path.resolve()))
     argv = [sys.executable, "-m", "mlxhydra", "-m", *primary_config_options(hc),
-            *(overrides.get("task") or []), *hydra, f"hydra.sweep.dir={where}", *added]
+            *task, *hydra, f"hydra.sweep.dir={where}", *added]
     return argv, cwd
 
 
@@ -136,7 +150,9 @@ def plan_resume(sweep: SweepDir) -> Tuple[List[int], Dict[int, str], Dict[int, L
     if not sweep.plan.is_file():
         raise RunDirError(f"{sweep.path}: not a sweep directory (no {SweepDir.PLAN})")
     recorded = read_yaml(sweep.plan) or {}
-    hc = recorded.get("hydra") or {}
+    hc = recorded.get("hydra") if isinstance(recorded, dict) else None
+    if not isinstance(hc, dict):
+        raise RunDirError(f"{sweep.plan}: not a sweep plan (no hydra mapping)")
     statuses = job_statuses(sweep)
     if is_search(hc):
         todo, added, known = search_command_overrides(sweep, recorded, statuses)
@@ -159,10 +175,13 @@ def main(argv: Sequence[str]) -> int:
                     "sweep directory and job numbers, with its recorded launcher and overrides.")
     p.add_argument("sweep_dir", help="the sweep's directory, latest, or a unique prefix of its name")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and the command; run nothing")
+    p.add_argument("overrides", nargs="*", help="this command's consent, e.g. load.trust_remote_code=true "
+                   "(never taken from the record)")
     args = p.parse_args(list(argv))
     try:
         sweep = SweepDir(find_run(args.sweep_dir).resolve())
         todo, statuses, known, command, cwd, search = plan_resume(sweep)
+        command += list(args.overrides)
     except RunDirError as e:
         sys.stderr.write(f"mlxhydra: resume {e}\n")
         return 2
@@ -179,8 +198,8 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if not search:  # a search's sweeper reads the unfinished trials first, then sets them aside
         set_aside(sweep, todo)
-    try:
-        return subprocess.run(command, cwd=cwd).returncode
-    except KeyboardInterrupt:
+    # SIGINT, SIGTERM, SIGHUP are passed on: the resumed sweep records them and writes its summary.
+    code = run_forwarding_signals(command, cwd, None)
+    if code in (129, 130, 143):
         sys.stderr.write("mlxhydra: resume interrupted (run it again to go on)\n")
-        return 130
+    return code

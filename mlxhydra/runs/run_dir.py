@@ -10,11 +10,14 @@ Everything read back is data: YAML is never resolved (``${oc.env:...}``
 stays text) and nothing is instantiated.
 """
 
+import os
 import re
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import RunDirError
+from ..errors import FileSystemError, RunDirError, RunDirTaken
+from ..file_checks import directory_problem, exists, first_non_directory, regular_file_problem
 from .atomic import read_json, write_json_atomic
 from .record import RunRecord, read_record
 
@@ -29,8 +32,11 @@ def read_yaml(path: Path) -> Any:
     """
     from omegaconf import OmegaConf
 
-    if not path.is_file():
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
         return None
+    if problem:  # a FIFO or a device is never opened
+        raise RunDirError(f"{path} {problem} (expected a YAML file)")
     try:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as e:  # yaml's and OmegaConf's many errors
@@ -111,11 +117,16 @@ class RunDir:
         write_json_atomic(self.metrics, metrics)
 
     def _json_object(self, path: Path) -> Optional[Dict[str, Any]]:
+        problem = regular_file_problem(path)
+        if problem == "does not exist":
+            return None
+        if problem:
+            raise RunDirError(f"{path} {problem} (expected a JSON file)")
         try:
             value = read_json(path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise RunDirError(f"{path}: unreadable ({e})") from e
         if not isinstance(value, dict):
             raise RunDirError(f"{path}: expected a JSON object, found {type(value).__name__}")
@@ -158,16 +169,20 @@ class SweepDir:
         found: Dict[int, RunDir] = {}
         for p in sorted(self.path.iterdir()):
             m = _JOB_DIR.match(p.name)
-            if not (m and p.is_dir()):
+            if not (m and directory_problem(p) is None):
                 continue
             num = int(m.group(1))
-            if num not in found or (p / RunDir.RECORD).exists():
+            if num not in found or exists(p / RunDir.RECORD):
                 found[num] = RunDir(p)
         return found
 
 
-def check_run_dir(path: str, command: str) -> RunDir:
+def check_run_dir(path: str, command: str, needs: Tuple[str, ...] = ()) -> RunDir:
     """``path`` (a path, ``latest`` or a unique prefix of a run's name) as a RunDir of an existing job.
+
+    Args:
+        needs: Files the subcommand reads besides ``.hydra/overrides.yaml``
+            (``run.json``, ``.hydra/config.yaml``...), relative to the run directory.
 
     Raises:
         RunDirError: one line naming the subcommand and the path.
@@ -178,11 +193,77 @@ def check_run_dir(path: str, command: str) -> RunDir:
         run_dir = RunDir(find_run(path))
     except RunDirError as e:
         raise RunDirError(f"{command} {e}") from None
-    if not run_dir.overrides.is_file():
-        jobs = SweepDir(run_dir.path).job_dirs() if run_dir.path.is_dir() else {}
+    problem = directory_problem(run_dir.path)
+    if problem:
+        raise RunDirError(f"{command} {path}: {run_dir.path} {problem}" if problem != "does not exist"
+                          else f"{command} {path}: no such directory")
+    if regular_file_problem(run_dir.overrides):
+        jobs = SweepDir(run_dir.path).job_dirs()
         if jobs:
             first = jobs[min(jobs)].path.name
             raise RunDirError(f"{command} {path}: {run_dir.path} is a sweep; name one of its jobs "
                               f"({path}/{first})")
         raise RunDirError(f"{command} {path}: {path} is not a run directory (no .hydra/overrides.yaml)")
+    for name in needs:
+        problem = regular_file_problem(run_dir.path / name)
+        if problem:
+            raise RunDirError(f"{command} {path}: {run_dir.path / name} {problem}")
     return RunDir(run_dir.path.resolve())
+
+
+def refuse_taken(path: Path, setting: str) -> None:
+    """Refuse a run directory that already holds a run's record.
+
+    Raises:
+        RunDirTaken: naming the directory and how to get a fresh one.
+    """
+    if exists(Path(path) / RunDir.RECORD):
+        raise RunDirTaken(
+            f"{setting}={path} already holds another run's record ({RunDir.RECORD}); refusing "
+            f"to overwrite it: leave {setting} unset for a fresh directory, or give one that "
+            "does not exist yet"
+        )
+
+
+def refuse_taken_sweep(path: Path, setting: str = "hydra.sweep.dir") -> None:
+    """Refuse a sweep directory that holds a previous sweep's plan or job records.
+
+    Raises:
+        RunDirTaken: naming the directory and how to get a fresh one.
+    """
+    sweep = SweepDir(Path(path))
+    if directory_problem(sweep.path):
+        return
+    taken = exists(sweep.plan) or any(exists(d.record) for d in sweep.job_dirs().values())
+    if taken:
+        raise RunDirTaken(
+            f"{setting}={path} already holds another sweep's records; refusing to overwrite "
+            f"them: leave {setting} unset for a fresh directory, or give one that does not exist yet"
+        )
+
+
+def make_writable_dir(path: Path, setting: str) -> None:
+    """Create ``path`` (with its parents) and check that files can be written in it.
+
+    Raises:
+        FileSystemError: one line naming the setting, the path and the reason
+            (a part of it that is a file, a read-only place, a full disk, a name too long...).
+    """
+    path = Path(path)
+    blocked = first_non_directory(path)
+    if blocked is not None:
+        raise FileSystemError(f"{setting}={path}: cannot be created: {blocked} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileSystemError(f"{setting}={path}: cannot be created: {e.strerror or e}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlxhydra-probe.", dir=path)
+        try:
+            os.write(fd, b"\n" * 512)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise FileSystemError(f"{setting}={path}: cannot be written: {e.strerror or e}") from None

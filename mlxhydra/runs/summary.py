@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config.overrides import override_texts, parse_overrides
-from ..errors import RunDirError
+from ..errors import RunDirError, describe_os_error
+from ..file_checks import directory_problem
 from .atomic import write_bytes_atomic
 from .pareto import COLUMN as PARETO, mark_front
 from .record import flatten
@@ -39,24 +40,35 @@ SHOWN_WHEN_VARYING = ["parameters"]
 TAIL = ["error", "run_dir"]
 
 
-def sweep_plan(sweep: SweepDir) -> Tuple[List[str], Optional[List[List[str]]]]:
-    """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``."""
+def sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Optional[List[List[str]]]]:
+    """(swept keys, planned jobs' overrides or None) from ``multirun.yaml``.
+
+    Raises:
+        RunDirError: (strict) a multirun.yaml that is not readable YAML of the expected shape.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .. import _upstream
 
     try:
-        hydra = (read_yaml(sweep.plan) or {}).get("hydra") or {}
+        plan = read_yaml(sweep.plan) or {}
+        if not isinstance(plan, dict):
+            raise RunDirError(f"{sweep.plan}: expected a mapping, found {type(plan).__name__}")
+        hydra = plan.get("hydra") or {}
         task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
         sweeper = hydra.get("sweeper") or {}
         params = sweeper.get("params") or {}
         # As Hydra's sweepers read them: the sweeper's params, then the command line (which wins).
         texts = [f"{k}={v}" for k, v in params.items()] + task
         keys = list(dict.fromkeys(o.key for o in parse_overrides(texts) if o.is_sweep))
-    except (RunDirError, AttributeError) as e:  # a summary must not fail on an odd multirun.yaml
+    except (RunDirError, AttributeError, TypeError) as e:  # an odd multirun.yaml
+        if strict:
+            raise RunDirError(f"{sweep.plan}: not a sweep plan ({e})") if not isinstance(
+                e, RunDirError) else e
         log.debug("cannot read the sweep plan in %s: %s", sweep.plan, e)
         return [], None
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    # Hydra's basic sweeper or mlxhydra's (runs/job_sweeper.py): the same plan of jobs.
+    if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "JobByJobSweeper")):
         return keys, None
     try:
         parsed = OverridesParser.create().parse_overrides(texts)
@@ -96,21 +108,30 @@ def _row(num: int, run: Dict[str, Any], run_dir: Path, sweep_dir: Path) -> Dict[
     }
 
 
-def collect(sweep_dir: Path) -> Tuple[List[Dict[str, Any]], List[str]]:
+def collect(sweep_dir: Path, strict: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Rows (one per job, planned or found) and the swept keys of a sweep directory.
+
+    Args:
+        strict: Raise on a damaged job record or plan (``summarize``); otherwise
+            show the job as ``unreadable`` (the summary written when a sweep ends).
 
     Raises:
         FileNotFoundError: the directory does not exist.
+        RunDirError: (strict) a damaged run.json or multirun.yaml, named.
     """
     sweep = SweepDir(Path(sweep_dir))
-    if not sweep.path.is_dir():
-        raise FileNotFoundError(f"{sweep.path}: no such sweep directory")
-    keys, plan = sweep_plan(sweep)
+    problem = directory_problem(sweep.path)
+    if problem:
+        raise FileNotFoundError(f"{sweep.path}: no such sweep directory" if problem == "does not exist"
+                                else f"{sweep.path} {problem}")
+    keys, plan = sweep_plan(sweep, strict)
     rows: Dict[int, Dict[str, Any]] = {}
     for num, job_dir in sweep.job_dirs().items():
         try:
             run = dict(job_dir.read_record()) or {"status": "missing", "error": "no run.json"}
         except RunDirError as e:
+            if strict:
+                raise
             run = {"status": "unreadable", "error": str(e)}
         rows[num] = _row(num, run, job_dir.path, sweep.path)
     for num, overrides in enumerate(plan or []):
@@ -230,14 +251,18 @@ def sweep_policy(sweep: SweepDir) -> Dict[str, Any]:
     return dict(node) if isinstance(node, dict) else {}
 
 
-def write_summary(sweep_dir: Path, objective: Optional[str] = None) -> Dict[str, Any]:
+def write_summary(sweep_dir: Path, objective: Optional[str] = None,
+                  strict: bool = False) -> Dict[str, Any]:
     """Write summary.csv, summary.md and summary.png at the sweep root.
+
+    Args:
+        strict: Refuse a damaged job record or plan (see :func:`collect`) before writing anything.
 
     Returns:
         {"jobs", "statuses" (status -> count), "failed", "files", "metric"}.
     """
     sweep = SweepDir(Path(sweep_dir))
-    rows, keys = collect(sweep.path)
+    rows, keys = collect(sweep.path, strict)
     metric = main_metric(rows, objective)
     mark_front(rows, metric)
     columns, cells = table(rows, keys)
@@ -293,10 +318,13 @@ def summarize_main(argv: Sequence[str]) -> int:
     try:
         named = args.sweep_dir
         result = write_summary(Path(named) if "/" in named and not named.startswith("latest/")
-                               else find_run(named), args.objective)
+                               else find_run(named), args.objective, strict=True)
     except (FileNotFoundError, NotADirectoryError, RunDirError) as e:
         sys.stderr.write(f"mlxhydra summarize: {e}\n")
         return 2
+    except OSError as e:  # the summary files cannot be written there
+        sys.stderr.write(f"mlxhydra summarize: {describe_os_error(e)}\n")
+        return 1
     if not result["jobs"]:
         sys.stderr.write(f"mlxhydra summarize: {args.sweep_dir}: no jobs (no <num>_* run directories)\n")
         return 2

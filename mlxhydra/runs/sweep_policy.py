@@ -50,6 +50,23 @@ def summarize(sweep_dir: Path, objective: Optional[str] = None) -> Optional[Dict
     return result
 
 
+# The multirun of this process, while it runs: (sweep dir, objective, summary written?).
+_active: Dict[str, Any] = {}
+
+
+def summarize_interrupted_sweep() -> None:
+    """Write the summary of this process's multirun when a signal stopped it.
+
+    A signal between jobs (while Hydra composes or sets up the next one) ends
+    the multirun without ``on_multirun_end``; the summary still shows the jobs
+    finished, interrupted and missing. Nothing happens outside a multirun or
+    when the summary was written already.
+    """
+    if _active and not _active.get("summarized") and _active.get("enabled", True):
+        _active["summarized"] = True
+        summarize(_active["sweep_dir"], _active.get("objective"))
+
+
 def record_plan(sweep_dir: Path, config: DictConfig) -> None:
     """Write multirun.yaml (the sweep's config and overrides) when the sweeper does not.
 
@@ -84,11 +101,14 @@ class SweepSummary(Callback):
 
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.objective = _sweep_settings(config).get("objective")
+        _active.clear()
+        _active.update(sweep_dir=self.sweep_dir, objective=self.objective, enabled=self.enabled)
         mark_latest(self.sweep_dir, "sweep", Path(str(config.hydra.runtime.cwd)))
         record_plan(self.sweep_dir, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        _active["summarized"] = True
         if not self.enabled:
             return
         self.result = summarize(self.sweep_dir, self.objective)
@@ -148,12 +168,14 @@ def run_swept_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> O
         metrics = run_job(cfg, compose_seconds)
     except (KeyboardInterrupt, Interrupted):
         if multirun:  # the callback's on_multirun_end will not run
+            _active["summarized"] = True
             summarize(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
         raise
     except Exception as e:
         if not multirun:
             raise
         if _sweep_settings(cfg).get("fail_fast"):
+            _active["summarized"] = True
             summarize(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
             raise SweepStopped(hc.job.get("num"), str(e) or type(e).__name__) from e
         log.error("job %s failed (recorded in %s); the sweep goes on", hc.job.get("num"),

@@ -8,11 +8,13 @@ maps ``task.name`` to the module. The job writes the returned metrics to
 """
 
 from importlib import import_module
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List
 
 from ..errors import ConfigError
 from .common import Metrics, TaskInput
+from .tokenizer_files import tokenizer_problems
 
 # task.name -> module (imported when the task runs: each pulls in parts of mlx-lm)
 TASKS: Dict[str, str] = {
@@ -47,6 +49,18 @@ def check_task(task: Dict[str, Any]) -> List[str]:
     return module.check(task)
 
 
+def task_file_problems(task: Dict[str, Any], model_dir: Path, trust_remote_code: bool) -> List[str]:
+    """Problems with the model directory's files that the task reads besides the weights.
+
+    A task module that loads the tokenizer says so with ``USES_TOKENIZER = True``:
+    its JSON files and any tokenizer code are then checked before any weight is read.
+    """
+    module = task_module(task.get("name"))
+    if getattr(module, "USES_TOKENIZER", False):
+        return tokenizer_problems(model_dir, trust_remote_code)
+    return []
+
+
 def run_task(job: TaskInput) -> Metrics:
     """Run ``job.task["name"]`` on the loaded model and return its metrics.
 
@@ -56,4 +70,4 @@ def run_task(job: TaskInput) -> Metrics:
     return task_module(job.task.get("name")).execute(job)
 
 
-__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_module"]
+__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_file_problems", "task_module"]

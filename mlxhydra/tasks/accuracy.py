@@ -22,6 +22,9 @@ from .prompts import PromptItem, check_chat, encode_prompt
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
+
 DEFAULT_DATA = "accuracy.jsonl"
 PREDICTIONS = "predictions.jsonl"
 
@@ -72,7 +75,7 @@ def execute(job: TaskInput) -> Metrics:
         raise TaskError(f"task.data: {path} holds no JSON lines")
     if limit > 0:
         rows = rows[:limit]
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     how = Generation(max_tokens=max_tokens, sampler=make_sampler(0.0), stop=["\n"])
     start = time.perf_counter()
     correct = 0

@@ -9,6 +9,8 @@ from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer, progress
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
 # Runs on a model sharded across the ranks of a distributed run (load.shard).
 RUNS_SHARDED = True
 
@@ -40,7 +42,7 @@ def execute(job: TaskInput) -> Metrics:
     task, config = job.task, job.model_config
     prompt_tokens, generation_tokens = task["prompt_tokens"], task["generation_tokens"]
     trials, prefill = task["trials"], task["prefill_step_size"]
-    tokenizer = load_tokenizer(job.model_dir, config)
+    tokenizer = load_tokenizer(job.model_dir, config, trust_remote_code=job.trust_remote_code)
     clear_eos_tokens(tokenizer)  # as mlx_lm.benchmark: never stop early
     vocab_size = config.get("vocab_size") or config["text_config"]["vocab_size"]
     mx.random.seed(job.seed)

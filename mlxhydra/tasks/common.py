@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..config.model_source import embedded_models_dir
 from ..errors import TaskError
+from ..file_checks import exists, regular_file_problem
+from .tokenizer_files import tokenizer_problems
 
 log = logging.getLogger("mlxhydra")
 
@@ -36,20 +38,25 @@ class TaskInput:
     # its resolution (mlxhydra.config.hub.HubSnapshot.record()), recorded in run.json's "hub".
     hub: Dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def trust_remote_code(self) -> bool:
+        """This command's consent to run the model directory's code (never a record's)."""
+        return self.load.get("trust_remote_code") is True
+
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "spiece.model", "tiktoken.model")
 
 
 def has_tokenizer(model_dir: Path) -> bool:
-    """Whether a model directory has one of the tokenizer files mlx-lm reads."""
+    """Whether a model directory has one of the tokenizer files mlx-lm reads (regular files)."""
     model_dir = Path(model_dir)
-    return (any((model_dir / f).is_file() for f in TOKENIZER_FILES)
+    return (any(not regular_file_problem(model_dir / f) for f in TOKENIZER_FILES)
             or bool(list(model_dir.glob("*.tiktoken"))))
 
 
 def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
-                   chat_template: Optional[str] = None):
+                   chat_template: Optional[str] = None, *, trust_remote_code: bool = False):
     """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
 
     Args:
@@ -57,6 +64,8 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
         config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
         chat_template: A Jinja chat template that replaces the tokenizer's (passed
             as mlx-lm's server passes ``--chat-template``).
+        trust_remote_code: This command's ``load.trust_remote_code``, handed to
+            transformers (which never asks again, and never runs code without it).
 
     Returns:
         mlx-lm's ``TokenizerWrapper``.
@@ -72,13 +81,19 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
             f"{model_dir}: no tokenizer (expected tokenizer.json or tokenizer_config.json "
             "next to config.json); this task needs one"
         )
+    problems = tokenizer_problems(model_dir, trust_remote_code)
+    if problems:
+        raise TaskError("; ".join(problems))
     eos = (config or {}).get("eos_token_id")
     try:
-        extra = {"chat_template": chat_template} if chat_template is not None else None
+        extra: Dict[str, Any] = {"trust_remote_code": bool(trust_remote_code)}
+        if chat_template is not None:
+            extra["chat_template"] = chat_template
         return mlx_load_tokenizer(model_dir, extra, eos_token_ids=eos)
     except Exception as e:  # transformers raises many kinds
+        detail = " ".join(str(e).split())[:300]
         raise TaskError(
-            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {e}"
+            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {detail}"
         ) from e
 
 
@@ -99,7 +114,10 @@ def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str
     """
     if value is None:
         candidates = [Path(model_dir) / default_name, embedded_models_dir() / "tiny" / default_name]
-        found = next((c for c in candidates if c.is_file()), None)
+        own = candidates[0]
+        if exists(own) and regular_file_problem(own):  # never fall back past a FIFO, a dangling link...
+            raise TaskError(f"{key}=null: {own} {regular_file_problem(own)}")
+        found = next((c for c in candidates if not regular_file_problem(c)), None)
         if found is None:
             raise TaskError(
                 f"{key}=null: no default {default_name} in {model_dir} or the embedded tiny "
@@ -108,9 +126,9 @@ def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str
         path = found
     else:
         path = Path(value).expanduser().absolute()
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise TaskError(f"{key}={value}: {path} {what}")
+        problem = regular_file_problem(path)
+        if problem:
+            raise TaskError(f"{key}={value}: {path} {problem}")
     if path.stat().st_size == 0:
         raise TaskError(f"{key}: {path} is empty")
     return path
@@ -221,6 +239,9 @@ def progress(iterable: Iterable[Any], total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
 
 
+MAX_INTEGER = 2**31 - 1  # the largest MLX array dimension (int32)
+
+
 class SettingsCheck:
     """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
@@ -238,10 +259,17 @@ class SettingsCheck:
         self.problems.append(f"{self.prefix}.{key}={self.task.get(key)!r}: expected {expected}")
 
     def integer(self, key: str, minimum: int = 1, allow_negative_one: bool = False,
-                optional: bool = False) -> None:
-        """An integer >= ``minimum`` (1: positive, 0: or 0), or -1 when allowed (null when optional)."""
+                maximum: int = MAX_INTEGER, optional: bool = False) -> None:
+        """An integer from ``minimum`` (1: positive, 0: or 0) to ``maximum``, or -1 when
+        allowed (null when optional).
+
+        The default maximum is what an MLX array dimension holds (2**31 - 1).
+        """
         value = self.task.get(key)
         if value is None and optional:
+            return
+        if type(value) is int and value > maximum:
+            self.fail(key, f"at most {maximum}")
             return
         ok = type(value) is int and (value >= minimum or (allow_negative_one and value == -1))
         if not ok:
@@ -281,9 +309,9 @@ class SettingsCheck:
             self.fail(key, "a file path or null")
             return
         path = Path(value).expanduser().absolute()
-        if not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            self.problems.append(f"{self.prefix}.{key}={value}: {path} {what}")
+        problem = regular_file_problem(path)  # a FIFO or a device is never opened
+        if problem:
+            self.problems.append(f"{self.prefix}.{key}={value}: {path} {problem}")
         elif path.stat().st_size == 0:
             self.problems.append(f"{self.prefix}.{key}: {path} is empty")
 

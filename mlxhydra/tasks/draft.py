@@ -54,9 +54,10 @@ def load_draft_model(value: str, load: Mapping[str, Any], tokenizer) -> Tuple[An
     apply_mlx_lm_adjustments(option.model_dir, config)
     model, config, report = build_model(
         option.model_dir, config, strict=bool(load.get("strict", True)),
-        trust_remote_code=bool(load.get("trust_remote_code")),
+        trust_remote_code=load.get("trust_remote_code") is True,
     )
-    draft_tokenizer = load_tokenizer(option.model_dir, config)
+    draft_tokenizer = load_tokenizer(option.model_dir, config,
+                                     trust_remote_code=load.get("trust_remote_code") is True)
     if draft_tokenizer.vocab_size != tokenizer.vocab_size:
         raise TaskError(
             f"{KEY}={value}: its tokenizer has {draft_tokenizer.vocab_size} tokens, the model's "

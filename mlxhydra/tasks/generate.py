@@ -28,6 +28,8 @@ from .prompts import chat_template_text, check_prompts, encode_prompt, prompt_it
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
 GENERATIONS = "generations.jsonl"
 RULE = "=" * 10  # mlx_lm.generate's separator around the streamed text
 # Not printed on the console (a filter in conf/hydra/job_logging): the streamed text is there.
@@ -105,7 +107,8 @@ def execute(job: TaskInput) -> Metrics:
 
     task = job.task
     tokenizer = load_tokenizer(job.model_dir, job.model_config,
-                               chat_template=chat_template_text(task.get("chat_template")))
+                               chat_template=chat_template_text(task.get("chat_template")),
+                               trust_remote_code=job.trust_remote_code)
     add_eos_tokens(tokenizer, string_list(task.get("extra_eos_token")) or [])
     items = prompt_items(task)
     sampler, processors = make_sampler_from(task, tokenizer)

@@ -17,14 +17,16 @@ def check_sampling(c: SettingsCheck) -> None:
     c.number("temperature", 0.0, expected=">= 0", optional=True)
     c.number("top_p", 0.0, 1.0, expected="0..1 (0 or 1: off)", optional=True)
     c.number("min_p", 0.0, 1.0, expected="0..1", optional=True)
-    top_k = c.task.get("top_k") or 0
-    if type(top_k) is not int or top_k < 0:
-        c.fail("top_k", "an integer >= 0 (0: off)")
+    if c.task.get("top_k") is not None:
+        c.integer("top_k", minimum=0)
     if "min_tokens_to_keep" in c.task:
         c.integer("min_tokens_to_keep")
     c.number("xtc_probability", 0.0, 1.0, expected="0..1 (0: off)", optional=True)
     c.number("xtc_threshold", 0.0, 0.5, expected="0..0.5", optional=True)
-    c.number("repetition_penalty", 0.0, expected=">= 0, or null (off)", optional=True)
+    penalty = c.task.get("repetition_penalty")
+    c.number("repetition_penalty", 0.0, expected="> 0, or null (off)", optional=True)
+    if penalty == 0 and type(penalty) in (int, float):  # mlx-lm divides by it
+        c.fail("repetition_penalty", "> 0, or null (off)")
 
 
 def string_list(value: Any) -> Optional[List[str]]:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import TaskError
+from ..file_checks import first_non_directory
 from ..runs import ranks
 from ..runs.atomic import atomic_directory, write_bytes_atomic
 from .common import (
@@ -44,6 +45,8 @@ from .reference import (
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
 # Runs on a model sharded across the ranks of a distributed run (load.shard).
 RUNS_SHARDED = True
 
@@ -61,6 +64,10 @@ def check(task: Dict[str, Any]) -> List[str]:
     cache_dir = task.get("cache_dir")
     if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
         c.fail("cache_dir", "a directory path or null")
+    elif cache_dir is not None:
+        blocked = first_non_directory(Path(cache_dir).expanduser())
+        if blocked is not None:
+            c.problems.append(f"task.cache_dir={cache_dir}: {blocked} is not a directory")
     return c.problems + reference_problems(task.get("reference"))
 
 
@@ -177,7 +184,7 @@ def execute(job: TaskInput) -> Metrics:
     task = job.task
     batch_size = task["batch_size"]
     dtype = task.get("cache_dtype") or "float32"
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(task, tokenizer, job.model_dir)
     ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
     if ref.hub:

@@ -25,6 +25,8 @@ from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer, peak_memo
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
 INSTALL_HINT = "pip install 'mlxhydra[eval]'"
 SEED_RANGE = (0, 2**32 - 1)  # numpy's, the narrowest of the seeds lm-eval sets
 
@@ -213,7 +215,7 @@ def execute(job: TaskInput) -> Metrics:
     specs = task_specs(task["tasks"])
     paths = include_paths(task.get("include_path"))
     seed = job.seed if task.get("seed") is None else task["seed"]
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     lm = in_memory_mlxlm(
         job.model, tokenizer, max_tokens=task.get("max_tokens"), batch_size=task["batch_size"],
         use_chat_template=task.get("apply_chat_template"),

@@ -23,6 +23,8 @@ from .kv_cache import ThroughCache, check_kv, uses_cache
 
 log = logging.getLogger("mlxhydra")
 
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
 # Runs on a model sharded across the ranks of a distributed run (load.shard).
 RUNS_SHARDED = True
 
@@ -95,7 +97,7 @@ def execute(job: TaskInput) -> Metrics:
         Metrics: perplexity, perplexity_stderr, tokens_evaluated, samples,
         sequence_length, tokens_per_second, seconds, peak_memory_gb, data, data_sha256.
     """
-    tokenizer = load_tokenizer(job.model_dir, job.model_config)
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(job.task, tokenizer, job.model_dir)
     model = ThroughCache(job.model, job.task) if uses_cache(job.task) else job.model
     out = compute_perplexity(model, tokens, job.task["batch_size"])

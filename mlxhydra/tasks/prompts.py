@@ -39,7 +39,8 @@ def unescape(text: str) -> str:
 def messages_problem(messages: Any) -> Optional[str]:
     """What is wrong with a chat message list, or None."""
     if not isinstance(messages, list) or not messages or not all(
-        isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
+        isinstance(m, dict) and {"role", "content"} <= set(m)
+        and isinstance(m["role"], str) and isinstance(m["content"], str) for m in messages
     ):
         return "expected a non-empty list of {role, content} items"
     return None

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config.hub import is_hub_id, resolve_hub_id
-from ..errors import HubError, MlxhydraError, TaskError
+from ..errors import ConfigError, HubError, MlxhydraError, TaskError
+from ..file_checks import directory_problem, regular_file_problem
+from ..load.load_settings import check_load
 from ..runs.run_dir import RunDir
 
 log = logging.getLogger("mlxhydra")
@@ -52,34 +54,53 @@ def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
         raise TaskError(f"task.reference: {e}") from e
 
 
-def _from_run(path: Path, trust_remote_code: bool) -> Reference:
+def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
     """Rebuild a past run's model from its ``.hydra/config.yaml`` and ``model_config.json``.
 
     What the run directory holds is read as data, never resolved. Consent to
     run a model directory's code is the current command's, never the record's.
     """
     from ..load.loader import apply_mlx_lm_adjustments
+    from ..load.quant_spec import parse_quant
 
     run_dir = RunDir(path)
-    if not run_dir.config.is_file():
+    if regular_file_problem(run_dir.config):
         raise TaskError(f"task.reference={path}: a run directory needs .hydra/config.yaml")
     try:
         saved = run_dir.read_config()
-        quant = saved.get("quant")
-        load = {**(saved.get("load") or {}), "trust_remote_code": trust_remote_code}
-        model_dir = Path(saved.get("model_dir") or "")
-        config = run_dir.read_model_config() or saved.get("model")
         record = run_dir.read_record()
+        quant = saved.get("quant")
+        saved_load = saved.get("load") if isinstance(saved.get("load"), dict) else {}
+        # Only settings that shape the weights: consent to run code (a model_file, a class
+        # to import) is this command's alone, never the record's.
+        load = {k: saved_load.get(k) for k in ("strict", "dtype", "fingerprint", "adapter_path", "fuse")}
+        load.update({k: current.get(k) for k in ("trust_remote_code", "model_class", "args_class")})
+        # run.json's model_dir is the path as used; config.yaml's is escaped text (\${...})
+        model_dir = Path(str(record.get("model_dir") or saved.get("model_dir") or ""))
+        config = run_dir.read_model_config() or saved.get("model")
         recorded = record.get("weights_fingerprint")
         quant = _recorded_calibration(quant, record)
     except MlxhydraError as e:
         raise TaskError(f"task.reference={path}: cannot read its saved config: {e}") from e
     if isinstance(load.get("adapter_path"), str):  # relative to that run's working directory
         adapter = Path(load["adapter_path"]).expanduser()
-        load["adapter_path"] = str(Path(record.get("cwd") or ".") / adapter)
-    if not isinstance(config, dict) or not (model_dir / "config.json").is_file():
-        raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone")
-    apply_mlx_lm_adjustments(model_dir, config)
+        load["adapter_path"] = str(Path(str(record.get("cwd") or ".")) / adapter)
+    if not isinstance(config, dict) or regular_file_problem(model_dir / "config.json"):
+        raise TaskError(f"task.reference={path}: its model directory {model_dir} is gone "
+                        "(or the run has no model_config.json)")
+    try:
+        parse_quant(quant if isinstance(quant, dict) else None)
+    except ConfigError as e:
+        raise TaskError(f"task.reference={path}: its recorded quant settings are not valid: {e}") from e
+    load["trust_remote_code"] = load.get("trust_remote_code") is True
+    problems = check_load({k: v for k, v in load.items() if v is not None})
+    if problems:
+        raise TaskError(f"task.reference={path}: its recorded load settings are not valid: "
+                        + "; ".join(problems))
+    try:
+        apply_mlx_lm_adjustments(model_dir, config)
+    except (MlxhydraError, OSError, ValueError) as e:
+        raise TaskError(f"task.reference={path}: {e}") from e
     return Reference("run", path, model_dir, config, quant, load, recorded)
 
 
@@ -117,13 +138,18 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
     if problems:
         raise TaskError(problems[0])
     path = Path(value).expanduser().absolute()
-    if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
-        return _from_run(path, bool(load.get("trust_remote_code")))
+    if _is_run_dir(path):
+        return _from_run(path, keep)
     if is_hub_id(value):
         snapshot = resolve_hub_id(value, "task.reference")
         return Reference("model", snapshot.path, snapshot.path, _model_dir_config(snapshot.path),
                          None, keep, hub=snapshot.record())
     return Reference("model", path, path, _model_dir_config(path), None, keep)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return not (regular_file_problem(path / ".hydra" / "config.yaml")
+                and regular_file_problem(path / "run.json"))
 
 
 def reference_problems(value: Any) -> List[str]:
@@ -134,9 +160,7 @@ def reference_problems(value: Any) -> List[str]:
         return [f"task.reference={value!r}: expected a model or run directory, a Hugging Face "
                 "id, or null"]
     path = Path(value).expanduser().absolute()
-    if (path / ".hydra" / "config.yaml").is_file() or (path / "run.json").is_file():
-        return []
-    if (path / "config.json").is_file():
+    if _is_run_dir(path) or not regular_file_problem(path / "config.json"):
         return []
     if is_hub_id(value):
         try:  # downloads now (once per process), so that a bad id fails before any weight is read
@@ -144,7 +168,7 @@ def reference_problems(value: Any) -> List[str]:
         except HubError as e:
             return [str(e)]
         return []
-    what = "does not exist" if not path.exists() else "holds neither config.json nor run.json"
+    what = directory_problem(path) or "holds neither config.json nor run.json"
     return [f"task.reference={value}: {path} {what} (expected a model or run directory)"]
 
 

@@ -3,10 +3,12 @@
 import copy
 import logging
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..errors import TaskError
+from ..errors import TaskError, WeightsError
+from ..file_checks import exists, first_non_directory, regular_file_problem, stat_path
 from ..runs.atomic import atomic_directory
 from .common import Metrics, TaskInput
 
@@ -21,11 +23,16 @@ COPIED_GLOBS = ("*.tiktoken", "*.py")
 
 
 def copy_side_files(src: Path, dst: Path) -> List[str]:
-    """Copy the tokenizer and other non-weight files mlx-lm reads; returns their names."""
-    names = [n for n in COPIED if (src / n).is_file()]
-    names += sorted({p.name for g in COPIED_GLOBS for p in src.glob(g) if p.is_file()})
+    """Copy the tokenizer and other non-weight files mlx-lm reads; returns their names.
+
+    Only regular files are copied (a FIFO is never opened), contents only: the
+    copies get the permissions of any new file (the umask), as mlx_lm.convert's do.
+    """
+    names = [n for n in COPIED if not regular_file_problem(src / n)]
+    names += sorted({p.name for g in COPIED_GLOBS for p in src.glob(g)
+                     if not regular_file_problem(p)})
     for name in names:
-        shutil.copy2(src / name, dst / name)
+        shutil.copyfile(src / name, dst / name)
     return names
 
 
@@ -36,10 +43,19 @@ def target_problems(value: Any) -> List[str]:
     if not isinstance(value, str):
         return [f"task.path={value!r}: expected a directory path or null"]
     path = Path(value).expanduser().absolute()
-    if path.exists() or path.is_symlink():
+    if exists(path):
         return [f"task.path={path}: already exists; refusing to overwrite it"]
-    if path.parent.exists() and not path.parent.is_dir():
+    why = stat_path(path)[1]
+    if why.startswith("has a name too long"):
+        return [f"task.path={path} {why}"]
+    info, why = stat_path(path.parent)
+    if info is None and why != "does not exist":
+        return [f"task.path={path}: {path.parent} {why}"]
+    if info is not None and not stat.S_ISDIR(info.st_mode):
         return [f"task.path={path}: {path.parent} is not a directory"]
+    blocked = first_non_directory(path.parent)
+    if blocked is not None:
+        return [f"task.path={path}: {blocked} is not a directory"]
     return []
 
 
@@ -63,7 +79,9 @@ def execute(job: TaskInput) -> Metrics:
     """
     from mlx_lm.utils import save_config, save_model
 
-    from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
+    from ..load.weight_files import (
+        check_weight_files, combined_fingerprint, describe_files, find_weight_files,
+    )
 
     value = job.task.get("path")
     problems = target_problems(value)
@@ -76,8 +94,15 @@ def execute(job: TaskInput) -> Metrics:
             save_model(tmp, job.model)
             save_config(copy.deepcopy(config), tmp / "config.json")
             copy_side_files(job.model_dir, tmp)
+            check_weight_files(find_weight_files(tmp))  # whole files, before they are the target
     except FileExistsError:
         raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it") from None
+    except (OSError, RuntimeError, WeightsError) as e:
+        # A read-only place, a full disk (mlx: "[write] Unable to write N bytes"): named by
+        # the target, never by the temporary copy, which is removed.
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        raise TaskError(f"task.path={target}: cannot be written: {reason} "
+                        "(nothing was left behind)") from e
     files = sorted(p.name for p in target.iterdir())
     described = describe_files(find_weight_files(target), "full")
     metrics = {
