@@ -10,6 +10,7 @@ Hydra's plugins import parts of mlxhydra at start-up, which must not pull in
 mlx-lm.
 """
 
+import warnings
 from importlib import import_module, metadata
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -105,6 +106,20 @@ def clear_eos_tokens(tokenizer: Any) -> None:
             f"mlxhydra supports mlx-lm{SUPPORTED['mlx-lm']}"
         )
     tokenizer._eos_token_ids = set()
+
+
+def quiet_basic_sweeper_schema_warning() -> None:
+    """Silence Hydra's warning that ``conf/hydra/sweeper/basic.yaml`` matches its own schema.
+
+    mlxhydra's sweeper (runs/job_sweeper.py) is named ``basic`` so that it is the default
+    while an experiment can still pick another sweeper (an ``override hydra/sweeper`` in the
+    primary config would win over the experiment's). Hydra then merges it with its registered
+    ``BasicSweeperConf`` (the same keys) and, deprecating that automatic match since 1.1,
+    warns on every multirun.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"\s*'hydra/sweeper/basic' is validated against ConfigStore schema",
+        category=UserWarning)
 
 
 _IN_MEMORY_MLXLM: Any = None

@@ -126,6 +126,7 @@ def run_hydra(args: List[str]) -> int:
     """
     import hydra
 
+    from . import _upstream
     from .config.help_cache import install_for
     from .config.model_source import DEFER_ERRORS_ENV, check_model_path
     from .config.overrides import (
@@ -163,6 +164,7 @@ def run_hydra(args: List[str]) -> int:
             ranks.report_failure(error)
 
     register_resolvers()
+    _upstream.quiet_basic_sweeper_schema_warning()
     install_for(args)  # --help: the same text; Hydra's group listings computed once
     args = quote_model_paths(args)
     sys.argv[1:] = args

@@ -4,6 +4,7 @@ from typing import Any, Dict, Iterable, List
 
 from omegaconf import DictConfig, OmegaConf
 
+from .. import _upstream
 from .resolvers import register_resolvers
 
 CONFIG_MODULE = "mlxhydra.conf"
@@ -33,6 +34,7 @@ def compose(overrides: Iterable[str] = (), *, return_hydra_config: bool = False)
     if problems:
         raise ConfigError(problems)
     register_resolvers()
+    _upstream.quiet_basic_sweeper_schema_warning()
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(
