@@ -2,11 +2,11 @@
 
 import json
 import logging
-import math
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from ..errors import TaskError
+from ..runs.plots import wilson_interval  # the interval the summary figure draws, too
 from .common import (
     Metrics,
     SettingsCheck,
@@ -37,19 +37,6 @@ def check(task: Dict[str, Any]) -> List[str]:
     c.data_file()
     check_chat(c)
     return c.problems
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> Tuple[float, float]:
-    """The Wilson score interval of a proportion (95% for the default ``z``).
-
-    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or
-    ``total`` correct, which matters for the small sets accuracy files usually are.
-    """
-    p = correct / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def execute(job: TaskInput) -> Metrics:
