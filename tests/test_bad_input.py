@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 from conftest import make_model, read_run, run_cli, run_dirs
+from helpers.privileges import privileges_dropped
 
 pytestmark = pytest.mark.slow
 
@@ -304,13 +305,7 @@ def test_unreadable_config_json(models, tmp_path):
     """
     directory = _copy(models["good"], tmp_path / "model")
     (directory / "config.json").chmod(0o000)
-    prefix = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv (util-linux) is missing to drop privileges")
-        caps = "-dac_override,-dac_read_search"
-        prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    prefix = privileges_dropped()
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
     cwd = tmp_path / "cwd"

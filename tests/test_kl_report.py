@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import read_run, run_cli, run_dirs
+from helpers.table_model import TableModel
 from mlxhydra.tasks.kl import compare, write_reference
 from mlxhydra.tasks.kl_stats import report_text, summarize
-
-
-class TableModel:
-    """The logits after token t are row t of a table, whatever came before."""
-
-    def __init__(self, table: np.ndarray):
-        self.table = mx.array(table.astype(np.float32))
-
-    def __call__(self, tokens):
-        return self.table[tokens]
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

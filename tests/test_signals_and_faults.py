@@ -23,6 +23,7 @@ from typing import Callable, List
 import pytest
 
 from conftest import EMBEDDED_TINY, ROOT, make_model, read_run, run_dirs
+from helpers.privileges import privileges_dropped
 from test_faults import wait_for_loading  # run.json says running and lists the weight files
 
 pytestmark = pytest.mark.slow
@@ -121,21 +122,6 @@ def test_an_interrupted_sweep_writes_its_summary(tmp_path):
 
 
 # --- permissions that bite ------------------------------------------------------------------
-
-def privileges_dropped() -> List[str]:
-    """A command prefix under which chmod bites (root without the capabilities that bypass it)."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing to drop privileges")
-    caps = "-dac_override,-dac_read_search"
-    probe = subprocess.run([setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "true"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot drop privileges here: {probe.stderr.strip()}")
-    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
-
 
 @pytest.fixture
 def tiny(tmp_path) -> Path:

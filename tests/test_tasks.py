@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
+from helpers.table_model import TableModel
 
 from mlxhydra.config.composition import compose
 from mlxhydra.config.validation import validate
@@ -168,16 +169,6 @@ def test_kl_reference_is_the_raw_model_and_other_settings_change_the_key(tok_mod
     other, _ = task(tok_model, tmp_path / "o", "task=kl", cache, "task.num_samples=3")
     assert other["reference_cached"] is False
     assert other["cache_path"] != patched["cache_path"]
-
-
-class TableModel:
-    """A fake model: the logits after token t are row t of a table, whatever came before."""
-
-    def __init__(self, table: np.ndarray):
-        self.table = mx.array(table.astype(np.float32))
-
-    def __call__(self, tokens):
-        return self.table[tokens]
 
 
 def test_kl_formula_is_reference_to_model_on_asymmetric_distributions(tmp_path):
