@@ -155,18 +155,26 @@ def _dwq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
     return student
 
 
-def _bits_per_weight(model: nn.Module, sensitivities: Dict[str, float], threshold: float,
-                     low: Tuple[int, int], high: Tuple[int, int]) -> float:
-    """Bits per weight with the layers over ``threshold`` at the high settings (lazily, no weight read)."""
-    from mlx_lm.utils import compute_bits_per_weight
+def _over_threshold_high(sensitivities: Dict[str, float], threshold: float, high: Tuple[int, int]):
+    """The quantization predicate of dynamic quantization: the layers more sensitive than
+    ``threshold`` at the high (bits, group size), the others at the model-wide low ones."""
 
     def predicate(path, module):
         if not hasattr(module, "to_quantized"):
             return False
         return {"bits": high[0], "group_size": high[1]} if sensitivities[path] > threshold else True
 
+    return predicate
+
+
+def _bits_per_weight(model: nn.Module, sensitivities: Dict[str, float], threshold: float,
+                     low: Tuple[int, int], high: Tuple[int, int]) -> float:
+    """Bits per weight with the layers over ``threshold`` at the high settings (lazily, no weight read)."""
+    from mlx_lm.utils import compute_bits_per_weight
+
     q = copy.deepcopy(model)
-    nn.quantize(q, group_size=low[1], bits=low[0], class_predicate=predicate)
+    nn.quantize(q, group_size=low[1], bits=low[0],
+                class_predicate=_over_threshold_high(sensitivities, threshold, high))
     return compute_bits_per_weight(q)
 
 
@@ -214,12 +222,7 @@ def _dynamic(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
         target = (_bits_per_weight(model, sensitivities, math.inf, low, high)
                   + _bits_per_weight(model, sensitivities, -math.inf, low, high)) / 2
     threshold = estimate_threshold(model, sensitivities, target, low[0], low[1], high[0], high[1])
-
-    def predicate(path, module):
-        if not hasattr(module, "to_quantized"):
-            return False
-        return {"bits": high[0], "group_size": high[1]} if sensitivities[path] > threshold else True
-
+    predicate = _over_threshold_high(sensitivities, threshold, high)
     model, quantized = quantize_model(model, config, low[1], low[0], quant_predicate=predicate)
     config.update(quantized)
     run.record.update(target_bpw=target, threshold=threshold, high_bits=high[0],
