@@ -140,6 +140,7 @@ def run_hydra(args: List[str]) -> int:
         SweepFailed, SweepStopped, exit_code, interruption_message, one_line_message,
     )
     from .runs import ranks
+    from .runs.rank_ends import report_failure
     from .runs.early_failure import record_early_failure
     from .runs.environment import now
     from .runs.job_thread import interruption_handlers
@@ -161,7 +162,7 @@ def run_hydra(args: List[str]) -> int:
             if run_dir is not None:
                 mark_latest(run_dir, "run")
         elif error is not None:  # another rank of a distributed run: rank 0 records its cause
-            ranks.report_failure(error)
+            report_failure(error)
 
     register_resolvers()
     _upstream.quiet_basic_sweeper_schema_warning()
@@ -277,6 +278,7 @@ def main() -> None:
     from .runs.job_thread import abandoned
     from .runs.latest import shown, started
     from .runs.launch import exit_status_kept
+    from .runs.rank_ends import release_reporters
 
     try:
         cwd = os.getcwd()
@@ -307,6 +309,7 @@ def main() -> None:
                     print(f"{where[0]} directory: {shown(where[1])}", flush=True)
             sys.exit(code)
     except SystemExit as e:
+        release_reporters()  # rank 0 of a distributed run has recorded: the others may exit
         if abandoned():
             # A signal stopped the wait for a job still inside a long MLX call: its record says
             # interrupted; end now rather than wait for the call (or let it write anything more).

@@ -5,6 +5,7 @@ random non-zero weights, so that they change the logits.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -121,8 +122,16 @@ def test_bad_adapter_settings_are_refused_before_loading(base, lora, tmp_path):
     cfg = compose([f"model={base}", f"load.adapter_path={broken}", "task=save"])
     with pytest.raises(ConfigError) as e:
         validate(cfg)
-    assert f"load.adapter_path={broken}: {broken / 'adapter_config.json'}: cannot be read as JSON" in str(e.value)
+    assert (f"load.adapter_path={broken}: {broken / 'adapter_config.json'}: invalid JSON at line 1 "
+            "column 2: Expecting property name enclosed in double quotes") in str(e.value)
     assert "task=save with load.adapter_path needs load.fuse=true" in str(e.value)
+    (broken / "adapter_config.json").unlink()
+    os.mkfifo(broken / "adapter_config.json")  # never opened: reading it would block for ever
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"model={base}", f"load.adapter_path={broken}"]))
+    assert str(e.value).endswith(
+        f"load.adapter_path={broken}: {broken / 'adapter_config.json'} is a FIFO (named pipe), not a regular file "
+        "(expected a JSON file)")
     with pytest.raises(ConfigError, match="load.fuse=true needs load.adapter_path"):
         validate(compose([f"model={base}", "load.fuse=true"]))
     other = make_model(tmp_path / "wide", vocab_size=128, hidden_size=96, num_attention_heads=4,

@@ -255,17 +255,50 @@ def test_interrupt_of_rank1_ends_all_and_is_recorded(tmp_path):
     assert not rank_pid(tmp_path, 0) and not rank_pid(tmp_path, 1)
 
 
+SHARDED_REFUSAL = (
+    "load.shard=none: 2 ranks were launched and each would load the whole model; expected "
+    "auto, tensor or pipeline (or run one process); task.name=save: does not run on a model "
+    "sharded across ranks (expected one of bench, generate, kl, load, perplexity)")
+
+
 @pytest.mark.slow
 def test_settings_that_cannot_run_sharded_fail_before_loading(tmp_path):
     proc = launch("load.shard=none", "task=save", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     run = read_run(run_dir)
     assert run["status"] == "failed" and "weights_fingerprint" not in run
-    assert run["error"] == (
-        "load.shard=none: 2 ranks were launched and each would load the whole model; expected "
-        "auto, tensor or pipeline (or run one process); task.name=save: does not run on a model "
-        "sharded across ranks (expected one of bench, generate, kl, load, perplexity)")
+    assert run["error"] == SHARDED_REFUSAL
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks in /proc")
+def test_a_slow_rank0_is_not_ended_before_it_records(tmp_path):
+    """Rank 1 fails its checks while rank 0 is held up (stopped for 5 s) before its own record.
+
+    mlx.launch stops every rank once one exits: rank 1 waits until rank 0 has
+    recorded, so the record says what failed, not that rank 0 was interrupted.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxhydra", "launch", "-n", "2", "load.shard=none", "task=save"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "outputs").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # rank 0 has joined the ranks and Hydra starts its job
+        rank0 = rank_pid(tmp_path, 0)
+        assert rank0, "rank 0 was not found"
+        os.kill(rank0, signal.SIGSTOP)
+        time.sleep(5.0)  # rank 1 fails its checks meanwhile
+        os.kill(rank0, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert (read_run(run_dir)["status"], read_run(run_dir)["error"]) == ("failed", SHARDED_REFUSAL)
 
 
 def test_multirun_is_refused_across_ranks(monkeypatch):
@@ -321,3 +354,27 @@ def test_launch_exit_status_combines_the_ranks(tmp_path, capsys):
     assert combined_status(tmp_path, 2) == 143
     assert combined_status(tmp_path, 3) == 143
     assert "rank 2 ended without an exit status" in capsys.readouterr().err
+
+
+def test_a_pipeline_rank_picks_its_files_by_the_index_and_never_opens_a_fifo(tmp_path):
+    """The safetensors index names each rank's files; an index that is no regular file means all."""
+    import threading
+
+    from mlxhydra.load.sharding import files_for_layers
+
+    files = [tmp_path / f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    for f in files:
+        f.write_bytes(b"")
+    index = tmp_path / "model.safetensors.index.json"
+    weight_map = {"model.embed_tokens.weight": files[0].name, "model.layers.0.mlp.weight": files[0].name,
+                  "model.layers.1.mlp.weight": files[1].name, "model.layers.2.mlp.weight": files[2].name}
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    assert files_for_layers(files, (1, 2)) == [files[0], files[1]]  # the embedding, layer 1
+    assert files_for_layers(files, (2, 3)) == [files[0], files[2]]
+    index.unlink()
+    os.mkfifo(index)  # reading it would block for ever
+    chosen = []
+    reader = threading.Thread(target=lambda: chosen.append(files_for_layers(files, (1, 2))), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert chosen == [files]

@@ -8,10 +8,10 @@ the layer's own ``fuse`` (what ``mlx_lm.fuse`` does), so ``task=save`` writes
 a plain model.
 """
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
+from ..config.model_source import read_json_object
 from ..errors import WeightsError
 
 CONFIG_FILE = "adapter_config.json"
@@ -25,22 +25,16 @@ def adapter_dir(value: str) -> Path:
 
 
 def read_adapter_config(path: Path) -> Dict[str, Any]:
-    """The adapter's ``adapter_config.json``.
+    """The adapter's ``adapter_config.json`` (only a regular file is opened).
 
     Raises:
         ValueError: naming the file, when it is missing, not JSON or not an object.
     """
     file = path / CONFIG_FILE
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not file.exists() and not file.is_symlink():
         raise ValueError(f"{path} has no {CONFIG_FILE} (expected an mlx-lm adapter directory "
-                         f"with {CONFIG_FILE} and {WEIGHTS_FILE})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: cannot be read as JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{file}: expected a JSON object, found {type(config).__name__}")
-    return config
+                         f"with {CONFIG_FILE} and {WEIGHTS_FILE})")
+    return read_json_object(file, "an mlx-lm adapter config", error=ValueError, bounded=False)
 
 
 def adapter_problems(load: Mapping[str, Any]) -> List[str]:

@@ -12,7 +12,6 @@ architecture's own ``shard(group)`` (tensor parallelism) is preferred, then
   as sharded_load does) and quantizes only those layers.
 """
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..errors import ConfigError
-from .weight_files import read_header
+from .weight_files import read_header, read_weight_map
 
 # sharded_load's pattern: a checkpoint key of decoder layer N (any prefix).
 CHECKPOINT_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -113,10 +112,8 @@ def files_for_layers(files: List[Path], layers: Tuple[int, int]) -> List[Path]:
     """
     if not files:
         return files
-    index = files[0].parent / "model.safetensors.index.json"
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
+    weight_map = read_weight_map(files[0].parent)
+    if weight_map is None:
         return files
     wanted = {f for k, f in weight_map.items() if own_checkpoint_key(k, layers)}
     return [f for f in files if f.name in wanted]

@@ -7,7 +7,7 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import MissingWeightsError, WeightsError
 from ..file_checks import kind, regular_file_problem, stat_path
@@ -36,6 +36,24 @@ def require_weight_files(model_dir: Path) -> List[Path]:
     return files
 
 
+def read_weight_map(model_dir: Path) -> Optional[Dict[str, str]]:
+    """``model.safetensors.index.json``'s tensor → file map, or None without a usable one.
+
+    Only a regular file is opened (never a FIFO or a device); an index that is
+    unreadable or of the wrong shape counts as none.
+    """
+    index = Path(model_dir) / "model.safetensors.index.json"
+    if regular_file_problem(index):
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not isinstance(weight_map, dict):
+        return None
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
 def absent_shards(model_dir: Path) -> List[str]:
     """The files that ``model.safetensors.index.json`` lists but that do not exist.
 
@@ -43,14 +61,8 @@ def absent_shards(model_dir: Path) -> List[str]:
     only explains missing weights: an interrupted copy or download.
     An unreadable index gives an empty list.
     """
-    index = Path(model_dir) / "model.safetensors.index.json"
-    if regular_file_problem(index):  # never open a FIFO or a device
-        return []
-    try:
-        listed = {str(name) for name in json.loads(index.read_text())["weight_map"].values()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        return []
-    return sorted(name for name in listed if regular_file_problem(Path(model_dir) / name))
+    weight_map = read_weight_map(model_dir) or {}
+    return sorted(name for name in set(weight_map.values()) if regular_file_problem(Path(model_dir) / name))
 
 
 # Bits per element of each safetensors dtype (the safetensors library's Dtype).

@@ -10,6 +10,7 @@ import logging
 import random
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -23,7 +24,7 @@ from ..errors import (
     ConfigError, FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
     interruption_message, one_line_message,
 )
-from . import environment, ranks
+from . import environment, rank_ends, ranks
 from .job_thread import interruption_handlers, run_in_job_thread, signals_held
 from .record import RecordWriter
 from .run_dir import RunDir, refuse_taken
@@ -42,7 +43,8 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
-            run_dir: Optional[RunDir] = None, record: Optional[RecordWriter] = None):
+            run_dir: Optional[RunDir] = None, record: Optional[RecordWriter] = None,
+            on_checked: Optional[Callable[[], None]] = None):
     """Validate the config and build the model it describes.
 
     Args:
@@ -50,6 +52,7 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         settings: The result of :func:`validate` when already called.
         run_dir, record: Where ``model_config.json`` and the record's model,
             weight-file and quantization fields go (nothing is written without them).
+        on_checked: Called once every setting is checked, before any weight file is read.
 
     Returns:
         (model, report): the loaded model and its
@@ -103,6 +106,8 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     derived = apply_mlx_lm_adjustments(model_dir, config, raw)
     if derived and run_dir is not None:  # model_config.json is the dict ModelArgs.from_dict receives
         run_dir.write_model_config(config)
+    if on_checked is not None:
+        on_checked()
     # For the record and a multirun's cache key; the other ranks of a distributed run keep
     # no record and read no file beyond their own.
     paths = find_weight_files(model_dir) if record is not None else []
@@ -191,7 +196,7 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
     from hydra.core.hydra_config import HydraConfig
 
     if not ranks.world().leads:  # another rank of a distributed run: the same job, nothing written
-        return ranks.follow(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, None, None, {})))
+        return rank_ends.follow(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, None, None, {})))
     hc = HydraConfig.get()
     run_dir = RunDir(Path(hc.runtime.output_dir))
     refuse_taken(run_dir.path, "hydra.run.dir" if hc.job.get("num") is None else "hydra.sweep.subdir")
@@ -218,7 +223,10 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
             )
             with signals_held():  # a signal now is answered once the record exists
                 record = open_record()
-            metrics = ranks.lead(lambda: run_in_job_thread(lambda: _prepare_and_run(cfg, run_dir, record, times)))
+            checked = threading.Event()  # another rank's end stops the wait only after the checks
+            metrics = rank_ends.lead(lambda: run_in_job_thread(
+                lambda: _prepare_and_run(cfg, run_dir, record, times, checked.set),
+                stop=rank_ends.stopped_elsewhere(checked)))
         except (KeyboardInterrupt, Interrupted) as e:
             message = interruption_message(e)
             with signals_held():
@@ -280,14 +288,17 @@ def _finish(record: Union[RecordWriter, Callable[[], RecordWriter]], status: str
 
 
 def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optional[RecordWriter],
-                     times: Dict[str, float]) -> Dict[str, Any]:
+                     times: Dict[str, float],
+                     on_checked: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
     """Validate, load and run the task; without a run directory and record
-    (another rank than 0 of a distributed run) nothing is written."""
+    (another rank than 0 of a distributed run) nothing is written.
+
+    ``on_checked`` is called once every setting is checked, before any weight is read."""
     from ..load.weight_files import check_unchanged
     from ..tasks import TaskInput, run_task
 
     settings = validate(cfg)
-    model, report = prepare(cfg, settings, run_dir, record)
+    model, report = prepare(cfg, settings, run_dir, record, on_checked)
     times.update(report.times)
     if record is not None:
         if report.weights_cache:

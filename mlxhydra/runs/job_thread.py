@@ -55,18 +55,24 @@ def on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def run_in_job_thread(func: Callable[[], Any]) -> Any:
+def run_in_job_thread(func: Callable[[], Any],
+                      stop: Optional[Callable[[], Optional[BaseException]]] = None) -> Any:
     """Run ``func()`` on the job thread and wait for it, answering signals meanwhile.
 
     Called from another thread than the main one (a launcher's thread), it
     runs ``func`` right there: only the main thread receives signals.
+
+    Args:
+        func: The job.
+        stop: Asked every 0.2 s while waiting: an error to end the wait with, or None.
 
     Returns:
         What ``func`` returned.
 
     Raises:
         Whatever ``func`` raised; Interrupted or KeyboardInterrupt from a
-        signal while waiting (``func`` then goes on running: see :func:`abandoned`).
+        signal while waiting, or what ``stop`` returned (``func`` then goes
+        on running: see :func:`abandoned`).
     """
     global _worker
     if not on_main_thread():
@@ -83,7 +89,9 @@ def run_in_job_thread(func: Callable[[], Any]) -> Any:
     done = threading.Event()
     worker.tasks.put((func, box, done))
     while not done.wait(POLL_SECONDS):
-        pass
+        error = stop() if stop is not None else None
+        if error is not None and not done.is_set():
+            raise error
     if "error" in box:
         raise box["error"]
     return box.get("value")

@@ -7,6 +7,11 @@ before it exits: rank 0 listens on the address it already uses for MLX
 (its ring address, or the jaccl/NCCL coordinator's), on a port it picks and
 shares with the other ranks when the run starts. Under MPI, whose hosts MLX
 does not name, there is no channel and rank 0 records the lost connection.
+
+A rank that has reported waits for rank 0's acknowledgement (sent once rank 0
+has recorded and is about to exit, or implied when rank 0 is gone) before it
+exits itself: mlx.launch stops every rank as soon as one exits, and rank 0
+must not be stopped before its record is written.
 """
 
 import json
@@ -18,7 +23,9 @@ from typing import Any, Dict, List, Optional
 log = logging.getLogger("mlxhydra")
 
 CONNECT_TIMEOUT = 3.0
+ACK_WAIT = 30.0  # seconds a reporting rank waits for rank 0 to record (rank 0 polls every 0.2 s)
 MAX_REPORT_BYTES = 1 << 16
+ACK = b"recorded\n"
 
 
 class RankReports:
@@ -38,6 +45,7 @@ class RankReports:
         self.reports: List[Dict[str, Any]] = []
         self._arrived = threading.Condition()
         self._server: Optional[socket.socket] = None
+        self._held: List[socket.socket] = []  # reporters waiting for the acknowledgement
         port = 0
         if self.rank == 0 and host is not None:
             try:
@@ -56,33 +64,57 @@ class RankReports:
                 conn, _ = self._server.accept()
             except OSError:
                 return
-            with conn:
-                conn.settimeout(CONNECT_TIMEOUT)
-                data = b""
-                try:
-                    while b"\n" not in data and len(data) < MAX_REPORT_BYTES:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    report = json.loads(data.decode("utf-8"))
-                except (OSError, ValueError):
-                    continue
-            if isinstance(report, dict):
-                with self._arrived:
-                    self.reports.append(report)
-                    self._arrived.notify_all()
+            conn.settimeout(CONNECT_TIMEOUT)
+            data = b""
+            try:
+                while b"\n" not in data and len(data) < MAX_REPORT_BYTES:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                report = json.loads(data.decode("utf-8"))
+            except (OSError, ValueError):
+                conn.close()
+                continue
+            if not isinstance(report, dict):
+                conn.close()
+                continue
+            with self._arrived:
+                self.reports.append(report)
+                self._held.append(conn)  # answered by acknowledge()
+                self._arrived.notify_all()
 
-    def send(self, report: Dict[str, Any]) -> None:
-        """Send one report to rank 0 (from another rank); silently gives up when it is gone."""
+    def send(self, report: Dict[str, Any], ack_wait: float = ACK_WAIT) -> bool:
+        """Send one report to rank 0 (from another rank) and wait until rank 0 has recorded.
+
+        The wait ends with rank 0's acknowledgement, when rank 0 is gone, or
+        after ``ack_wait`` seconds. Silently gives up when rank 0 cannot be reached.
+
+        Returns:
+            Whether rank 0 acknowledged the report.
+        """
         if self.rank == 0 or not self.port or self.host is None:
-            return
+            return False
         line = json.dumps({**report, "rank": self.rank}, default=str).encode("utf-8") + b"\n"
         try:
             with socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT) as s:
                 s.sendall(line[:MAX_REPORT_BYTES])
+                s.settimeout(ack_wait)
+                return bool(s.recv(len(ACK)))  # b"" when rank 0 closed without it
         except OSError:
-            pass
+            return False
+
+    def acknowledge(self) -> None:
+        """Rank 0, once its record is final: let the ranks that reported exit."""
+        with self._arrived:
+            held, self._held = self._held, []
+        for conn in held:
+            try:
+                conn.sendall(ACK)
+            except OSError:
+                pass
+            finally:
+                conn.close()
 
     def first(self, timeout: float) -> Optional[Dict[str, Any]]:
         """The first report received, waiting up to ``timeout`` seconds for one (rank 0)."""

@@ -7,27 +7,19 @@ hosts, shard mode, each rank's files, bytes read and peak memory) and the
 other files. The other ranks write nothing: no run directory, no log file;
 they show only warnings and errors, on stderr.
 
-A failure or interruption on any rank ends every rank (the others' next
-collective call fails, and mlx.launch stops the rest) and is recorded once,
-by rank 0, with its cause (see :mod:`.rank_reports`).
+A failure or interruption on any rank ends every rank and is recorded once,
+by rank 0, with its cause (see :mod:`.rank_ends`).
 """
 
 import json
 import os
-import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import (
-    Interrupted, MlxhydraError, RankFailed, RankInterrupted, exit_code, interruption_message,
-    raise_interrupted,
-)
+from ..errors import RankFailed
 from .rank_reports import RankReports
-
-T = TypeVar("T")
-REPORT_WAIT = 5.0  # seconds rank 0 waits for the report of the rank that stopped
 # Hydra overrides of ranks other than 0: no run directory, .hydra files or log file.
 FOLLOWER_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=mlxhydra_rank"]
 
@@ -231,85 +223,3 @@ def gather_ranks(sharding: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
     mine = {"rank": w.rank, "host": w.hosts[w.rank], **sharding,
             "peak_memory_bytes": mx.get_peak_memory(), "max_rss_bytes": max_rss_bytes()}
     return gather_json(w.group, mine)
-
-
-def lost_peer(error: BaseException) -> bool:
-    """A collective call that failed because another rank is gone."""
-    text = str(error).lower()
-    return (isinstance(error, RuntimeError) and not isinstance(error, MlxhydraError)
-            and ("peer" in text or "connection" in text))
-
-
-def explain(error: BaseException) -> BaseException:
-    """What rank 0 records: the report of the rank that stopped first, when ``error`` is its echo.
-
-    ``error`` is an echo when it is a lost connection or a SIGTERM/SIGHUP (mlx.launch
-    stops every rank once one has failed); Ctrl-C and rank 0's own errors stay its own.
-    """
-    w = world()
-    echo = lost_peer(error) or (isinstance(error, Interrupted) and error.signum != signal.SIGINT)
-    if not echo or w.reports is None:
-        return error
-    report = w.reports.first(REPORT_WAIT)
-    if report is None:
-        if lost_peer(error):
-            return RankFailed(f"lost the connection to another rank, which sent no report "
-                              f"(killed, or out of memory?): {error}")
-        return error
-    if report.get("status") == "interrupted":
-        return RankInterrupted(int(report.get("signum") or signal.SIGTERM), int(report["rank"]))
-    return RankFailed(f"rank {report.get('rank')} failed: {report.get('error')}")
-
-
-def lead(run: Callable[[], T]) -> T:
-    """Run the job on rank 0: a failure that another rank caused is re-raised as that rank's."""
-    try:
-        return run()
-    except BaseException as e:
-        if not world().distributed:
-            raise
-        # mlx.launch stops every rank once one has failed: the record is written first
-        # (the job restores the handler when it is done).
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cause = explain(e)
-        if cause is e:
-            raise
-        raise cause from e
-
-
-def report_failure(error: BaseException) -> int:
-    """On another rank than 0: send ``error`` to rank 0, show it as one line; the exit code.
-
-    A lost connection is not sent: it echoes another rank's end, which reports its own cause.
-    """
-    w = world()
-    if isinstance(error, (KeyboardInterrupt, Interrupted)):
-        signum = error.signum if isinstance(error, Interrupted) else int(signal.SIGINT)
-        message = interruption_message(error)
-        report: Optional[Dict[str, Any]] = {"status": "interrupted", "signum": signum, "error": message}
-        code = exit_code(error)
-    else:
-        message = str(error) if isinstance(error, MlxhydraError) else f"{type(error).__name__}: {error}"
-        report = None if lost_peer(error) else {"status": "failed", "error": message,
-                                                "error_type": type(error).__name__}
-        code = 1
-    if report is not None and w.reports is not None:
-        w.reports.send(report)
-    sys.stderr.write(f"mlxhydra: rank {w.rank}: {message}\n")
-    return code
-
-
-def follow(run: Callable[[], T]) -> T:
-    """Run the job on another rank than 0: nothing is written.
-
-    A failure or interruption is sent to rank 0, shown as one line on stderr,
-    and ends this process (exit 1, or 128 + the signal number).
-    """
-    previous = signal.signal(signal.SIGTERM, raise_interrupted)
-    try:
-        return run()
-    except BaseException as e:
-        code = report_failure(e)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    raise SystemExit(code)
