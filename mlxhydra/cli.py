@@ -277,7 +277,7 @@ def main() -> None:
     from .runs.atomic import remove_unfinished
     from .runs.job_thread import abandoned
     from .runs.latest import shown, started
-    from .runs.launch import exit_status_kept
+    from .runs.launch import exit_status_kept, restore_user_tmpdir
     from .runs.rank_ends import release_reporters
 
     try:
@@ -286,6 +286,7 @@ def main() -> None:
         sys.stderr.write(f"mlxhydra: the working directory cannot be used ({e.strerror}): "
                          "cd to an existing directory and run again\n")
         sys.exit(1)
+    restore_user_tmpdir()  # in a rank of `mlxhydra launch`
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         sys.exit(run_subcommand(args))

@@ -121,8 +121,16 @@ def single_process_text(prompt: str, max_tokens: int) -> str:
 
 @pytest.mark.slow
 def test_rank0_records_and_prints_others_write_nothing(tmp_path):
-    proc = launch("task=generate", "task.prompt='12+34='", "task.max_tokens=6", cwd=tmp_path)
+    user_tmp = tmp_path / "tmp"  # the ranks' own temporary files go where the user's do
+    user_tmp.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run_cli("launch", "-n", "2", "task=generate", "task.prompt='12+34='", "task.max_tokens=6",
+                   cwd=cwd, env={"TMPDIR": str(user_tmp)}, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # MLX's compiled CPU kernels, kept for the next run; launch's own files are gone
+    assert any((user_tmp / "mlx").rglob("*.so")) and [p.name for p in user_tmp.iterdir()] == ["mlx"]
+    tmp_path = cwd
     (run_dir,) = run_dirs(tmp_path)
     assert files_under(tmp_path) == sorted(
         str((run_dir / f).relative_to(tmp_path)) for f in

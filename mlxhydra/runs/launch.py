@@ -19,9 +19,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, MutableMapping, Optional, Sequence
 
 STATUS_DIR_ENV = "MLXHYDRA_RANK_STATUS_DIR"  # where each rank leaves its exit code
+USER_TMPDIR_ENV = "MLXHYDRA_USER_TMPDIR"  # the user's TMPDIR for the ranks ("" when it was unset)
 
 
 def find_mlx_launch() -> Optional[str]:
@@ -68,6 +69,24 @@ def exit_status_kept() -> Iterator[None]:
                 (Path(directory) / rank).write_text(str(value))
 
 
+def restore_user_tmpdir(environ: MutableMapping[str, str] = os.environ) -> None:
+    """In a rank started by ``mlxhydra launch``: the user's TMPDIR again.
+
+    ``launch`` points TMPDIR at its own temporary directory for mlx.launch's
+    files only. The ranks' temporary files go where the user's do: MLX keeps
+    the CPU kernels it compiles under TMPDIR for the next runs, and a compiler
+    still running when a rank ends must not write into the removed directory.
+    """
+    if USER_TMPDIR_ENV not in environ:
+        return
+    value = environ.pop(USER_TMPDIR_ENV)
+    if value:
+        environ["TMPDIR"] = value
+    else:
+        environ.pop("TMPDIR", None)
+    tempfile.tempdir = None  # chosen again from the restored value
+
+
 def combined_status(directory: Path, ranks: int) -> int:
     """The command's exit code from the ranks' codes (a rank without one was killed)."""
     codes = []
@@ -105,15 +124,19 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write("mlxhydra launch: mlx.launch not found (it comes with mlx)\n")
         return 1
     port = args.port or free_ports(args.ranks)
-    with tempfile.TemporaryDirectory(prefix="mlxhydra-launch-") as status_dir:
+    # ignore_cleanup_errors: a process a rank left behind may still write in it; the
+    # status is read by then.
+    with tempfile.TemporaryDirectory(prefix="mlxhydra-launch-", ignore_cleanup_errors=True) as status_dir:
         command: List[str] = [
             launcher, "-n", str(args.ranks), "--backend", "ring", "--starting-port", str(port),
             *(["--verbose"] if args.verbose else []),
             "--", sys.executable, "-m", "mlxhydra", *overrides,
         ]
         # mlx.launch leaves each rank's hostfile and pid file (mktemp) behind: here they go
-        # into this temporary directory, removed at the end.
-        env = {**os.environ, STATUS_DIR_ENV: status_dir, "TMPDIR": status_dir}
+        # into this temporary directory, removed at the end. The ranks themselves get the
+        # user's TMPDIR back (restore_user_tmpdir).
+        env = {**os.environ, STATUS_DIR_ENV: status_dir, "TMPDIR": status_dir,
+               USER_TMPDIR_ENV: os.environ.get("TMPDIR", "")}
         proc = subprocess.Popen(command, env=env)
         try:
             proc.wait()
