@@ -278,7 +278,6 @@ def main() -> None:
     from .runs.job_thread import abandoned
     from .runs.latest import shown, started
     from .runs.launch import exit_status_kept, restore_user_tmpdir
-    from .runs.rank_ends import release_reporters
 
     try:
         cwd = os.getcwd()
@@ -310,6 +309,8 @@ def main() -> None:
                     print(f"{where[0]} directory: {shown(where[1])}", flush=True)
             sys.exit(code)
     except SystemExit as e:
+        from .runs.rank_ends import release_reporters  # here: run_hydra has imported it already
+
         release_reporters()  # rank 0 of a distributed run has recorded: the others may exit
         if abandoned():
             # A signal stopped the wait for a job still inside a long MLX call: its record says
