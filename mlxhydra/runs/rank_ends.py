@@ -18,6 +18,7 @@ from ..errors import (
     Interrupted, MlxhydraError, RankFailed, RankInterrupted, exit_code, interruption_message,
     raise_interrupted,
 )
+from .job_thread import on_main_thread
 from .ranks import world
 
 T = TypeVar("T")
@@ -74,9 +75,8 @@ def stopped_elsewhere(checked: threading.Event) -> Optional[Callable[[], Optiona
     reports = w.reports
 
     def stop() -> Optional[BaseException]:
-        if not checked.is_set() or not reports.reports:
-            return None
-        return reported_cause(reports.reports[0])
+        report = reports.first(0) if checked.is_set() else None
+        return reported_cause(report) if report is not None else None
 
     return stop
 
@@ -132,7 +132,7 @@ def report_failure(error: BaseException) -> int:
 @contextmanager
 def sigterm_ignored() -> Iterator[None]:
     """SIGTERM ignored meanwhile (on the main thread; elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
+    if not on_main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
