@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..config.model_source import read_json_object
 from ..errors import MissingWeightsError, WeightsError
 from ..file_checks import kind, regular_file_problem, stat_path
 
@@ -42,13 +43,12 @@ def read_weight_map(model_dir: Path) -> Optional[Dict[str, str]]:
     Only a regular file is opened (never a FIFO or a device); an index that is
     unreadable or of the wrong shape counts as none.
     """
-    index = Path(model_dir) / "model.safetensors.index.json"
-    if regular_file_problem(index):
-        return None
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        index = read_json_object(Path(model_dir) / "model.safetensors.index.json",
+                                 "a safetensors index", error=ValueError, bounded=False)
+    except (OSError, ValueError):
         return None
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict):
         return None
     return {str(k): str(v) for k, v in weight_map.items()}
