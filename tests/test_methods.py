@@ -283,6 +283,18 @@ def test_bad_method_settings(quant, message):
     assert any(message in p for p in e.value.problems), e.value.problems
 
 
+def test_a_sensitivities_file_that_is_not_pairs_is_refused_before_loading(tmp_path):
+    from mlxhydra.load.quant_spec import parse_quant
+
+    bad = tmp_path / "sensitivities.json"
+    bad.write_text("[0.5, 0.25]")  # numbers, not [layer, sensitivity] pairs
+    with pytest.raises(ConfigError) as e:
+        parse_quant({"method": "dynamic", "bits": 3, "dynamic": {"sensitivities": str(bad)}})
+    assert e.value.problems == [
+        f"quant.dynamic.sensitivities={bad}: not a JSON list of [layer, sensitivity] pairs "
+        "(cannot convert dictionary update sequence element #0 to a sequence)"]
+
+
 @pytest.mark.slow
 def test_unsupported_architecture_fails_before_reading_weights(tmp_path):
     model_dir = with_tokenizer(tmp_path / "moe", "qwen3_moe")

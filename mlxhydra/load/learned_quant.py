@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import ConfigError
 from .calibration import CalibrationText, calibration_file, choose_rows, read_calibration, rows_sha256, split_rows
+from .method_settings import read_sensitivities
 from .quant_spec import QuantSpec
 
 log = logging.getLogger("mlxhydra.loading")
@@ -183,13 +184,8 @@ def _sensitivities(model: nn.Module, run: MethodRun, low, high) -> Dict[str, flo
 
     s = run.spec.settings
     if s["sensitivities"] is not None:
-        path = Path(s["sensitivities"]).expanduser().absolute()
-        try:
-            values = dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise ConfigError(f"quant.dynamic.sensitivities={path}: not a JSON list of "
-                              f"[layer, sensitivity] pairs ({e})") from e
-        run.record["sensitivities"] = str(path)
+        values = read_sensitivities(s["sensitivities"])  # checked in the validate stage
+        run.record["sensitivities"] = str(Path(s["sensitivities"]).expanduser().absolute())
     else:
         values = dict(estimate_sensitivities(
             model, run.rows, low[0], low[1], high[0], high[1], batch_size=s["batch_size"],

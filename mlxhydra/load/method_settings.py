@@ -8,9 +8,12 @@ command-line defaults. :func:`parse_method` checks them for
 :func:`~mlxhydra.load.quant_spec.parse_quant`, before any weight is read.
 """
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ..errors import ConfigError
 
 METHODS = ("rtn", "awq", "gptq", "dwq", "dynamic")
 LEARNED = METHODS[1:]
@@ -43,6 +46,23 @@ def _is_int(v: Any) -> bool:
 
 
 POSITIVE = math.ulp(0.0)  # the smallest positive float: number(low=POSITIVE) means "> 0"
+
+
+def read_sensitivities(value: str) -> Dict[str, Any]:
+    """``quant.dynamic.sensitivities``: mlx_lm.dynamic_quant's JSON list of [layer, sensitivity] pairs.
+
+    Args:
+        value: The setting (a path, already checked to be a regular file).
+
+    Raises:
+        ConfigError: naming the file, when it is not such a list.
+    """
+    path = Path(value).expanduser().absolute()
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        raise ConfigError(f"quant.dynamic.sensitivities={path}: not a JSON list of "
+                          f"[layer, sensitivity] pairs ({e})") from e
 
 
 def _checker(node: str, values: Mapping[str, Any], problems: List[str]):
@@ -115,7 +135,13 @@ def _check_method_settings(method: str, s: Dict[str, Any], bits: Any, group_size
         c.number("target_bpw", POSITIVE, expected="a positive number or null", optional=True)
         c.choice("high_bits", AFFINE_BITS + (None,))
         c.choice("high_group_size", AFFINE_GROUP_SIZES)
+        before = len(problems)
         c.data_file("sensitivities")
+        if s["sensitivities"] is not None and len(problems) == before:  # the file's contents, too
+            try:
+                read_sensitivities(s["sensitivities"])
+            except ConfigError as e:
+                problems.append(str(e))
         c.integer("batch_size")
         c.choice("accumulation_dtype", ACCUMULATION_DTYPES)
         c.boolean("grad_checkpoint")
