@@ -27,8 +27,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from bench_load import (
-    BENCH, LLAMA_1B, PY, ROOT, Case, Context, Side, ensure_model, machine, mlxhydra_cli,
-    mlxhydra_records, run_cases, table,
+    BENCH,
+    LLAMA_1B,
+    PY,
+    ROOT,
+    Case,
+    Context,
+    Side,
+    ensure_model,
+    machine,
+    mlxhydra_cli,
+    mlxhydra_records,
+    run_cases,
+    table,
 )
 
 RESULTS = BENCH / "results_distributed.json"
@@ -37,7 +48,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def mlx_launch(ctx: Context, ranks: int, *command: str) -> List[str]:
     """mlx.launch on 127.0.0.1; its temporary files (mktemp) go into the measurement's directory."""
-    from mlxhydra.runs.launch import find_mlx_launch, free_ports
+    from mlxhydra.distributed.launch import find_mlx_launch, free_ports
 
     return ["env", f"TMPDIR={ctx.workdir}", find_mlx_launch(), "-n", str(ranks), "--backend",
             "ring", "--starting-port", str(free_ports(ranks)), "--", *command]

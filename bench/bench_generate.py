@@ -90,8 +90,8 @@ def main() -> None:
 
     from mlxhydra._upstream import clear_eos_tokens
     from mlxhydra.config.composition import compose
-    from mlxhydra.config.validation import validate
-    from mlxhydra.runs.job import prepare
+    from mlxhydra.job.pipeline import prepare
+    from mlxhydra.job.validation import validate
     from mlxhydra.tasks.generation import Generation, generate_text
     from mlxhydra.tasks.kv_cache import ThroughCache
 

@@ -38,11 +38,11 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     # Hydra: how the basic sweeper expands sweep overrides into jobs.
     "split_sweep_arguments": ("hydra-core", "hydra._internal.core_plugins.basic_sweeper",
                               "BasicSweeper.split_arguments"),
-    # Hydra: the basic sweeper itself, whose per-job composition check runs/job_sweeper.py adapts.
+    # Hydra: the basic sweeper itself, whose per-job composition check sweeps/sweeper.py adapts.
     "BasicSweeper": ("hydra-core", "hydra._internal.core_plugins.basic_sweeper", "BasicSweeper"),
     # Hydra: the config loader whose group listing --help repeats (config/help_cache.py).
     "ConfigLoaderImpl": ("hydra-core", "hydra._internal.config_loader_impl", "ConfigLoaderImpl"),
-    # hydra-optuna-sweeper: a search's Optuna distributions from its overrides (runs/resume_search.py).
+    # hydra-optuna-sweeper: a search's Optuna distributions from its overrides (sweeps/resume_search.py).
     "optuna_params_from_overrides": ("hydra-optuna-sweeper", "hydra_plugins.hydra_optuna_sweeper._impl",
                                      "create_params_from_overrides"),
 }
@@ -111,7 +111,7 @@ def clear_eos_tokens(tokenizer: Any) -> None:
 def quiet_basic_sweeper_schema_warning() -> None:
     """Silence Hydra's warning that ``conf/hydra/sweeper/basic.yaml`` matches its own schema.
 
-    mlxhydra's sweeper (runs/job_sweeper.py) is named ``basic`` so that it is the default
+    mlxhydra's sweeper (sweeps/sweeper.py) is named ``basic`` so that it is the default
     while an experiment can still pick another sweeper (an ``override hydra/sweeper`` in the
     primary config would win over the experiment's). Hydra then merges it with its registered
     ``BasicSweeperConf`` (the same keys) and, deprecating that automatic match since 1.1,

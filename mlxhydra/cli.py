@@ -18,12 +18,12 @@ from omegaconf import DictConfig
 
 # name -> "module:function"; the function takes argv (after the name) and returns the exit status.
 SUBCOMMANDS: Dict[str, str] = {
-    "replay": "mlxhydra.runs.replay:main",
-    "diff": "mlxhydra.runs.diff:main",
-    "summarize": "mlxhydra.runs.summary:summarize_main",
-    "runs": "mlxhydra.runs.runs_table:main",
-    "resume": "mlxhydra.runs.resume:main",
-    "launch": "mlxhydra.runs.launch:main",
+    "replay": "mlxhydra.history.replay:main",
+    "diff": "mlxhydra.history.diff:main",
+    "summarize": "mlxhydra.sweeps.summary:summarize_main",
+    "runs": "mlxhydra.history.table:main",
+    "resume": "mlxhydra.sweeps.resume:main",
+    "launch": "mlxhydra.distributed.launch:main",
 }
 # Shown by --version beside the required dependencies.
 OPTIONAL_PACKAGES = ("hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-ray-launcher",
@@ -58,8 +58,8 @@ class JobFunction:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from .runs.latest import mark_latest
-        from .runs.sweep_policy import run_swept_job
+        from .record.latest import mark_latest
+        from .sweeps.policy import run_swept_job
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.RUN:
@@ -130,22 +130,35 @@ def run_hydra(args: List[str]) -> int:
     from .config.help_cache import install_for
     from .config.model_source import DEFER_ERRORS_ENV, check_model_path
     from .config.overrides import (
-        check_override_syntax, group_choice_problems, override_value, overrides_of_argv,
-        quote_model_paths, wants_multirun,
+        check_override_syntax,
+        group_choice_problems,
+        override_value,
+        overrides_of_argv,
+        quote_model_paths,
+        wants_multirun,
     )
     from .config.plugin_extras import missing_extras
     from .config.resolvers import register_resolvers
+    from .distributed import ranks
     from .errors import (
-        ConfigError, Interrupted, MlxhydraError, ModelDirError, OverrideSyntaxError, RefusedBeforeRun,
-        SweepFailed, SweepStopped, exit_code, interruption_message, one_line_message,
+        ConfigError,
+        Interrupted,
+        MlxhydraError,
+        ModelDirError,
+        OverrideSyntaxError,
+        RefusedBeforeRun,
+        SweepFailed,
+        SweepStopped,
+        exit_code,
+        interruption_message,
+        one_line_message,
     )
-    from .runs import ranks
-    from .runs.rank_ends import report_failure
-    from .runs.early_failure import record_early_failure
-    from .runs.environment import now
-    from .runs.job_thread import interruption_handlers
-    from .runs.latest import mark_latest
-    from .runs.sweep_policy import summarize_interrupted_sweep
+    from .job.early_failure import record_early_failure
+    from .job.rank_ends import report_failure
+    from .job.thread import interruption_handlers
+    from .record.environment import now
+    from .record.latest import mark_latest
+    from .sweeps.policy import summarize_interrupted_sweep
 
     job = JobFunction(time.perf_counter())
     started = now()
@@ -240,7 +253,7 @@ def print_version() -> None:
     """``--version``: mlxhydra's version, its dependencies' and the optional plugins'."""
     from importlib import metadata
 
-    from .runs.environment import versions
+    from .record.environment import versions
 
     found = versions()
     print(f"mlxhydra {found.pop('mlxhydra', None)}")
@@ -274,10 +287,10 @@ def complete_subcommands(args: Sequence[str]) -> None:
 
 def main() -> None:
     """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
-    from .runs.atomic import remove_unfinished
-    from .runs.job_thread import abandoned
-    from .runs.latest import shown, started
-    from .runs.launch import exit_status_kept, restore_user_tmpdir
+    from .distributed.launch import exit_status_kept, restore_user_tmpdir
+    from .job.thread import abandoned
+    from .record.atomic import remove_unfinished
+    from .record.latest import shown, started
 
     try:
         cwd = os.getcwd()
@@ -309,7 +322,7 @@ def main() -> None:
                     print(f"{where[0]} directory: {shown(where[1])}", flush=True)
             sys.exit(code)
     except SystemExit as e:
-        from .runs.rank_ends import release_reporters  # here: run_hydra has imported it already
+        from .job.rank_ends import release_reporters  # here: run_hydra has imported it already
 
         release_reporters()  # rank 0 of a distributed run has recorded: the others may exit
         if abandoned():

@@ -12,16 +12,15 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import EMBEDDED_TINY, make_model
 from helpers.adapters import make_adapter
 
 from mlxhydra.config.composition import compose
-from mlxhydra.config.validation import validate
 from mlxhydra.errors import ConfigError, WeightsError
-from mlxhydra.runs.job import prepare
-from mlxhydra.runs.record import RecordWriter
-from mlxhydra.runs.run_dir import RunDir
+from mlxhydra.job.pipeline import prepare
+from mlxhydra.job.validation import validate
+from mlxhydra.record.run_dir import RunDir
+from mlxhydra.record.schema import RecordWriter
 from mlxhydra.tasks import TaskInput, run_task
 
 TOKENS = [[1, 5, 20, 21, 22, 11, 20, 30, 40, 41]]

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import EMBEDDED_TINY
+from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.errors import ConfigCompositionException
-from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 from omegaconf import OmegaConf
 
 import mlxhydra
@@ -14,8 +15,6 @@ from mlxhydra.config.composition import to_plain
 from mlxhydra.config.model_source import ModelDirSearchPath
 from mlxhydra.config.resolvers import safe_name
 from mlxhydra.errors import ModelDirError, ModelDirNotFound
-
-from conftest import EMBEDDED_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = ROOT / "conf" / "patch"
@@ -196,7 +195,7 @@ def test_compose_is_the_function_after_the_pipeline_is_imported():
     import importlib.util
 
     import mlxhydra.config.composition
-    import mlxhydra.runs.job  # noqa: F401  (imports every stage)
+    import mlxhydra.job.pipeline  # noqa: F401  (imports every stage)
 
     assert importlib.util.find_spec("mlxhydra.compose") is None  # no submodule to shadow it
     assert mlxhydra.compose is mlxhydra.config.composition.compose

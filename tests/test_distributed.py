@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EMBEDDED_TINY, ROOT, make_model, read_run, run_cli, run_dirs
-from mlxhydra.runs.launch import find_mlx_launch, free_ports
+
+from mlxhydra.distributed.launch import find_mlx_launch, free_ports
 
 TOKENS = [[1, 5, 9, 20, 3, 17, 42, 8, 0, 63, 11, 12]]  # helpers/sharded_logits.py's
 LAYERS = dict(vocab_size=64, num_hidden_layers=4, intermediate_size=256)  # the layers dominate
@@ -112,7 +112,7 @@ def single_process_text(prompt: str, max_tokens: int) -> str:
     from mlx_lm import generate
 
     from mlxhydra.load.loader import load_model
-    from mlxhydra.tasks.common import load_tokenizer
+    from mlxhydra.load.tokenizer import load_tokenizer
 
     model, config = load_model(EMBEDDED_TINY)
     tokenizer = load_tokenizer(EMBEDDED_TINY, config)
@@ -157,7 +157,7 @@ def single_process_perplexity(model_dir: Path, task: dict) -> float:
     import mlx.core as mx
 
     from mlxhydra.load.loader import load_model
-    from mlxhydra.tasks.common import load_tokenizer
+    from mlxhydra.load.tokenizer import load_tokenizer
     from mlxhydra.tasks.kl import log_probs
     from mlxhydra.tasks.perplexity import eval_data
 
@@ -310,7 +310,7 @@ def test_a_slow_rank0_is_not_ended_before_it_records(tmp_path):
 
 
 def test_multirun_is_refused_across_ranks(monkeypatch):
-    from mlxhydra.runs import ranks
+    from mlxhydra.distributed import ranks
 
     assert ranks.multirun_refusal(["-m", "quant.bits=4,8"]) is None  # one process
     monkeypatch.setattr(ranks, "_world", ranks.World(rank=0, size=2, backend="ring"))
@@ -323,9 +323,9 @@ def test_load_shard_is_validated_and_ignored_in_one_process(tmp_path, llama_dir)
     import mlx.core as mx
 
     from mlxhydra import compose
-    from mlxhydra.config.validation import validate
     from mlxhydra.errors import ConfigError
-    from mlxhydra.runs.job import prepare
+    from mlxhydra.job.pipeline import prepare
+    from mlxhydra.job.validation import validate
 
     with pytest.raises(ConfigError, match=r"load.shard='rows': expected one of auto, none, tensor, pipeline"):
         validate(compose([f"model={llama_dir}", "load.shard=rows"]))
@@ -336,7 +336,7 @@ def test_load_shard_is_validated_and_ignored_in_one_process(tmp_path, llama_dir)
 
 
 def test_backend_from_the_launchers_environment(tmp_path):
-    from mlxhydra.runs.ranks import launched_backend, leader_address
+    from mlxhydra.distributed.ranks import launched_backend, leader_address
 
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.2:5001"]]))
@@ -351,7 +351,7 @@ def test_backend_from_the_launchers_environment(tmp_path):
 
 
 def test_launch_exit_status_combines_the_ranks(tmp_path, capsys):
-    from mlxhydra.runs.launch import combined_status
+    from mlxhydra.distributed.launch import combined_status
 
     (tmp_path / "0").write_text("0")
     (tmp_path / "1").write_text("0")

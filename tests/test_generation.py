@@ -11,16 +11,15 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import EMBEDDED_TINY, make_model
 
 from mlxhydra.config.composition import compose
 from mlxhydra.config.overrides import parse_overrides
-from mlxhydra.config.validation import validate
 from mlxhydra.errors import ConfigError, TaskError
-from mlxhydra.runs.job import prepare
+from mlxhydra.job.pipeline import prepare
+from mlxhydra.job.validation import validate
+from mlxhydra.load.tokenizer import load_tokenizer
 from mlxhydra.tasks import TaskInput, run_task
-from mlxhydra.tasks.common import load_tokenizer
 from mlxhydra.tasks.kv_cache import ThroughCache
 from mlxhydra.tasks.prompts import PromptItem, encode_prompt
 

@@ -13,14 +13,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import yaml
-
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli
 from helpers.hub_cache import add_snapshot, commit_hash, repo_folder
 
 from mlxhydra.config import hub
 from mlxhydra.config.composition import compose
 from mlxhydra.errors import HubError
-from mlxhydra.runs.job import prepare
+from mlxhydra.job.pipeline import prepare
 
 REPO = "org/tiny"
 COMMIT_A, COMMIT_B = commit_hash("a"), commit_hash("b")
@@ -162,7 +161,7 @@ def test_cli_offline_and_missing_fails_with_one_line_and_a_record(offline, tmp_p
 
 
 def test_ids_in_a_presets_defaults_and_as_kl_reference(offline, hub_cache, tmp_path, monkeypatch):
-    from mlxhydra.config.validation import validate
+    from mlxhydra.job.validation import validate
     from mlxhydra.tasks import TaskInput, run_task
 
     conf = tmp_path / "my_conf" / "model"

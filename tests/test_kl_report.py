@@ -5,11 +5,11 @@ import re
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import read_run, run_cli, run_dirs
 from helpers.table_model import TableModel
+
+from mlxhydra.stats import report_text, summarize
 from mlxhydra.tasks.kl import compare, write_reference
-from mlxhydra.tasks.kl_stats import report_text, summarize
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -16,18 +16,18 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import EMBEDDED_TINY, read_run, run_cli, run_dirs
 from test_bad_input import assert_failed_cleanly
 from test_sweeps import job_dirs, read_csv, sweep_dirs
 from test_tasks import task
 
 from mlxhydra.config.composition import compose
-from mlxhydra.config.validation import validate
 from mlxhydra.errors import ConfigError, TaskError
+from mlxhydra.job.validation import validate
 from mlxhydra.lm_eval_tasks import TASKS_DIR
+from mlxhydra.load.data_files import file_sha256
+from mlxhydra.load.tokenizer import load_tokenizer
 from mlxhydra.tasks import check_task
-from mlxhydra.tasks.common import file_sha256, load_tokenizer
 
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 needs_lm_eval = pytest.mark.skipif(
@@ -123,8 +123,8 @@ def test_loglikelihood_is_the_sum_of_the_models_log_probabilities(bits, tmp_path
     """Each request's value equals log p(continuation | context) summed from the model's logits."""
     from lm_eval.api.instance import Instance
 
-    from mlxhydra.runs.job import prepare
     from mlxhydra._upstream import in_memory_mlxlm
+    from mlxhydra.job.pipeline import prepare
 
     cfg = compose([f"model={EMBEDDED_TINY}"] + ([f"quant.bits={bits}"] if bits else []))
     model, report = prepare(cfg)

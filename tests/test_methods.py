@@ -18,14 +18,14 @@ import mlx.core as mx
 import mlx.optimizers as optimizers
 import numpy as np
 import pytest
+from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 from mlx.utils import tree_flatten
 from mlx_lm import utils as mu
 
 import mlxhydra
-from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 from mlxhydra.errors import ConfigError
 from mlxhydra.load.calibration import read_calibration, split_rows
-from mlxhydra.tasks.common import load_tokenizer
+from mlxhydra.load.tokenizer import load_tokenizer
 
 TEXT = EMBEDDED_TINY / "eval.txt"
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -340,8 +340,8 @@ def test_a_kernel_the_back_end_lacks_is_one_line(tmp_path):
 def test_calibrated_methods_are_refused_across_ranks(monkeypatch):
     """Before any weight is read: a method needs the whole model in one process."""
     from mlxhydra import compose
-    from mlxhydra.config.validation import validate
-    from mlxhydra.runs import ranks
+    from mlxhydra.distributed import ranks
+    from mlxhydra.job.validation import validate
 
     validate(compose(["quant.method=gptq", "quant.bits=4"]))  # one process: fine
     monkeypatch.setattr(ranks, "_world", ranks.World(rank=0, size=2, backend="ring"))

@@ -7,7 +7,7 @@ Two properties:
    object (strings with ``${``, backslashes, unicode, large ints, floats...).
 2. Random config.json values (the required llama keys valid some of the time)
    plus random override strings, fed through composition and the job's own
-   validate and load stages (``mlxhydra.runs.job.prepare``), end in success or
+   validate and load stages (``mlxhydra.job.pipeline.prepare``), end in success or
    in one of the project's own clear errors (MlxhydraError, ModelDirError) or
    Hydra's / OmegaConf's override and composition errors. Anything else (a
    KeyError or TypeError from deep inside) fails the test.
@@ -18,16 +18,16 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import make_model
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
 import mlxhydra
-from conftest import make_model
 from mlxhydra.config.composition import to_plain
 from mlxhydra.errors import MlxhydraError, ModelDirError
-from mlxhydra.runs.job import prepare
+from mlxhydra.job.pipeline import prepare
 
 CLEAR_ERRORS = (MlxhydraError, ModelDirError, HydraException, OmegaConfBaseException)
 SETTINGS = settings(

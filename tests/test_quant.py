@@ -13,12 +13,13 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import make_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlx_lm import utils as mu
 from mlx_lm.convert import mixed_quant_predicate_builder
 
 import mlxhydra
-from conftest import make_model
 from mlxhydra.errors import ConfigError, WeightsError
 from mlxhydra.load.loader import build_model, load_config
 from mlxhydra.load.quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES, parse_quant
@@ -334,7 +335,7 @@ PRESETS = {
 
 def test_shipped_quant_presets_parse():
     from mlxhydra.config.composition import compose
-    from mlxhydra.config.validation import validate
+    from mlxhydra.job.validation import validate
 
     shipped = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "quant").glob("*.yaml"))
     assert shipped == sorted(PRESETS)

@@ -7,13 +7,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from conftest import make_model, read_run, run_cli, run_dirs
 from mlx.utils import tree_flatten
 
-from conftest import make_model, read_run, run_cli, run_dirs
-
 from mlxhydra.config.composition import compose
-from mlxhydra.config.validation import validate
 from mlxhydra.errors import ConfigError
+from mlxhydra.job.pipeline import prepare
+from mlxhydra.job.validation import validate
 from mlxhydra.load.loader import load_model
 from mlxhydra.load.quantized_compute import (
     DequantizedEmbedding,
@@ -23,7 +23,6 @@ from mlxhydra.load.quantized_compute import (
     use_dequantized,
     use_native,
 )
-from mlxhydra.runs.job import prepare
 
 TOKENS = mx.array([[1, 5, 20, 21, 22, 11, 20, 30, 40, 7]])
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from mlxhydra.runs import atomic
-from mlxhydra.runs.record import RecordWriter, read_record
+from mlxhydra.record import atomic
+from mlxhydra.record.schema import RecordWriter, read_record
 
 
 class HalfWriter:

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
@@ -116,7 +115,7 @@ def test_seed_everything_seeds_python_numpy_and_mlx():
     import mlx.core as mx
     import numpy as np
 
-    from mlxhydra.runs.job import seed_everything
+    from mlxhydra.job.pipeline import seed_everything
 
     def draw(seed):
         seed_everything(seed)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import read_run, run_cli, sweep_job_dirs as job_dirs
+from conftest import read_run, run_cli
+from conftest import sweep_job_dirs as job_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -175,9 +175,9 @@ def test_the_summary_figure(killed_and_resumed):
     """Checked through matplotlib's objects: scale, error bars, labels, budget, best, Pareto front."""
     import matplotlib.pyplot as plt
 
-    from mlxhydra.runs import plots
-    from mlxhydra.runs.summary import collect, sweep_policy
-    from mlxhydra.runs.run_dir import SweepDir
+    from mlxhydra.record.run_dir import SweepDir
+    from mlxhydra.sweeps import plots
+    from mlxhydra.sweeps.summary import collect, sweep_policy
 
     _, sweep, _, _, _, _ = killed_and_resumed
     rows, keys = collect(sweep)
@@ -212,7 +212,9 @@ def test_the_summary_figure(killed_and_resumed):
 
 
 def test_pareto_front_and_binomial_interval():
-    from mlxhydra.runs.plots import error_bar, pareto_front, wilson_interval
+    from mlxhydra.stats import wilson_interval
+    from mlxhydra.sweeps.pareto import pareto_front
+    from mlxhydra.sweeps.plots import error_bar
 
     points = [(3.0, 0.2), (4.0, 0.1), (4.5, 0.15), (5.0, 0.01), (9.0, 0.0001), (9.5, 0.001)]
     assert pareto_front(points) == [0, 1, 3, 4]
@@ -261,7 +263,7 @@ def test_a_speed_panel_when_bench_results_exist():
     """Rows as summary.collect gives them for `-m task=kl,bench quant.bits=2,8`."""
     import matplotlib.pyplot as plt
 
-    from mlxhydra.runs.plots import figure
+    from mlxhydra.sweeps.plots import figure
 
     def row(job, task, bits, bpw, metrics):
         return {"job": job, "status": "completed", "bits_per_weight": bpw, "_task": task,

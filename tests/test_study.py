@@ -5,11 +5,11 @@ import json
 import random
 
 import pytest
-
 from conftest import run_cli
+
 from mlxhydra.config.resolvers import data_file
-from mlxhydra.runs.pareto import mark_front
-from mlxhydra.runs.search_space import RULE_SETS
+from mlxhydra.sweeps.pareto import mark_front
+from mlxhydra.sweeps.search_space import RULE_SETS
 
 
 def read_csv(path):

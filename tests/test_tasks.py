@@ -3,7 +3,7 @@
 Two models: an mlx-lm-built random llama with the embedded model's character
 tokenizer copied in, and the embedded ``tiny`` model itself (when it ships a
 tokenizer). Python-level tests compose the config and run the job's own
-stages (``mlxhydra.runs.job.prepare``, then ``mlxhydra.tasks.run_task``);
+stages (``mlxhydra.job.pipeline.prepare``, then ``mlxhydra.tasks.run_task``);
 the ``slow`` tests run the real command line.
 """
 
@@ -16,15 +16,14 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 from helpers.table_model import TableModel
 
 from mlxhydra.config.composition import compose
-from mlxhydra.config.validation import validate
 from mlxhydra.errors import ConfigError, TaskError
+from mlxhydra.job.pipeline import prepare, seed_everything
+from mlxhydra.job.validation import validate
 from mlxhydra.load.loader import load_model
-from mlxhydra.runs.job import prepare, seed_everything
 from mlxhydra.tasks import TaskInput, run_task
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

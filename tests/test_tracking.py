@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import read_run, run_cli, sweep_job_dirs as job_dirs
+from conftest import read_run, run_cli
+from conftest import sweep_job_dirs as job_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -176,7 +176,7 @@ def test_two_sweeps_at_once_on_a_new_store(tmp_path):
 
 
 def test_logger_settings_are_validated():
-    from mlxhydra.tracking.logger_settings import check_logger
+    from mlxhydra.config.loggers import check_logger
 
     assert check_logger({}) == []
     assert check_logger({"mlflow": {"tracking_uri": "sqlite:///x.db", "experiment": "e", "artifacts": True},

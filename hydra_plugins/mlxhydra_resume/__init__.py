@@ -1,8 +1,8 @@
-"""Hydra plugins: the sweepers behind ``mlxhydra resume`` (see mlxhydra.runs.resume).
+"""Hydra plugins: the sweepers behind ``mlxhydra resume`` (see mlxhydra.sweeps.resume).
 
 Hydra instantiates sweepers only from the ``hydra_plugins`` package, so the
-classes live here; what they do is in :mod:`mlxhydra.runs.resume` and
-:mod:`mlxhydra.runs.resume_search`.
+classes live here; what they do is in :mod:`mlxhydra.sweeps.resume` and
+:mod:`mlxhydra.sweeps.resume_search`.
 """
 
 from typing import Any, List, Optional
@@ -28,7 +28,7 @@ class ResumeSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from mlxhydra.runs.resume import launch_jobs
+        from mlxhydra.sweeps.resume import launch_jobs
 
         return launch_jobs(self.launcher, self.sweep_dir, self.jobs)
 
@@ -36,12 +36,12 @@ class ResumeSweeper(Sweeper):
 
 class ResumeSearchSweeper(Sweeper):
     """Go on with a recorded Optuna search: the recorded sweeper, given the study of its finished
-    trials and renumbering the jobs it launches (see mlxhydra.runs.resume_search)."""
+    trials and renumbering the jobs it launches (see mlxhydra.sweeps.resume_search)."""
 
     def __init__(self, sweep_dir: str, numbers: List[int], inner_target: str, **settings: Any) -> None:
         from hydra.utils import get_class
 
-        from mlxhydra.runs.resume_search import resumed_storage
+        from mlxhydra.sweeps.resume_search import resumed_storage
 
         self.numbers = [int(n) for n in numbers]
         settings["n_trials"] = len(self.numbers)
@@ -49,7 +49,7 @@ class ResumeSearchSweeper(Sweeper):
         self.inner = get_class(inner_target)(**settings)
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        from mlxhydra.runs.resume_search import renumber
+        from mlxhydra.sweeps.resume_search import renumber
 
         self.inner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
         renumber(self.inner, self.numbers)

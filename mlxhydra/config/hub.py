@@ -40,7 +40,7 @@ class HubSnapshot:
     path: Path
 
     def record(self) -> Dict[str, Any]:
-        """The run.json entry (see ``mlxhydra.runs.record.HubRecord``)."""
+        """The run.json entry (see ``mlxhydra.record.schema.HubRecord``)."""
         return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
                 "snapshot": str(self.path)}
 

@@ -88,7 +88,7 @@ def apply_adapters(model, value: str, fuse: bool = False) -> Dict[str, Any]:
             quantized layers quantized.
 
     Returns:
-        The run.json ``adapter`` entry (see ``mlxhydra.runs.record.AdapterRecord``).
+        The run.json ``adapter`` entry (see ``mlxhydra.record.schema.AdapterRecord``).
 
     Raises:
         WeightsError: adapters that do not fit the model, naming the directory.

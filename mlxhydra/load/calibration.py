@@ -58,7 +58,7 @@ def calibration_file(value: Optional[str], task: Optional[Mapping[str, Any]], mo
     Raises:
         TaskError: the file is missing or empty.
     """
-    from ..tasks.common import find_data
+    from .data_files import find_data
 
     if value is None and task and task.get("name") in TEXT_TASKS and task.get("data"):
         value, key = task["data"], "task.data"
@@ -73,7 +73,7 @@ def read_calibration(path: Path, tokenizer) -> CalibrationText:
     A plain-text file is one document; a ``.jsonl`` file is one document per
     ``text`` field, their tokens joined in file order.
     """
-    from ..tasks.common import file_sha256, long_documents_allowed, read_texts
+    from .data_files import file_sha256, long_documents_allowed, read_texts
 
     tokens: List[int] = []
     with long_documents_allowed():

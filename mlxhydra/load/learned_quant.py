@@ -27,7 +27,14 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ..errors import ConfigError
-from .calibration import CalibrationText, calibration_file, choose_rows, read_calibration, rows_sha256, split_rows
+from .calibration import (
+    CalibrationText,
+    calibration_file,
+    choose_rows,
+    read_calibration,
+    rows_sha256,
+    split_rows,
+)
 from .method_settings import read_sensitivities
 from .quant_spec import QuantSpec
 
@@ -55,7 +62,7 @@ def prepare_method(spec: QuantSpec, model_dir: Path, model_config: Mapping[str, 
     Raises:
         TaskError: no tokenizer, or a missing or empty data file.
     """
-    from ..tasks.common import load_tokenizer
+    from .tokenizer import load_tokenizer
 
     path = calibration_file(spec.calibration.get("data"), task, Path(model_dir))
     tokenizer = load_tokenizer(Path(model_dir), dict(model_config))
@@ -121,7 +128,7 @@ def _awq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
 def _gptq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
     from mlx_lm.quant.gptq import gptq_quantize
 
-    from ..tasks.common import progress
+    from ..progress import progress
     from .blockwise import block_list, gptq_by_block
 
     s, d = run.spec.settings, run.spec.default

@@ -15,6 +15,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import ConfigError
 
+# The bits and group sizes of mlx-lm's affine quantization (quant_spec checks quant.bits with them).
+AFFINE_BITS = (2, 3, 4, 5, 6, 8)
+AFFINE_GROUP_SIZES = (32, 64, 128)
 METHODS = ("rtn", "awq", "gptq", "dwq", "dynamic")
 LEARNED = METHODS[1:]
 # mlx-lm's command-line defaults (mlx_lm.awq, .gptq, .dwq, .dynamic_quant).
@@ -67,7 +70,7 @@ def read_sensitivities(value: str) -> Dict[str, Any]:
 
 def _checker(node: str, values: Mapping[str, Any], problems: List[str]):
     """A settings check whose problems read ``quant.<node>.<key>=<value>: expected ...``."""
-    from ..tasks.common import SettingsCheck
+    from ..config.checks import SettingsCheck
 
     c = SettingsCheck(values, prefix=f"quant.{node}")
     c.problems = problems
@@ -96,8 +99,6 @@ def high_settings(bits: int, group_size: int, settings: Mapping[str, Any]) -> Op
     ``quant.bits`` with ``high_group_size``; 8 bits has none, so then 8 bits
     with half of ``quant.group_size``.
     """
-    from .quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES
-
     high, high_group = settings.get("high_bits"), settings.get("high_group_size")
     if high is None:
         high = next((b for b in AFFINE_BITS if b > bits), None)
@@ -110,7 +111,6 @@ def high_settings(bits: int, group_size: int, settings: Mapping[str, Any]) -> Op
 
 def _check_method_settings(method: str, s: Dict[str, Any], bits: Any, group_size: Any,
                            problems: List[str]) -> None:
-    from .quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES
 
     c = _checker(method, s, problems)
     if method == "awq":
@@ -229,7 +229,7 @@ def model_problems(method: str, model_config: Mapping[str, Any], model_dir: Opti
             problems.append(f"quant.method=awq: mlx-lm's AWQ supports model types "
                             f"{', '.join(sorted(AWQ_MODEL_CONFIGS))}, not {model_type!r}")
     if model_dir:
-        from ..tasks.common import has_tokenizer
+        from .tokenizer import has_tokenizer
 
         if (Path(model_dir) / "config.json").is_file() and not has_tokenizer(Path(model_dir)):
             problems.append(f"quant.method={method}: {model_dir} has no tokenizer (tokenizer.json "

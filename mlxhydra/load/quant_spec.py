@@ -12,12 +12,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..config.declared import unknown_key_problems
 from ..errors import ConfigError
-from .method_settings import parse_method
+from .method_settings import AFFINE_BITS, AFFINE_GROUP_SIZES, parse_method
 
 # mlx-lm's defaults per mode (mlx_lm.utils.quantize_model): (bits, group_size).
 MODE_DEFAULTS = {"affine": (4, 64), "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
-AFFINE_BITS = (2, 3, 4, 5, 6, 8)
-AFFINE_GROUP_SIZES = (32, 64, 128)
 RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 RULE_KEYS = {"pattern", "bits", "group_size", "mode", "skip"}
 

@@ -13,8 +13,8 @@ from types import ModuleType
 from typing import Any, Dict, List
 
 from ..errors import ConfigError
+from ..load.tokenizer import tokenizer_problems
 from .common import Metrics, TaskInput
-from .tokenizer_files import tokenizer_problems
 
 # task.name -> module (imported when the task runs: each pulls in parts of mlx-lm)
 TASKS: Dict[str, str] = {

@@ -5,18 +5,13 @@ import logging
 import time
 from typing import Any, Dict, List
 
+from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from ..runs.plots import wilson_interval  # the interval the summary figure draws, too
-from .common import (
-    Metrics,
-    SettingsCheck,
-    TaskInput,
-    find_data,
-    load_tokenizer,
-    peak_memory_gb,
-    progress,
-    read_jsonl,
-)
+from ..load.data_files import find_data, read_jsonl
+from ..load.tokenizer import load_tokenizer
+from ..progress import progress
+from ..stats import wilson_interval  # the interval the summary figure draws, too
+from .common import Metrics, TaskInput, peak_memory_gb
 from .generation import Generation, generate_text
 from .prompts import PromptItem, check_chat, encode_prompt
 

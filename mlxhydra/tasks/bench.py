@@ -5,7 +5,10 @@ import time
 from typing import Any, Dict, List
 
 from .._upstream import clear_eos_tokens
-from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer, progress
+from ..config.checks import SettingsCheck
+from ..load.tokenizer import load_tokenizer
+from ..progress import progress
+from .common import Metrics, TaskInput
 
 log = logging.getLogger("mlxhydra")
 

@@ -2,9 +2,10 @@
 
 from typing import Any, Dict, Mapping, Tuple
 
+from ..config.checks import SettingsCheck
 from ..config.model_option import compose_model_option
 from ..errors import ConfigError, TaskError
-from .common import SettingsCheck, load_tokenizer
+from ..load.tokenizer import load_tokenizer
 
 KEY = "task.draft_model"
 

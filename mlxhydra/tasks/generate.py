@@ -11,9 +11,11 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from ..config.checks import SettingsCheck
+from ..distributed.ranks import world
 from ..errors import TaskError
-from ..runs.ranks import world
-from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer
+from ..load.tokenizer import load_tokenizer
+from .common import Metrics, TaskInput
 from .draft import check_draft, load_draft_model
 from .generation import (
     Generation,

@@ -9,7 +9,7 @@ takes it: ``make_sampler``, ``make_logits_processors``, ``stream_generate``.
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from .common import SettingsCheck
+from ..config.checks import SettingsCheck
 
 
 def check_sampling(c: SettingsCheck) -> None:

@@ -1,7 +1,7 @@
 """``task=kl``: KL(reference ‖ this model) on the same tokens, with cached reference log-probs.
 
 The metrics are those of llama.cpp's ``perplexity --kl-divergence``
-(:mod:`.kl_stats`): both perplexities and their ratio, KL per token (mean and
+(:mod:`mlxhydra.stats`): both perplexities and their ratio, KL per token (mean and
 distribution), Δp of the correct token and top-1 agreement ("same top p"),
 each with its standard error. They also go to ``kl_report.txt`` in the run
 directory, laid out as llama.cpp prints them.
@@ -19,20 +19,16 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..config.checks import SettingsCheck
+from ..distributed import ranks
 from ..errors import TaskError
 from ..file_checks import first_non_directory
-from ..runs import ranks
-from ..runs.atomic import atomic_directory, write_bytes_atomic
-from .common import (
-    Metrics,
-    SettingsCheck,
-    TaskInput,
-    file_sha256,
-    load_tokenizer,
-    peak_memory_gb,
-    progress,
-)
-from .kl_stats import report_text, summarize
+from ..load.data_files import file_sha256
+from ..load.tokenizer import load_tokenizer
+from ..progress import progress
+from ..record.atomic import atomic_directory, write_bytes_atomic
+from ..stats import report_text, summarize
+from .common import Metrics, TaskInput, peak_memory_gb
 from .kv_cache import ThroughCache, check_kv, uses_cache
 from .perplexity import check_eval_data, eval_data
 from .reference import (
@@ -172,7 +168,7 @@ def execute(job: TaskInput) -> Metrics:
     """KL divergence of this model from a reference on ``task.data``.
 
     Returns:
-        Metrics: see :func:`.kl_stats.summarize`, plus reference, reference_cached,
+        Metrics: see :func:`mlxhydra.stats.summarize`, plus reference, reference_cached,
         cache_path, samples, sequence_length, data, report, seconds, peak_memory_gb.
 
     Raises:

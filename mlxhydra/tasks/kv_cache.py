@@ -8,8 +8,8 @@ is measured on the same data as any other change.
 
 from typing import Any, Dict, Mapping, Optional
 
+from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from .common import SettingsCheck
 
 KV_BITS = (2, 3, 4, 5, 6, 8)  # what mx.quantize (QuantizedKVCache) accepts
 KV_GROUP_SIZES = (32, 64, 128)

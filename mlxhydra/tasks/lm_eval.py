@@ -20,8 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from .common import Metrics, SettingsCheck, TaskInput, load_tokenizer, peak_memory_gb
+from ..load.tokenizer import load_tokenizer
+from .common import Metrics, TaskInput, peak_memory_gb
 
 log = logging.getLogger("mlxhydra")
 
@@ -208,8 +210,8 @@ def execute(job: TaskInput) -> Metrics:
     import mlx.core as mx
     from lm_eval.loggers import EvaluationTracker
 
-    from . import lm_eval_results as results_io
     from .._upstream import in_memory_mlxlm
+    from . import lm_eval_results as results_io
 
     task = job.task
     specs = task_specs(task["tasks"])

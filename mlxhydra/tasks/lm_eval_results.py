@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from ..errors import TaskError
-from .common import file_sha256
+from ..load.data_files import file_sha256
 
 OUTPUT_DIR = "lm_eval"  # under the run directory
 

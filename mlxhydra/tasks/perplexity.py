@@ -8,17 +8,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .common import (
-    Metrics,
-    SettingsCheck,
-    TaskInput,
-    file_sha256,
-    find_data,
-    load_tokenizer,
-    peak_memory_gb,
-    read_texts,
-    token_chunks,
-)
+from ..config.checks import SettingsCheck
+from ..load.data_files import file_sha256, find_data, read_texts
+from ..load.tokenizer import load_tokenizer
+from .common import Metrics, TaskInput, peak_memory_gb, token_chunks
 from .kv_cache import ThroughCache, check_kv, uses_cache
 
 log = logging.getLogger("mlxhydra")

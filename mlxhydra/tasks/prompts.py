@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from .common import SettingsCheck, read_jsonl
+from ..load.data_files import read_jsonl
 
 JSON_SUFFIXES = (".jsonl", ".json")
 

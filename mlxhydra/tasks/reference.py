@@ -11,7 +11,7 @@ from ..config.hub import is_hub_id, resolve_hub_id
 from ..errors import ConfigError, HubError, MlxhydraError, TaskError
 from ..file_checks import directory_problem, regular_file_problem
 from ..load.load_settings import check_load
-from ..runs.run_dir import RunDir
+from ..record.run_dir import RunDir
 
 log = logging.getLogger("mlxhydra")
 
@@ -204,10 +204,10 @@ def build_reference(ref: Reference, shard: Optional[str] = None):
     Returns:
         The model (evaluated).
     """
+    from ..distributed.ranks import world
     from ..load.loader import build_model
     from ..load.quant_spec import parse_quant
     from ..load.quantized_compute import apply_compute
-    from ..runs.ranks import world
 
     load = ref.load
     model, _, _ = build_model(

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 from ..errors import TaskError, WeightsError
 from ..file_checks import exists, first_non_directory, regular_file_problem, stat_path
-from ..runs.atomic import atomic_directory
+from ..record.atomic import atomic_directory
 from .common import Metrics, TaskInput
 
 log = logging.getLogger("mlxhydra")
@@ -80,7 +80,10 @@ def execute(job: TaskInput) -> Metrics:
     from mlx_lm.utils import save_config, save_model
 
     from ..load.weight_files import (
-        check_weight_files, combined_fingerprint, describe_files, find_weight_files,
+        check_weight_files,
+        combined_fingerprint,
+        describe_files,
+        find_weight_files,
     )
 
     value = job.task.get("path")

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config.overrides import override_texts
-from ..runs.record import flatten
-from ..runs.run_dir import RunDir, SweepDir
+from ..record.run_dir import RunDir, SweepDir
+from ..record.schema import flatten
 
 # The record's key settings, as params (the overrides are added to them).
 _QUANT_KEYS = ("bits", "group_size", "mode")

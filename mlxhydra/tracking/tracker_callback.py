@@ -27,9 +27,9 @@ from typing import Any, Dict, Iterator, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ..runs.atomic import read_json, write_json_atomic
-from ..runs.record import read_record, write_record
-from ..runs.run_dir import RunDir, SweepDir
+from ..record.atomic import read_json, write_json_atomic
+from ..record.run_dir import RunDir, SweepDir
+from ..record.schema import read_record, write_record
 from .tracked_job import TrackedJob, read_tracked_job
 
 log = logging.getLogger("mlxhydra")
@@ -149,7 +149,7 @@ class TrackerCallback(Callback):
                 self._log_and_record(settings, job.path)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from ..runs.sweep_policy import summarize
+        from ..sweeps.policy import summarize
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
@@ -157,7 +157,7 @@ class TrackerCallback(Callback):
             self.log_untracked_jobs(settings, sweep_dir)
             if not summary_is_current(sweep_dir):
                 summarize(sweep_dir, OmegaConf.select(config, "sweep.objective"))
-            from ..runs.summary import collect
+            from ..sweeps.summary import collect
 
             rows, _ = collect(sweep_dir)
             statuses: Dict[str, int] = {}

@@ -15,9 +15,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from mlxhydra.distributed import ranks
 from mlxhydra.errors import ConfigError
 from mlxhydra.load.loader import build_model, load_config
-from mlxhydra.runs import ranks
 
 TOKENS = [[1, 5, 9, 20, 3, 17, 42, 8, 0, 63, 11, 12]]
 

@@ -23,8 +23,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from ..config.overrides import override_texts
 from ..errors import RunDirError
-from .record import read_record
-from .run_dir import SweepDir, read_yaml
+from ..record.run_dir import SweepDir, read_yaml
+from ..record.schema import read_record
+from .attempts import contiguous, set_aside
 
 DEFAULT_STUDY = "mlxhydra_search"
 FINISHED = ("completed", "failed")
@@ -110,8 +111,7 @@ def resumed_storage(sweep_dir: str, settings: Dict[str, Any]) -> Any:
     """
     import optuna
 
-    from .resume import set_aside
-    from .sweep_policy import PENALTY
+    from .policy import PENALTY
 
     sweep = SweepDir(Path(sweep_dir))
     plan = read_yaml(sweep.plan) or {}
@@ -156,7 +156,6 @@ class RenumberedLauncher:
         self.numbers = list(numbers)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Any]:
-        from .resume import contiguous
 
         wanted = [self.numbers[initial_job_idx + i] for i in range(len(job_overrides))]
         by_number = dict(zip(wanted, job_overrides))

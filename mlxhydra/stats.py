@@ -1,6 +1,6 @@
-"""The statistics of ``task=kl``, as llama.cpp's ``perplexity --kl-divergence`` reports them.
+"""The project's statistics, pure functions of numbers: ``task=kl``'s report and the binomial interval.
 
-From per-token values (KL(reference ‖ model), top-1 agreement, the correct
+The KL report is llama.cpp's ``perplexity --kl-divergence``. From per-token values (KL(reference ‖ model), top-1 agreement, the correct
 token's probability change Δp and both models' negative log-likelihoods):
 
 - perplexity of both models ± standard error, the correlation of their
@@ -15,6 +15,9 @@ Standard errors are those of a mean over tokens (sample standard deviation
 / √n); percentiles interpolate linearly between sorted values (numpy's
 default, llama.cpp's too). Negative KL values from rounding are kept, as in
 llama.cpp.
+
+:func:`wilson_interval` is the 95% interval of an accuracy, in ``task=accuracy``'s
+metrics and the summary figure's error bars.
 """
 
 import math
@@ -129,3 +132,17 @@ def report_text(s: Dict[str, Any]) -> str:
         f"Same top p: {100 * s['top1_agreement']:6.3f} ± {100 * s['top1_agreement_stderr']:5.3f} %",
     ]
     return "\n".join(lines) + "\n"
+
+
+# The normal quantile of a two-sided 95% interval.
+Z95 = 1.959963984540054
+
+
+def wilson_interval(correct: float, total: float, z: float = Z95) -> Tuple[float, float]:
+    """The binomial 95% (Wilson score) interval of ``correct / total``."""
+    if total <= 0:
+        return (0.0, 1.0)
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -17,18 +17,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..config.overrides import override_texts, parse_overrides
 from ..errors import RunDirError, describe_os_error
 from ..file_checks import directory_problem
-from .atomic import write_bytes_atomic
-from .pareto import COLUMN as PARETO, mark_front
-from .record import flatten
-from .run_dir import SweepDir, read_yaml
+from ..record.atomic import write_bytes_atomic
+from ..record.run_dir import SweepDir, read_yaml
+from ..record.schema import MAIN_METRIC, flatten
+from .columns import FIXED
+from .pareto import COLUMN as PARETO
+from .pareto import mark_front
 
 log = logging.getLogger(__name__)
-# The metric plotted (and optimised by default) for each task.
-MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perplexity",
-               "accuracy": "accuracy", "generate": "generation_tps", "bench": "generation_tps",
-               "save": "bits_per_weight", "lm_eval": "score"}
-FIXED = ["job", "status", "bits_per_weight", "parameters", "peak_memory_mb", "load_s",
-         "weights_cache"]
 # The metrics summary.md shows for each task (summary.csv has them all).
 HEADLINE = {"kl": ["kl_mean", "kl_mean_stderr", "top1_agreement", "perplexity_ratio"],
             "perplexity": ["perplexity", "perplexity_stderr"],
@@ -67,7 +63,7 @@ def sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Option
                 e, RunDirError) else e
         log.debug("cannot read the sweep plan in %s: %s", sweep.plan, e)
         return [], None
-    # Hydra's basic sweeper or mlxhydra's (runs/job_sweeper.py): the same plan of jobs.
+    # Hydra's basic sweeper or mlxhydra's (sweeps/sweeper.py): the same plan of jobs.
     if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "JobByJobSweeper")):
         return keys, None
     try:
@@ -313,7 +309,7 @@ def summarize_main(argv: Sequence[str]) -> int:
                                       "or a unique prefix of its name")
     p.add_argument("--objective", default=None, help="metric to plot (default: the task's main metric)")
     args = p.parse_args(list(argv))
-    from .latest import find_run
+    from ..record.latest import find_run
 
     try:
         named = args.sweep_dir

@@ -10,22 +10,22 @@ for a config that cannot run.
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig
 
+from ..config.composition import to_plain
+from ..config.declared import unknown_key_problems
+from ..config.loggers import check_logger
+from ..config.model_source import ERROR_KEY
+from ..distributed import ranks
 from ..errors import ConfigError
 from ..load.adapters import save_problems
 from ..load.load_settings import check_load
 from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..load.quantized_compute import check_compute
-from ..runs.ranks import check_world
-from ..tasks import TASKS, check_task
-from ..tracking.logger_settings import check_logger
-from .composition import to_plain
-from .declared import unknown_key_problems
-from .model_source import ERROR_KEY
+from ..tasks import TASKS, check_task, task_module
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
 
@@ -101,7 +101,7 @@ def validate(cfg: DictConfig) -> Settings:
     model_error = plain(ERROR_KEY)
     model_dir = plain("model_dir")
     job_error = plain("job_error")
-    if job_error:  # a sweep's job that could not be composed (runs/job_sweeper.py)
+    if job_error:  # a sweep's job that could not be composed (sweeps/sweeper.py)
         problems.append(str(job_error))
     if model_error:  # a sweep's job whose model directory could not be read (model_source)
         problems.append(str(model_error))
@@ -142,3 +142,30 @@ def validate(cfg: DictConfig) -> Settings:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,
                     compute=compute)
+
+
+def check_world(load: Mapping[str, Any], task: Mapping[str, Any], method: str = "rtn") -> List[str]:
+    """Settings that cannot run across the ranks (validate stage; none in one process).
+
+    ``method`` is ``quant.method``: the calibrated methods need the whole model in one process.
+    """
+    w = ranks.world()
+    if not w.distributed:
+        return []
+    problems = []
+    if load.get("shard", "auto") == "none":
+        problems.append(f"load.shard=none: {w.size} ranks were launched and each would load the "
+                        "whole model; expected auto, tensor or pipeline (or run one process)")
+    if load.get("adapter_path") is not None:
+        problems.append(f"load.adapter_path={load['adapter_path']}: adapters are not applied to a "
+                        f"model sharded across {w.size} ranks (mlx-lm's sharded_load has none); "
+                        "fuse them first (load.fuse=true task=save) and load the fused model")
+    if method != "rtn":
+        problems.append(f"quant.method={method}: calibrated quantization runs in one process; "
+                        "quantize there (task=save) and load the saved directory across the ranks")
+    name = task.get("name")
+    if name in TASKS and not getattr(task_module(name), "RUNS_SHARDED", False):
+        sharded = sorted(n for n in TASKS if getattr(task_module(n), "RUNS_SHARDED", False))
+        problems.append(f"task.name={name}: does not run on a model sharded across ranks "
+                        f"(expected one of {', '.join(sharded)})")
+    return problems

@@ -16,11 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..config.overrides import override_texts
 from ..errors import RunDirError
+from ..record.latest import OUTPUTS, all_run_dirs, find_run, shown
+from ..record.run_dir import RunDir
+from ..record.schema import MAIN_METRIC, flatten
 from .diff import table
-from .latest import OUTPUTS, all_run_dirs, find_run, shown
-from .record import flatten
-from .run_dir import RunDir
-from .summary import MAIN_METRIC
 
 COLUMNS = ("time", "status", "model", "quant", "task", "metric", "bits_per_weight", "dir")
 

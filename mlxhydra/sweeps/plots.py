@@ -9,7 +9,7 @@
 - a second panel of tokens/s against the metric when the sweep has bench
   results for the same settings.
 
-:func:`pareto_front` and :func:`plot_against_bits` are general: anything
+:func:`plot_against_bits` is general: anything
 with (bits per weight, metric) points can use them.
 """
 
@@ -18,16 +18,14 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .atomic import write_bytes_atomic
-from .summary import FIXED
+from ..record.atomic import write_bytes_atomic
+from ..stats import wilson_interval
+from .columns import FIXED, HIGHER_IS_BETTER
+from .pareto import pareto_front
 
-# Metrics where higher is better (the rest: lower is better).
-HIGHER_IS_BETTER = ("accuracy", "top1_agreement", "generation_tps", "prompt_tps",
-                    "tokens_per_second")
 # Metrics drawn on a log axis: they span orders of magnitude across bit widths.
 LOG_SCALE = ("kl_", "delta_p", "ln_perplexity_ratio")
 SPEED = "generation_tps"
-Z95 = 1.959963984540054
 
 
 def _number(v: Any) -> Optional[float]:
@@ -36,34 +34,6 @@ def _number(v: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
-
-
-def pareto_front(points: Sequence[Tuple[float, float]], maximize: bool = False) -> List[int]:
-    """Indices of the points no other point beats on both x (lower) and y, sorted by x.
-
-    Args:
-        points: (x, y) pairs, e.g. (bits per weight, KL).
-        maximize: y is better when higher (accuracy).
-    """
-    sign = -1.0 if maximize else 1.0
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], sign * points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        y = sign * points[i][1]
-        if y < best:
-            front.append(i)
-            best = y
-    return front
-
-
-def wilson_interval(correct: float, total: float, z: float = Z95) -> Tuple[float, float]:
-    """The binomial 95% (Wilson score) interval of ``correct / total``."""
-    if total <= 0:
-        return (0.0, 1.0)
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def error_bar(metric: str, metrics: Dict[str, Any], value: float) -> Optional[Tuple[float, float]]:
@@ -136,7 +106,7 @@ def figure(rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
     """The summary figure (a matplotlib Figure), or None when nothing can be plotted.
 
     Args:
-        rows, keys: from :func:`mlxhydra.runs.summary.collect`.
+        rows, keys: from :func:`mlxhydra.sweeps.summary.collect`.
         metric: the metric to plot.
         sweep: the sweep policy (``objective``, ``max_bits_per_weight``, ``penalty``).
     """

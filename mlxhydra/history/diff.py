@@ -19,8 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..config.overrides import parse_overrides
 from ..errors import RunDirError
-from .record import flatten, same
-from .run_dir import RunDir, check_run_dir
+from ..record.run_dir import RunDir, check_run_dir
+from ..record.schema import flatten, same
 
 ABSENT = "(absent)"
 # What a run directory must hold to be compared (besides .hydra/overrides.yaml).

@@ -2,7 +2,7 @@
 
 from typing import Any, Dict, List
 
-from ..config.plugin_extras import EXTRAS, install_hint, installed
+from .plugin_extras import EXTRAS, install_hint, installed
 
 # logger name -> {key: (expected types, what is expected)}
 KEYS: Dict[str, Dict[str, tuple]] = {

@@ -60,7 +60,7 @@ class FreshRunDirs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             path = _directory(config, "sweep.dir")
-            # `mlxhydra resume` goes on in its own sweep's directory (runs/resume.py), on purpose.
+            # `mlxhydra resume` goes on in its own sweep's directory (sweeps/resume.py), on purpose.
             sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
             if not sweeper.endswith(RESUMING_SWEEPERS):
                 refuse_taken_sweep(path)

@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional
 from ..config.overrides import override_value, overrides_of_argv, wants_single_job
 from ..errors import Interrupted, describe_os_error, interruption_message, one_line_message
 from ..file_checks import exists
-from . import environment
-from .record import write_record
-from .run_dir import RunDir
+from ..record import environment
+from ..record.run_dir import RunDir
+from ..record.schema import write_record
 
 FALLBACK_RUN_DIR = "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${mlxhydra_token:}"
 STAGE = "compose"

@@ -19,15 +19,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config.composition import changed_keys, removed_keys, to_plain
 from ..config.model_source import read_config_json
-from ..config.validation import Settings, validate
+from ..distributed import ranks
 from ..errors import (
-    ConfigError, FileSystemError, Interrupted, MlxhydraError, RecordWriteError, describe_os_error,
-    interruption_message, one_line_message,
+    ConfigError,
+    FileSystemError,
+    Interrupted,
+    MlxhydraError,
+    RecordWriteError,
+    describe_os_error,
+    interruption_message,
+    one_line_message,
 )
-from . import environment, rank_ends, ranks
-from .job_thread import interruption_handlers, run_in_job_thread, signals_held
-from .record import RecordWriter
-from .run_dir import RunDir, refuse_taken
+from ..record import environment
+from ..record.run_dir import RunDir, refuse_taken
+from ..record.schema import RecordWriter
+from . import rank_ends
+from .thread import interruption_handlers, run_in_job_thread, signals_held
+from .validation import Settings, validate
 
 log = logging.getLogger("mlxhydra")
 
@@ -63,16 +71,20 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         ConfigError: every bad setting, before any weight is read.
         WeightsError: weight files that cannot be read or do not fit.
     """
+    import mlx.core as mx
+
     from ..load import architecture, weights_cache
     from ..load.loader import apply_mlx_lm_adjustments, build_model
     from ..load.quantized_compute import apply_compute
     from ..load.weight_files import (
-        check_unchanged, check_weight_files, combined_fingerprint, describe_files,
-        find_weight_files, identities,
+        check_unchanged,
+        check_weight_files,
+        combined_fingerprint,
+        describe_files,
+        find_weight_files,
+        identities,
     )
     from ..tasks import task_file_problems
-
-    import mlx.core as mx
 
     settings = settings or validate(cfg)
     load = settings.load
@@ -178,7 +190,7 @@ def _hydra_fields(hc: Any) -> Dict[str, Any]:
 def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[str, Any]:
     """Run one job inside Hydra's run directory, recording every stage.
 
-    The job runs on the job thread (:mod:`mlxhydra.runs.job_thread`) while
+    The job runs on the job thread (:mod:`mlxhydra.job.thread`) while
     this thread answers signals; only this thread writes the final status.
 
     Args:

@@ -197,7 +197,7 @@ class RecordWriter:
     """Writes one job's run.json: created as running, rewritten atomically at each change.
 
     The job's thread and the main thread may both write it (see
-    :mod:`mlxhydra.runs.job_thread`): after :meth:`finish` the record is closed
+    :mod:`mlxhydra.job.thread`): after :meth:`finish` the record is closed
     and a late update raises :class:`RecordClosed` instead of changing it.
     """
 
@@ -310,3 +310,10 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+# Each task's headline metric: the one a sweep's summary plots and optimises by default,
+# and the runs table shows.
+MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perplexity",
+               "accuracy": "accuracy", "generate": "generation_tps", "bench": "generation_tps",
+               "save": "bits_per_weight", "lm_eval": "score"}

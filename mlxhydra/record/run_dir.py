@@ -1,6 +1,6 @@
 """The run directory: where each file of a job lives, and how each is read back as data.
 
-A run directory holds ``run.json`` (:mod:`mlxhydra.runs.record`),
+A run directory holds ``run.json`` (:mod:`mlxhydra.record.schema`),
 ``model_config.json`` (the dict handed to ``ModelArgs.from_dict``),
 ``metrics.json`` (the task's metrics), Hydra's ``.hydra/`` (config.yaml,
 hydra.yaml, overrides.yaml) and the log. A sweep directory holds one job
@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import FileSystemError, RunDirError, RunDirTaken
 from ..file_checks import directory_problem, exists, first_non_directory, regular_file_problem
 from .atomic import read_json, write_json_atomic
-from .record import RunRecord, read_record
+from .schema import RunRecord, read_record
 
 _JOB_DIR = re.compile(r"^(\d+)(?:_|$)")
 

@@ -38,10 +38,10 @@ from ..config.hub import pinned, split_hub_id
 from ..config.overrides import parse_overrides
 from ..errors import Interrupted, RunDirError, one_line_message
 from ..file_checks import directory_problem, regular_file_problem
+from ..job.thread import interruption_handlers
+from ..record.run_dir import RunDir, check_run_dir
+from ..record.schema import same
 from .diff import ABSENT, NEEDED, differences, load_run, table
-from .job_thread import interruption_handlers
-from .record import same
-from .run_dir import RunDir, check_run_dir
 
 # Config keys that do not change a job's results (the multirun policy): shown, not checked.
 VOLATILE_CONFIG_KEYS: Tuple[str, ...] = ("sweep.",)

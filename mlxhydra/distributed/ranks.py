@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import RankFailed
-from .rank_reports import RankReports
+from .reports import RankReports
+
 # Hydra overrides of ranks other than 0: no run directory, .hydra files or log file.
 FOLLOWER_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=mlxhydra_rank"]
 
@@ -164,35 +165,6 @@ def multirun_refusal(args: List[str]) -> Optional[str]:
     return None
 
 
-def check_world(load: Mapping[str, Any], task: Mapping[str, Any], method: str = "rtn") -> List[str]:
-    """Settings that cannot run across the ranks (validate stage; none in one process).
-
-    ``method`` is ``quant.method``: the calibrated methods need the whole model in one process.
-    """
-    from ..tasks import TASKS, task_module
-
-    w = world()
-    if not w.distributed:
-        return []
-    problems = []
-    if load.get("shard", "auto") == "none":
-        problems.append(f"load.shard=none: {w.size} ranks were launched and each would load the "
-                        "whole model; expected auto, tensor or pipeline (or run one process)")
-    if load.get("adapter_path") is not None:
-        problems.append(f"load.adapter_path={load['adapter_path']}: adapters are not applied to a "
-                        f"model sharded across {w.size} ranks (mlx-lm's sharded_load has none); "
-                        "fuse them first (load.fuse=true task=save) and load the fused model")
-    if method != "rtn":
-        problems.append(f"quant.method={method}: calibrated quantization runs in one process; "
-                        "quantize there (task=save) and load the saved directory across the ranks")
-    name = task.get("name")
-    if name in TASKS and not getattr(task_module(name), "RUNS_SHARDED", False):
-        sharded = sorted(n for n in TASKS if getattr(task_module(n), "RUNS_SHARDED", False))
-        problems.append(f"task.name={name}: does not run on a model sharded across ranks "
-                        f"(expected one of {', '.join(sharded)})")
-    return problems
-
-
 def record_entry(shard_requested: Any,
                  ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """The run record's ``distributed`` entry (``{}`` in one process)."""
@@ -215,7 +187,7 @@ def gather_ranks(sharding: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
     """
     import mlx.core as mx
 
-    from .environment import max_rss_bytes
+    from ..record.environment import max_rss_bytes
 
     w = world()
     if not w.distributed:

@@ -18,19 +18,17 @@ there is nothing to resume, 2 for a directory that is not a resumable sweep.
 """
 
 import argparse
-import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from ..errors import RunDirError
-from .latest import find_run, shown
-from .replay import CONSENT, OTHER_CONSENTS, primary_config_options, run_forwarding_signals
-from .run_dir import SweepDir, read_yaml
+from ..history.replay import CONSENT, OTHER_CONSENTS, primary_config_options, run_forwarding_signals
+from ..record.latest import find_run, shown
+from ..record.run_dir import SweepDir, read_yaml
+from .attempts import contiguous, set_aside
 from .summary import sweep_plan
 
-ATTEMPTS = ".attempts"
 # Hydra overrides of the original command that resume sets itself.
 REPLACED_HYDRA = ("hydra.mode", "hydra.sweep.dir", "hydra/sweeper", "hydra.sweeper")
 
@@ -53,7 +51,7 @@ def planned_jobs(sweep: SweepDir) -> List[List[str]]:
 
 def job_statuses(sweep: SweepDir) -> Dict[int, str]:
     """Job number -> the status its run.json records (``missing`` without one)."""
-    from .record import read_record
+    from ..record.schema import read_record
 
     statuses = {}
     for num, job in sweep.job_dirs().items():
@@ -69,17 +67,6 @@ def jobs_to_run(plan: List[List[str]], statuses: Dict[int, str]) -> List[int]:
     return [n for n in range(len(plan)) if statuses.get(n, "missing") != "completed"]
 
 
-def contiguous(nums: Sequence[int]) -> List[List[int]]:
-    """``[1, 2, 5]`` -> ``[[1, 2], [5]]``: a launcher numbers each batch from its first job."""
-    groups: List[List[int]] = []
-    for n in sorted(nums):
-        if groups and n == groups[-1][-1] + 1:
-            groups[-1].append(n)
-        else:
-            groups.append([n])
-    return groups
-
-
 def launch_jobs(launcher: Any, sweep_dir: str, jobs: Sequence[int]) -> List[Any]:
     """Launch ``jobs`` of the sweep's plan through ``launcher``, each under its own number."""
     plan = planned_jobs(SweepDir(Path(sweep_dir)))
@@ -87,21 +74,6 @@ def launch_jobs(launcher: Any, sweep_dir: str, jobs: Sequence[int]) -> List[Any]
     for group in contiguous(jobs):
         returns.append(launcher.launch([plan[n] for n in group], initial_job_idx=group[0]))
     return returns
-
-
-def set_aside(sweep: SweepDir, jobs: Sequence[int]) -> List[Path]:
-    """Move the directories of jobs about to run again into ``.attempts/`` (nothing is deleted)."""
-    moved = []
-    found = sweep.job_dirs()
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    for num in jobs:
-        for path in sorted(sweep.path.glob(f"{num}_*")) + ([sweep.path / str(num)] if num in found else []):
-            if path.is_dir() and path.name.split("_")[0] == str(num):
-                target = sweep.path / ATTEMPTS / f"{path.name}@{stamp}"
-                target.parent.mkdir(exist_ok=True)
-                shutil.move(str(path), str(target))
-                moved.append(target)
-    return moved
 
 
 def _list(value: Any) -> List[Any]:

@@ -1,14 +1,16 @@
 """The Pareto front of a sweep, marked in its summary: the jobs no other job beats on both
 size (bits per weight) and quality.
 
-The front itself is :func:`mlxhydra.runs.plots.pareto_front`, the one the
-summary figure draws; this module marks it on the summary's rows.
+:func:`pareto_front` is the front the summary figure draws and the one marked
+on the summary's rows; anything with (bits per weight, metric) points can use it.
 """
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-# The quality metrics a front is marked for (higher or lower is better: plots.HIGHER_IS_BETTER).
+from .columns import HIGHER_IS_BETTER
+
+# The quality metrics a front is marked for (higher or lower is better: columns.HIGHER_IS_BETTER).
 QUALITY = ("kl_mean", "perplexity", "ln_perplexity_ratio", "accuracy", "top1_agreement")
 COLUMN = "pareto"
 
@@ -19,14 +21,30 @@ def _number(v: Any) -> Optional[float]:
     return float(v)
 
 
+def pareto_front(points: Sequence[Tuple[float, float]], maximize: bool = False) -> List[int]:
+    """Indices of the points no other point beats on both x (lower) and y, sorted by x.
+
+    Args:
+        points: (x, y) pairs, e.g. (bits per weight, KL).
+        maximize: y is better when higher (accuracy).
+    """
+    sign = -1.0 if maximize else 1.0
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], sign * points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        y = sign * points[i][1]
+        if y < best:
+            front.append(i)
+            best = y
+    return front
+
+
 def mark_front(rows: List[Dict[str, Any]], metric: str) -> bool:
     """Set ``row["pareto"]`` (True/False) on the completed rows with both values.
 
     Rows without them get nothing. Marks nothing, and returns False, unless
     ``metric`` is a quality metric and at least two jobs differ in bits per weight.
     """
-    from .plots import HIGHER_IS_BETTER, pareto_front  # plots imports summary, which imports this
-
     if metric not in QUALITY:
         return False
     done = [(r, _number(r.get("bits_per_weight")), _number((r.get("_metrics") or {}).get(metric)))

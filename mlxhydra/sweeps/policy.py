@@ -23,8 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..errors import Interrupted, SweepFailed, SweepStopped
-from .record import read_record, write_record
-from .run_dir import RunDir
+from ..record.run_dir import RunDir
+from ..record.schema import read_record, write_record
 
 log = logging.getLogger("mlxhydra")
 
@@ -75,8 +75,8 @@ def record_plan(sweep_dir: Path, config: DictConfig) -> None:
     """
     from omegaconf import OmegaConf
 
-    from .atomic import write_bytes_atomic
-    from .run_dir import SweepDir
+    from ..record.atomic import write_bytes_atomic
+    from ..record.run_dir import SweepDir
 
     plan = SweepDir(sweep_dir).plan
     try:
@@ -97,7 +97,7 @@ class SweepSummary(Callback):
         self.result: Optional[Dict[str, Any]] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from .latest import mark_latest
+        from ..record.latest import mark_latest
 
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.objective = _sweep_settings(config).get("objective")
@@ -155,11 +155,11 @@ def objective_value(cfg: DictConfig, run_dir: Path, metrics: Optional[Dict[str, 
 
 
 def run_swept_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Optional[float]:
-    """Run one job (:func:`~mlxhydra.runs.job.run_job`) under the sweep policy; see the module doc."""
+    """Run one job (:func:`~mlxhydra.job.pipeline.run_job`) under the sweep policy; see the module doc."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .job import run_job
+    from ..job.pipeline import run_job
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

@@ -14,12 +14,17 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
+from ..distributed.ranks import world
 from ..errors import (
-    Interrupted, MlxhydraError, RankFailed, RankInterrupted, exit_code, interruption_message,
+    Interrupted,
+    MlxhydraError,
+    RankFailed,
+    RankInterrupted,
+    exit_code,
+    interruption_message,
     raise_interrupted,
 )
-from .job_thread import on_main_thread
-from .ranks import world
+from .thread import on_main_thread
 
 T = TypeVar("T")
 REPORT_WAIT = 5.0  # seconds rank 0 waits for the report of the rank that stopped

@@ -1,0 +1,1 @@
+"""Reading runs back: the runs table, ``diff`` and ``replay``."""

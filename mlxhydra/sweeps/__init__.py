@@ -1,0 +1,1 @@
+"""Sweeps: the multirun policy, the sweeper, summaries, plots, Pareto fronts and ``resume``."""

@@ -1,0 +1,9 @@
+"""The columns of a sweep's summary rows that both the summary and its figure read."""
+
+# Columns of every summary row, after the job number and the swept keys.
+FIXED = ["job", "status", "bits_per_weight", "parameters", "peak_memory_mb", "load_s",
+         "weights_cache"]
+
+# Metrics where higher is better (the rest: lower is better).
+HIGHER_IS_BETTER = ("accuracy", "top1_agreement", "generation_tps", "prompt_tps",
+                    "tokens_per_second")
