@@ -7,16 +7,17 @@ Public API (imported on first use, so ``import mlxhydra`` stays light):
   trust_remote_code=False) -> (model, config)``
 - ``compose(overrides) -> DictConfig``
 
-The code follows the pipeline: ``config/`` (compose the config),
-``load/`` (build and load the model), ``tasks/`` (experiments on it),
-``runs/`` (the job, its records, sweeps, replay and diff).
+The code follows the pipeline, one layer a package (docs/architecture.md):
+``config/`` (compose and check the config), ``load/`` (build and load the
+model), ``tasks/`` (experiments on it), ``job/`` (one recorded job),
+``history/`` and ``sweeps/`` (reading runs back, multiruns), ``tracking/``.
 """
 
 __version__ = "0.1.0"
 __all__ = ["load_config", "load_model", "compose", "__version__"]
 
 _API = {
-    "load_config": "mlxhydra.load.loader",
+    "load_config": "mlxhydra.load.model_config",
     "load_model": "mlxhydra.load.loader",
     "compose": "mlxhydra.config.composition",
 }

@@ -55,9 +55,12 @@ def single_process(model_dir: Path, quant=None):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from mlxhydra.load.loader import build_model, load_config
+    from mlxhydra.load.loader import build_model
+    from mlxhydra.load.model_config import load_config
+    from mlxhydra.load.settings import LoadSettings
 
-    model, _, _ = build_model(model_dir, load_config(model_dir), quant=quant)
+    model, _, _ = build_model(model_dir, load_config(model_dir),
+                              LoadSettings.from_groups(quant=quant))
     logits = np.array(model(mx.array(TOKENS)).astype(mx.float32))
     return logits, sum(v.nbytes for _, v in tree_flatten(model.parameters()))
 

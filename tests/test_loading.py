@@ -14,13 +14,15 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from conftest import make_model
 from mlx.utils import tree_flatten
 from mlx_lm import utils as mu
 
 import mlxhydra
-from conftest import make_model
 from mlxhydra.errors import ConfigError, MissingWeightsError, RemoteCodeError, WeightsError
-from mlxhydra.load.loader import build_model, load_config
+from mlxhydra.load.loader import build_model
+from mlxhydra.load.model_config import load_config
+from mlxhydra.load.settings import LoadSettings
 
 TOKENS = mx.array([[1, 5, 9, 200, 3, 17, 42, 8, 0, 255, 11, 12]])
 
@@ -305,7 +307,8 @@ def test_not_strict_loads_anyway(tmp_path, llama_dir):
         w["model.extra.weight"] = mx.zeros((2,))
 
     model_dir = _edit_weights(llama_dir, tmp_path / "m", edit)
-    model, _, report = build_model(model_dir, load_config(model_dir), strict=False)
+    model, _, report = build_model(model_dir, load_config(model_dir),
+                                   LoadSettings.from_groups({"strict": False}))
     assert report.weight_mismatches[:2] == [
         "1 missing: model.layers.1.mlp.up_proj.weight", "1 unexpected: model.extra.weight"]
     kept = mx.load(str(model_dir / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
@@ -315,7 +318,8 @@ def test_not_strict_loads_anyway(tmp_path, llama_dir):
 
 def test_not_strict_wrong_shape_is_reported(tmp_path, llama_dir):
     model_dir = _edit_weights(llama_dir, tmp_path / "m", lambda w: w.update({"model.norm.weight": mx.ones((3,))}))
-    model, _, report = build_model(model_dir, load_config(model_dir), strict=False)
+    model, _, report = build_model(model_dir, load_config(model_dir),
+                                   LoadSettings.from_groups({"strict": False}))
     assert report.weight_mismatches == [
         "1 wrong shape: model.norm.weight (3,) vs model (64,)", "read model.safetensors"]
     assert model.model.norm.weight.shape == (3,)  # loaded as given, as mlx-lm does
@@ -350,7 +354,8 @@ def test_garbage_weights_name_the_file(tmp_path, llama_dir):
 # --- dtype, lazy --------------------------------------------------------------
 
 def test_build_model_casts_to_float16(llama_dir):
-    model, _, _ = build_model(llama_dir, load_config(llama_dir), dtype="float16")
+    model, _, _ = build_model(llama_dir, load_config(llama_dir),
+                              LoadSettings.from_groups({"dtype": "float16"}))
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float16}
     ref, _ = mu.load_model(llama_dir)
     ref.set_dtype(mx.float16)
@@ -359,7 +364,58 @@ def test_build_model_casts_to_float16(llama_dir):
 
 def test_build_model_refuses_unknown_dtype(llama_dir):
     with pytest.raises(ConfigError, match="load.dtype='float8': expected one of float16, bfloat16, float32"):
-        build_model(llama_dir, load_config(llama_dir), dtype="float8")
+        build_model(llama_dir, load_config(llama_dir),
+                    LoadSettings.from_groups({"dtype": "float8"}))
+
+
+def test_load_settings_fields_are_the_shipped_load_keys():
+    """LoadSettings holds exactly conf/load/default.yaml's keys (plus the quant node): no drift."""
+    import dataclasses
+
+    from mlxhydra.config.declared import shipped_defaults
+
+    own = [f.name for f in dataclasses.fields(LoadSettings)]
+    assert set(own) - {"quant", "compute"} == set(shipped_defaults("load", "default"))
+    assert own[-2:] == ["quant", "compute"]
+
+
+def test_load_settings_take_their_defaults_from_the_shipped_yaml(monkeypatch):
+    from mlxhydra.config import declared
+
+    defaults = LoadSettings.from_groups()
+    assert (defaults.strict, defaults.lazy, defaults.dtype, defaults.fingerprint, defaults.shard,
+            defaults.quant, defaults.compute) == (True, False, None, "fast", "auto", None, None)
+    # The YAML is the one place: a different shipped default changes the settings.
+    shipped = declared.shipped_options("load")
+    monkeypatch.setitem(shipped, "default", {**shipped["default"], "fingerprint": "full"})
+    assert LoadSettings.from_groups().fingerprint == "full"
+    assert LoadSettings.from_groups({"fingerprint": "fast"}).fingerprint == "fast"
+
+
+def test_load_settings_gather_every_problem_of_both_groups():
+    with pytest.raises(ConfigError) as raised:
+        LoadSettings.from_groups({"dtype": "float8", "strict": "no", "shard": "rows", "colour": 1},
+                                 {"bits": 7, "compute": "fast"})
+    assert raised.value.problems == [
+        "load.colour: unknown key for load; valid keys: adapter_path, args_class, dtype, "
+        "fingerprint, fuse, lazy, model_class, shard, strict, trust_remote_code",
+        "load.strict='no': expected true or false",
+        "load.dtype='float8': expected one of float16, bfloat16, float32 or null",
+        "load.shard='rows': expected one of auto, none, tensor, pipeline",
+        "quant.compute='fast': expected one of native, dequantized, auto",
+        "quant.bits=7: expected one of 2, 3, 4, 5, 6, 8",
+    ]
+
+
+def test_load_settings_are_frozen_and_replaced_by_copy():
+    import dataclasses
+
+    settings = LoadSettings.from_groups({"strict": False}, {"bits": 4})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.strict = True
+    draft = settings.replace(quant=None, shard="none")
+    assert (settings.quant.describe()["default"]["bits"], settings.shard, draft.quant, draft.shard, draft.strict) == (
+        4, "auto", None, "none", False)
 
 
 def test_lazy_loading(llama_dir):
@@ -415,17 +471,20 @@ def test_user_classes_by_import_path(tmp_path, monkeypatch, llama_dir):
     monkeypatch.syspath_prepend(str(tmp_path))
     ref, _ = mu.load_model(llama_dir)
     for path in ("my_models:Model", "my_models.Model"):
-        model, _, _ = build_model(llama_dir, load_config(llama_dir), model_class=path)
+        model, _, _ = build_model(llama_dir, load_config(llama_dir),
+                                  LoadSettings.from_groups({"model_class": path}))
         assert type(model).__module__ == "my_models" and model.custom == "yes"
         assert mx.array_equal(model(TOKENS), ref(TOKENS)).item()
     # A module without ModelArgs needs args_class.
     with pytest.raises(ConfigError, match="load.model_class=my_bare:Bare: its module has no ModelArgs"):
-        build_model(llama_dir, load_config(llama_dir), model_class="my_bare:Bare")
-    model, _, _ = build_model(llama_dir, load_config(llama_dir), model_class="my_bare:Bare",
-                              args_class="mlx_lm.models.llama:ModelArgs")
+        build_model(llama_dir, load_config(llama_dir),
+                    LoadSettings.from_groups({"model_class": "my_bare:Bare"}))
+    model, _, _ = build_model(llama_dir, load_config(llama_dir),
+                              LoadSettings.from_groups({"model_class": "my_bare:Bare", "args_class": "mlx_lm.models.llama:ModelArgs"}))
     assert type(model).__name__ == "Bare"
     with pytest.raises(ConfigError, match="cannot import 'my_models:Nope'"):
-        build_model(llama_dir, load_config(llama_dir), model_class="my_models:Nope")
+        build_model(llama_dir, load_config(llama_dir),
+                    LoadSettings.from_groups({"model_class": "my_models:Nope"}))
 
 
 # --- load_config, model_type --------------------------------------------------

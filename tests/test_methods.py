@@ -236,13 +236,15 @@ def test_save_records_calibration_and_mlx_lm_loads_it(tmp_path):
 def test_dynamic_reuses_its_sensitivities(tmp_path):
     """A run writes sensitivities.json; a later run reads it and skips the sensitivity pass."""
     from mlxhydra.load.learned_quant import SENSITIVITIES, prepare_method
-    from mlxhydra.load.loader import build_model, load_config
+    from mlxhydra.load.loader import build_model
+    from mlxhydra.load.model_config import load_config
     from mlxhydra.load.quant_spec import parse_quant
+    from mlxhydra.load.settings import LoadSettings
 
     spec = parse_quant({"method": "dynamic", "bits": 3, "calibration": calibration(6, 64)})
     run = prepare_method(spec, EMBEDDED_TINY, load_config(EMBEDDED_TINY), output_dir=tmp_path)
-    first, _, report = build_model(EMBEDDED_TINY, load_config(EMBEDDED_TINY), quant=spec,
-                                   method_run=run)
+    first, _, report = build_model(EMBEDDED_TINY, load_config(EMBEDDED_TINY),
+                                   LoadSettings.from_groups(quant=spec), method_run=run)
     written = tmp_path / SENSITIVITIES
     assert report.quantization["calibration"]["sensitivities"] == str(written)
     values = dict(json.loads(written.read_text()))

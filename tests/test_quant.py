@@ -21,8 +21,10 @@ from mlx_lm.convert import mixed_quant_predicate_builder
 
 import mlxhydra
 from mlxhydra.errors import ConfigError, WeightsError
-from mlxhydra.load.loader import build_model, load_config
+from mlxhydra.load.loader import build_model
+from mlxhydra.load.model_config import load_config
 from mlxhydra.load.quant_spec import AFFINE_BITS, AFFINE_GROUP_SIZES, parse_quant
+from mlxhydra.load.settings import LoadSettings
 
 TOKENS = mx.array([[1, 5, 9, 200, 3, 17, 42, 8, 0, 255, 11, 12]])
 
@@ -133,7 +135,8 @@ def test_lazy_runtime_quantization(llama128):
 
 
 def test_runtime_quantization_report(llama128):
-    _, config, report = build_model(llama128, load_config(llama128), quant={"bits": 4})
+    _, config, report = build_model(llama128, load_config(llama128),
+                                    LoadSettings.from_groups(quant={"bits": 4}))
     q = report.quantization
     assert (q["source"], q["quantized"], q["quantized_layers"], q["float_layers"]) == ("runtime", 16, 16, 0)
     assert q["layers"]["lm_head"] == {"group_size": 64, "bits": 4, "mode": "affine"}
@@ -202,7 +205,8 @@ def test_architecture_predicate_applies_where_no_rule_matches(moe, tmp_path):
 def test_indivisible_layers_stay_float_and_are_counted(tmp_path):
     # down_proj takes 96 inputs: not a multiple of 64, a multiple of 32.
     model_dir = make_model(tmp_path / "m", intermediate_size=96)
-    model, config, report = build_model(model_dir, load_config(model_dir), quant={"bits": 4})
+    model, config, report = build_model(model_dir, load_config(model_dir),
+                                        LoadSettings.from_groups(quant={"bits": 4}))
     assert report.quantization["float_indivisible"] == 2
     assert report.quantization["quantized"] == 14  # 16 layers with a weight
     assert type(model.model.layers[1].mlp.down_proj) is nn.Linear
@@ -211,7 +215,8 @@ def test_indivisible_layers_stay_float_and_are_counted(tmp_path):
     assert mx.array_equal(model(TOKENS), ref(TOKENS)).item()
     # A rule with a group size that fits quantizes them.
     quant = {"bits": 4, "rules": [{"pattern": "down_proj", "bits": 4, "group_size": 32}]}
-    model, _, report = build_model(model_dir, load_config(model_dir), quant=quant)
+    model, _, report = build_model(model_dir, load_config(model_dir),
+                                   LoadSettings.from_groups(quant=quant))
     assert report.quantization["float_indivisible"] == 0
     assert settings_of(model.model.layers[1].mlp.down_proj) == (4, 32, "affine")
 
@@ -315,7 +320,8 @@ def test_same_settings_as_saved_load(q4_dir):
 def test_rules_that_match_nothing_are_reported(llama128, caplog):
     quant = {"bits": 4, "rules": [{"pattern": r"mlp\.gate$", "bits": 8}, {"pattern": "q_prj", "skip": True},
                                   {"pattern": "q_proj", "skip": True}]}
-    _, _, report = build_model(llama128, load_config(llama128), quant=quant)
+    _, _, report = build_model(llama128, load_config(llama128),
+                               LoadSettings.from_groups(quant=quant))
     assert report.quantization["unmatched_rules"] == [r"mlp\.gate$", "q_prj"]
     assert "quant.rules patterns that match no quantizable layer: mlp\\.gate$, q_prj" in caplog.text
     assert report.quantization["float_by_rule_or_predicate"] == 2  # the two q_proj

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
@@ -210,7 +209,9 @@ def test_weights_cache_copies_and_does_not_change(llama_dir):
     from mlx.utils import tree_flatten
 
     from mlxhydra.load import weights_cache as cache
-    from mlxhydra.load.loader import build_model, load_config
+    from mlxhydra.load.loader import build_model
+    from mlxhydra.load.model_config import load_config
+    from mlxhydra.load.settings import LoadSettings
 
     cache.clear()
     opened = []
@@ -228,7 +229,7 @@ def test_weights_cache_copies_and_does_not_change(llama_dir):
 
     def params(key, bits):
         model, _, report = build_model(llama_dir, load_config(llama_dir),
-                                       quant={"bits": bits, "group_size": 32}, weights_key=key)
+                                       LoadSettings.from_groups(quant={"bits": bits, "group_size": 32}), weights_key=key)
         return dict(tree_flatten(model.parameters())), report.weights_cache
 
     plain4, none = params(None, 4)

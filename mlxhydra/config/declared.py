@@ -13,6 +13,7 @@ is declared in one place, its YAML with its default:
 Import-light (PyYAML and the standard library): the loader uses it too.
 """
 
+import copy
 import functools
 from importlib import resources
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional
@@ -39,6 +40,18 @@ def shipped_options(group: str) -> Dict[str, Dict[str, Any]]:
             content = yaml.load(entry.read_text(), Loader=loader)
             options[entry.name[: -len(".yaml")]] = content if isinstance(content, dict) else {}
     return options
+
+
+def shipped_defaults(group: str, option: str) -> Dict[str, Any]:
+    """A shipped option's settings (a fresh copy): the one place a default is written.
+
+    Code that gets a partial node (the Python API) fills it from here rather than
+    from defaults of its own, e.g. ``shipped_defaults("load", "default")``.
+    """
+    content = shipped_options(group).get(option)
+    if content is None:
+        raise KeyError(f"no shipped option {group}/{option}.yaml")
+    return copy.deepcopy({k: v for k, v in content.items() if k != "defaults"})
 
 
 @functools.lru_cache(maxsize=None)

@@ -155,7 +155,7 @@ def read_json_object(file: Path, what: str, error: type = None, bounded: bool = 
     return config
 
 
-def check_model_path(option: Optional[str]) -> None:
+def require_model_path(option: Optional[str]) -> None:
     """Refuse a ``model=`` path whose name is too long for the file system.
 
     Raises:

@@ -120,7 +120,7 @@ def override_value(texts: Sequence[str], key: str) -> Optional[str]:
     return found
 
 
-def check_override_syntax(texts: Sequence[str]) -> None:
+def require_override_syntax(texts: Sequence[str]) -> None:
     """Parse each override as Hydra will, naming the one that does not parse.
 
     Hydra's own message quotes only the token where its parser stopped

@@ -17,11 +17,9 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config.composition import changed_keys, removed_keys, to_plain
-from ..config.model_source import read_config_json
+from ..config.composition import to_plain
 from ..distributed import ranks
 from ..errors import (
-    ConfigError,
     FileSystemError,
     Interrupted,
     MlxhydraError,
@@ -34,6 +32,7 @@ from ..record import environment
 from ..record.run_dir import RunDir, refuse_taken
 from ..record.schema import RecordWriter
 from . import rank_ends
+from .model_checks import check_model, record_weight_files
 from .thread import interruption_handlers, run_in_job_thread, signals_held
 from .validation import Settings, validate
 
@@ -73,21 +72,11 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     """
     import mlx.core as mx
 
-    from ..load import architecture, weights_cache
-    from ..load.loader import apply_mlx_lm_adjustments, build_model
-    from ..load.quantized_compute import apply_compute
-    from ..load.weight_files import (
-        check_unchanged,
-        check_weight_files,
-        combined_fingerprint,
-        describe_files,
-        find_weight_files,
-        identities,
-    )
-    from ..tasks import task_file_problems
+    from ..load import weights_cache
+    from ..load.loader import build_model
+    from ..load.weight_files import require_unchanged
 
     settings = settings or validate(cfg)
-    load = settings.load
     mx.reset_peak_memory()
     seed_everything(settings.seed)
     model_dir = Path(settings.model_dir)
@@ -97,50 +86,10 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         record.update(hub={"model": hub})
     if run_dir is not None:
         run_dir.write_model_config(config)
-    raw = read_config_json(model_dir)
-    user_keys = changed_keys(config, raw)
-    trust = bool(load.get("trust_remote_code"))
-    model_cls, args_cls = architecture.get_classes(
-        config, model_dir, trust_remote_code=trust,
-        model_class=load.get("model_class"), args_class=load.get("args_class"),
-    )
-    # config.json's own values as strictly as the command line's, each named with its origin
-    architecture.check_types(config, args_cls, list(config), user_keys, model_dir / "config.json")
-    problems = task_file_problems(settings.task, model_dir, trust)
-    if problems:
-        raise ConfigError(problems)
-    ignored = [k for k in architecture.ignored_keys(config, args_cls) if k in user_keys]
-    if ignored:
-        log.warning(
-            "%s.ModelArgs ignores these model keys (not passed to the model): %s",
-            args_cls.__module__, ", ".join(ignored),
-        )
-    derived = apply_mlx_lm_adjustments(model_dir, config, raw)
-    if derived and run_dir is not None:  # model_config.json is the dict ModelArgs.from_dict receives
-        run_dir.write_model_config(config)
+    checked = check_model(settings, config, run_dir)
     if on_checked is not None:
         on_checked()
-    # For the record and a multirun's cache key; the other ranks of a distributed run keep
-    # no record and read no file beyond their own.
-    paths = find_weight_files(model_dir) if record is not None else []
-    if not ranks.world().distributed:  # sound headers now; each rank checks those it reads itself
-        check_weight_files(paths)
-    before = identities(paths)
-    files = describe_files(paths, load.get("fingerprint", "fast")) if record is not None else []
-    fingerprint = combined_fingerprint(files) if record is not None else None
-    if record is not None:
-        record.update(
-            model={
-                "model_type": config.get("model_type"),
-                "architecture": f"{model_cls.__module__}.{model_cls.__name__}",
-                "changed_keys": user_keys,
-                "removed_keys": removed_keys(config, raw),
-                "ignored_user_keys": ignored,
-                "derived_keys": derived,
-            },
-            weight_files=files,
-            weights_fingerprint=fingerprint,
-        )
+    before, fingerprint = record_weight_files(settings, record, checked.entry)
     method_run = None
     if settings.quant is not None and settings.quant.method != "rtn":
         from ..load.learned_quant import prepare_method
@@ -148,20 +97,16 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         method_run = prepare_method(settings.quant, model_dir, config, settings.task,
                                     run_dir.path if run_dir is not None else None)
     model, config, report = build_model(
-        model_dir, config, quant=settings.quant,
-        strict=bool(load.get("strict", True)), lazy=bool(load.get("lazy", False)),
-        trust_remote_code=trust, dtype=load.get("dtype"), classes=(model_cls, args_cls),
-        weights_key=weights_cache.job_key(settings.sweep, fingerprint), method_run=method_run,
-        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
-        shard=load.get("shard"), group=ranks.world().group,
+        model_dir, config, settings.loading, task=settings.task.get("name"),
+        classes=checked.classes, weights_key=weights_cache.job_key(settings.sweep, fingerprint),
+        method_run=method_run,
     )
     # The recorded fingerprint must be of the bytes that were read.
-    check_unchanged(before)
+    require_unchanged(before)
     report.file_identities = before
     if record is not None and report.adapter is not None:
         record.update(adapter=report.adapter)
     quantization = report.quantization
-    quantization.update(apply_compute(model, settings.compute, settings.task.get("name")))
     log.info(
         "loaded %s from %s: %s parameters, %s quantized / %s float layers, %.3f bits per weight%s",
         config.get("model_type"), model_dir, f"{quantization['parameters']:,}",
@@ -306,7 +251,7 @@ def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optiona
     (another rank than 0 of a distributed run) nothing is written.
 
     ``on_checked`` is called once every setting is checked, before any weight is read."""
-    from ..load.weight_files import check_unchanged
+    from ..load.weight_files import require_unchanged
     from ..tasks import TaskInput, run_task
 
     settings = validate(cfg)
@@ -335,7 +280,7 @@ def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optiona
             record.update(hub={**record.data.get("hub", {}), **job.hub})
     times["task"] = time.perf_counter() - t
     if settings.load.get("lazy"):  # lazy weights are read by the task
-        check_unchanged(report.file_identities)
+        require_unchanged(report.file_identities)
     per_rank = ranks.gather_ranks(report.sharding)
     if run_dir is not None and record is not None:
         run_dir.write_metrics(metrics)

@@ -21,10 +21,10 @@ from ..config.model_source import ERROR_KEY
 from ..distributed import ranks
 from ..errors import ConfigError
 from ..load.adapters import save_problems
-from ..load.load_settings import check_load
 from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
-from ..load.quantized_compute import check_compute
+from ..load.quantized_compute import compute_problems
+from ..load.settings import LoadSettings, load_problems
 from ..tasks import TASKS, check_task, task_module
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
@@ -36,11 +36,15 @@ class Settings:
 
     model_dir: str
     seed: int
-    load: Dict[str, Any]
-    quant: Optional[QuantSpec]  # None: no runtime quantization
+    load: Dict[str, Any]  # the load node as composed (tasks read it)
+    loading: LoadSettings  # the load and quant nodes, checked and frozen
     task: Dict[str, Any]
     sweep: Dict[str, Any]
-    compute: Optional[str] = None  # quant.compute: native, dequantized, auto (None: native)
+
+    @property
+    def quant(self) -> Optional[QuantSpec]:
+        """The parsed quant node (None: no runtime quantization)."""
+        return self.loading.quant
 
 
 def _number(value: Any) -> bool:
@@ -114,11 +118,11 @@ def validate(cfg: DictConfig) -> Settings:
     seed = plain("seed")
     problems += check_seed(seed)
     load = plain("load", {})
-    problems += _mapping("load", load) or unknown_key_problems("load", load) + check_load(load)
+    problems += _mapping("load", load) or unknown_key_problems("load", load) + load_problems(load)
     spec = None
     quant = plain("quant")
     compute = quant.get("compute") if isinstance(quant, dict) else None
-    problems += check_compute(compute)
+    problems += compute_problems(compute)
     try:
         problems += _mapping("quant", quant, optional=True)
         spec = parse_quant(quant if isinstance(quant, dict) else None)
@@ -140,8 +144,8 @@ def validate(cfg: DictConfig) -> Settings:
         problems += check_world(load, task, spec.method if spec is not None else "rtn")
     if problems:
         raise ConfigError(problems)
-    return Settings(model_dir=model_dir, seed=seed, load=load, quant=spec, task=task, sweep=sweep,
-                    compute=compute)
+    return Settings(model_dir=model_dir, seed=seed, load=load,
+                    loading=LoadSettings.checked(load, spec, compute), task=task, sweep=sweep)
 
 
 def check_world(load: Mapping[str, Any], task: Mapping[str, Any], method: str = "rtn") -> List[str]:

@@ -176,7 +176,7 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-def check_types(config: Dict[str, Any], args_cls: Type, keys: List[str],
+def require_types(config: Dict[str, Any], args_cls: Type, keys: List[str],
                 user_keys: Optional[List[str]] = None, file: Optional[Path] = None) -> None:
     """Check the given keys' values against the ModelArgs field types.
 

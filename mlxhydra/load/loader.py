@@ -7,7 +7,6 @@ the float model is never whole in memory), and each stage is timed in a
 :class:`LoadReport`.
 """
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Uni
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config.model_source import read_config_json
+from ..distributed.ranks import world
 from ..errors import ConfigError, WeightsError
-from ..file_checks import exists, regular_file_problem
 from . import architecture, sharding, weights_cache
 from .adapters import apply_adapters
-from .load_settings import DTYPE_NAMES, check_dtype
+from .model_config import load_config
 from .prequantized import (
     describe_settings,
     find_quantization_config,
@@ -30,8 +28,8 @@ from .prequantized import (
     quantize_saved_layout,
     saved_quantization,
 )
-from .quant_spec import QuantSpec, make_decider, parse_quant, same_settings
-from .quantized_compute import check_compute, use_dequantized
+from .quant_spec import QuantSpec, make_decider, same_settings
+from .quantized_compute import apply_compute
 from .runtime_quant import (
     config_entry,
     describe_request,
@@ -39,8 +37,9 @@ from .runtime_quant import (
     quantization_summary,
     quantize_while_loading,
 )
+from .settings import DTYPE_NAMES, LoadSettings
 from .weight_files import find_weight_files, read_header, require_weight_files
-from .weight_fit import check_weights
+from .weight_fit import fit_problems
 
 if TYPE_CHECKING:
     from .learned_quant import MethodRun
@@ -48,74 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(mx, name) for name in DTYPE_NAMES}
-
-
-def load_config(path: Union[str, Path]) -> dict:
-    """Read a model directory's config as mlx-lm does.
-
-    ``config.json`` with non-finite float tags decoded and ``eos_token_id``
-    taken from ``generation_config.json`` when it has one.
-
-    Raises:
-        FileNotFoundError: naming the path, when it or its config.json is missing.
-        OSError: when config.json is unreadable, not JSON or not an object.
-    """
-    from mlx_lm.utils import load_config as mlx_load_config
-
-    model_dir = Path(path).expanduser()
-    read_config_json(model_dir)  # clear errors for every way config.json can fail
-    problems = generation_config_problems(model_dir)
-    if problems:
-        raise ConfigError(problems)
-    return mlx_load_config(model_dir)
-
-
-def generation_config_problems(model_dir: Path) -> List[str]:
-    """What mlx-lm could not use in ``generation_config.json`` (read by its load_config).
-
-    mlx-lm skips a file that is not JSON, and so does this; a file that is not a
-    regular file (never opened), a top level that is not an object, or an
-    ``eos_token_id`` that is not a token id or a list of them is named.
-    """
-    file = Path(model_dir) / "generation_config.json"
-    if not exists(file):
-        return []
-    problem = regular_file_problem(file)
-    if problem:
-        return [f"{file} {problem} (expected a JSON file)"]
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):
-        log.warning("%s is not valid JSON: ignored, as mlx-lm ignores it", file)
-        return []
-    except OSError as e:
-        return [f"{file}: cannot be read: {e.strerror or e}"]
-    if not isinstance(value, dict):
-        return [f"{file}: expected a JSON object at the top level, found {type(value).__name__}"]
-    eos = value.get("eos_token_id")
-    ids = eos if isinstance(eos, list) else [eos]
-    if eos is not None and eos is not False and not all(
-            type(i) is int and i >= 0 for i in ids):
-        return [f"{file}: eos_token_id={eos!r}: expected a token id or a list of token ids"]
-    return []
-
-
-def apply_mlx_lm_adjustments(model_dir: Path, config: dict, raw: Optional[dict] = None) -> List[str]:
-    """Apply what mlx-lm's ``load_config`` derives, unless the user changed that key.
-
-    Args:
-        raw: config.json as read already (read here when None).
-
-    Returns the keys that were changed.
-    """
-    raw = read_config_json(model_dir) if raw is None else raw
-    derived = load_config(model_dir)
-    changed = []
-    for key, value in derived.items():
-        if raw.get(key) != value and config.get(key) == raw.get(key):
-            config[key] = value
-            changed.append(key)
-    return changed
 
 
 @dataclass
@@ -161,107 +92,73 @@ def read_weights(files: List[Path]) -> dict:
     return weights
 
 
-def build_model(
-    model_dir: Union[str, Path],
-    config: dict,
-    *,
-    quant: Union[QuantSpec, Mapping[str, Any], None] = None,
-    strict: bool = True,
-    lazy: bool = False,
-    trust_remote_code: bool = False,
-    dtype: Optional[str] = None,
-    model_class: Optional[str] = None,
-    args_class: Optional[str] = None,
-    classes: Optional[Tuple[type, type]] = None,
-    weights_key: Optional[str] = None,
-    method_run: Optional["MethodRun"] = None,
-    adapter_path: Optional[str] = None,
-    fuse: bool = False,
-    shard: Optional[str] = None,
-    group: Any = None,
-) -> Tuple[nn.Module, dict, LoadReport]:
-    """Instantiate, quantize and load a model from a ready config dict.
+@dataclass
+class _Instantiated:
+    """The model before any weight is read, and what the later stages need from that step."""
 
-    Args:
-        model_dir: Directory with the weight files (and any model_file).
-        config: The complete model config (it is modified as mlx-lm modifies it).
-        quant: Runtime quantization (a QuantSpec or a ``quant`` mapping).
-        strict: Report missing, unexpected and mis-shaped weights as an error.
-        lazy: Leave the parameters unevaluated.
-        trust_remote_code: Allow the directory's ``model_file``.
-        dtype: Cast floating-point weights (float16, bfloat16, float32).
-        model_class, args_class: Import paths of your own classes.
-        classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
-        weights_key: The weights fingerprint: reuse (and keep) this process's
-            opened float weights (:mod:`.weights_cache`; for multirun jobs only).
-        method_run: The calibration data of a calibrated ``quant.method``
-            (:func:`.learned_quant.prepare_method`); by default the model
-            directory's ``eval.txt`` or the embedded corpus.
-        adapter_path: LoRA/DoRA adapters applied after quantization, as
-            ``mlx_lm.load(adapter_path=...)`` applies them (:mod:`.adapters`).
-        fuse: Fuse the adapters into the weights.
-        shard: ``load.shard`` (auto, none, tensor, pipeline): how to split the
-            model across ``group`` (:mod:`.sharding`).
-        group: The ``mx.distributed`` group of the ranks, or None in one process.
+    model: nn.Module
+    plan: Optional[sharding.ShardPlan]
+    method_run: Optional["MethodRun"]  # a calibrated quant.method's data
+    decide: Any = None  # on the whole model, before sharding: recipes count its layers
+    paths: Any = None
 
-    Returns:
-        (model, config, report).
 
-    Raises:
-        ConfigError, WeightsError: with every problem named.
-    """
-    model_dir = Path(model_dir)
-    spec = quant if isinstance(quant, QuantSpec) or quant is None else parse_quant(quant)
-    problems = check_dtype(dtype)
-    if problems:
-        raise ConfigError(problems)
-    report = LoadReport()
-    times = report.times
-
-    t = time.perf_counter()
+def _instantiate(model_dir: Path, config: dict, settings: LoadSettings, classes: Optional[Tuple[type, type]],
+                 method_run: Optional["MethodRun"], report: LoadReport) -> _Instantiated:
+    spec, group = settings.quant, world().group
     model_cls, args_cls = classes or architecture.get_classes(
-        config, model_dir, trust_remote_code=trust_remote_code,
-        model_class=model_class, args_class=args_class,
+        config, model_dir, trust_remote_code=settings.trust_remote_code,
+        model_class=settings.model_class, args_class=settings.args_class,
     )
     find_quantization_config(model_dir, config)
     report.ignored_keys = architecture.ignored_keys(config, args_cls)
-    learned = spec is not None and spec.method != "rtn"
-    if learned:
+    if _learned(spec):
         from . import learned_quant
 
         method_run = method_run or learned_quant.prepare_method(spec, model_dir, config)
         learned_quant.seed_before_instantiation(method_run)
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
-    if learned:
+    if _learned(spec):
         learned_quant.choose_data(method_run)
-    decide = paths = None
-    if spec is not None and group is not None:  # on the whole model: recipes count its layers
-        decide, paths = make_decider(spec, model), quantizable_paths(model)
-    plan = sharding.plan_sharding(model, shard, group, config)
-    times["instantiate"] = time.perf_counter() - t
+    built = _Instantiated(model, sharding.plan_sharding(model, settings.shard, group, config), method_run)
+    if spec is not None and group is not None:
+        built.decide, built.paths = make_decider(spec, model), quantizable_paths(model)
+    return built
 
-    t = time.perf_counter()
-    files = require_weight_files(model_dir) if strict else find_weight_files(model_dir)
+
+def _learned(spec: Optional[QuantSpec]) -> bool:
+    return spec is not None and spec.method != "rtn"
+
+
+def _open_weights(model_dir: Path, config: dict, built: _Instantiated, settings: LoadSettings,
+                  weights_key: Optional[str], report: LoadReport) -> Tuple[dict, List[Path], Optional[dict]]:
+    """(weights as the model names them, the files read, the saved quantization or None)."""
+    plan = built.plan
+    files = require_weight_files(model_dir) if settings.strict else find_weight_files(model_dir)
     if plan is not None:  # a cache would keep every rank's whole float model
         weights_key = None
         if plan.mode == "pipeline":
             files = sharding.files_for_layers(files, plan.layers)
     report.weight_files = [str(f) for f in files]
     weights, report.weights_cache = weights_cache.open_weights(weights_key, lambda: read_weights(files))
-    if hasattr(model, "sanitize"):
-        weights = model.sanitize(weights)
+    if hasattr(built.model, "sanitize"):
+        weights = built.model.sanitize(weights)
     if plan is not None and plan.mode == "pipeline":
         weights = sharding.drop_other_layers(weights, plan.layers)
     saved, weights = saved_quantization(config, weights)
-    times["load_weights"] = time.perf_counter() - t
+    return weights, files, saved
 
-    t = time.perf_counter()
+
+def _quantize(model_dir: Path, config: dict, built: _Instantiated, settings: LoadSettings, weights: dict,
+              files: List[Path], saved: Optional[dict], report: LoadReport) -> Dict[str, Any]:
+    """Quantize the model as saved or as asked, check the weights fit; returns what was applied."""
+    spec, model = settings.quant, built.model
     qc = config.get("quantization_config") or {}
     if saved is None and isinstance(qc, dict) and qc.get("quant_method") == "bitnet":
         from mlx_lm.models.bitlinear_layers import bitnet_quantize
 
         saved = {"method": "bitnet"}
-        model = bitnet_quantize(model, qc)
+        built.model = model = bitnet_quantize(model, qc)
     if saved is not None:
         if spec is not None and not same_settings(spec, saved):
             raise ConfigError(
@@ -270,50 +167,99 @@ def build_model(
             )
         if "method" not in saved:
             quantize_saved_layout(model, saved, weights)
-        _cast(model, weights, dtype)
+        _cast(model, weights, settings.dtype)
         applied = {"source": "pre-quantized", "settings": saved}
     else:
-        _cast(model, weights, dtype)
+        _cast(model, weights, settings.dtype)
         applied = {"source": "none"}
     if config.get("quantize_activations", False):
         quantize_activations(model)
     model.eval()  # QQLinear layers (quantize_activations) take their packed shapes only in eval mode
-    problems = check_weights(model, weights, files)
-    if problems and strict:
+    problems = fit_problems(model, weights, files)
+    if problems and settings.strict:
         raise WeightsError(f"weights do not fit the model ({model_dir}): " + "; ".join(problems))
     report.weight_mismatches = problems
-    if saved is None and spec is not None and not learned:
+    if saved is None and spec is not None and not _learned(spec):
         # Tensor parallelism: quantized lazily, evaluated slice by slice after shard().
-        evaluate = plan is None or plan.mode != "tensor"
+        evaluate = built.plan is None or built.plan.mode != "tensor"
         applied = {"source": "runtime", **spec.describe(),
-                   **quantize_while_loading(model, weights, spec, decide=decide, paths=paths,
+                   **quantize_while_loading(model, weights, spec, decide=built.decide, paths=built.paths,
                                             evaluate=evaluate)}
         config["quantization"] = config_entry(spec, applied["layers"])
         config["quantization_config"] = config["quantization"]
+    return applied
+
+
+def build_model(model_dir: Union[str, Path], config: dict, settings: Optional[LoadSettings] = None, *,
+                task: Optional[str] = None, classes: Optional[Tuple[type, type]] = None,
+                weights_key: Optional[str] = None, method_run: Optional["MethodRun"] = None,
+                ) -> Tuple[nn.Module, dict, LoadReport]:
+    """Instantiate, quantize and load the model that ``settings`` describe, from a ready config dict.
+
+    The one loading function: the job, the KL reference, the draft model and
+    :func:`load_model` all call it. In a distributed run (``mlx.launch``) the
+    model is split across the ranks as ``settings.shard`` says (:mod:`.sharding`).
+
+    Args:
+        model_dir: Directory with the weight files (and any model_file).
+        config: The complete model config (it is modified as mlx-lm modifies it).
+        settings: How to load it (None: the shipped defaults, no quantization).
+        task: ``task.name``, for ``quant.compute=auto`` (None: native compute).
+        classes: (Model, ModelArgs) already looked up with ``architecture.get_classes``.
+        weights_key: The weights fingerprint: reuse (and keep) this process's
+            opened float weights (:mod:`.weights_cache`; for multirun jobs only).
+        method_run: The calibration data of a calibrated ``quant.method``
+            (:func:`.learned_quant.prepare_method`); by default the model
+            directory's ``eval.txt`` or the embedded corpus.
+
+    Returns:
+        (model, config, report).
+
+    Raises:
+        ConfigError, WeightsError: with every problem named.
+    """
+    model_dir, settings = Path(model_dir), settings or LoadSettings.from_groups()
+    report = LoadReport()
+    times = report.times
+
+    t = time.perf_counter()
+    built = _instantiate(model_dir, config, settings, classes, method_run, report)
+    times["instantiate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    weights, files, saved = _open_weights(model_dir, config, built, settings, weights_key, report)
+    times["load_weights"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    applied = _quantize(model_dir, config, built, settings, weights, files, saved, report)
     times["quantize"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    model = built.model
     model.eval()
-    model.load_weights(list(weights.items()), strict=strict)
-    del weights
-    if saved is None and learned:  # the float weights are read lazily, as the method reaches them
+    model.load_weights(list(weights.items()), strict=settings.strict)
+    del weights  # before a calibrated method reads the float weights, layer by layer
+    if saved is None and _learned(settings.quant):
+        from . import learned_quant
+
         start = time.perf_counter()
-        model, applied = learned_quant.quantize_with_method(model, config, method_run)
+        model, applied = learned_quant.quantize_with_method(model, config, built.method_run)
         times["quantize"] += time.perf_counter() - start
         t += time.perf_counter() - start
     report.quantization = {**applied, **quantization_summary(model)}  # tensor: of the whole model
-    if plan is not None:
-        report.sharding = sharding.shard_and_evaluate(model, plan, files, lazy)
-    elif not lazy:
+    if built.plan is not None:
+        report.sharding = sharding.shard_and_evaluate(model, built.plan, files, settings.lazy)
+    elif not settings.lazy:
         mx.eval(model.parameters())
     times["load_weights"] += time.perf_counter() - t
     report.model_config = config
-    if adapter_path is not None:
+    if settings.adapter_path is not None:
         t = time.perf_counter()
-        report.adapter = apply_adapters(model, adapter_path, fuse)
-        if not lazy:
+        report.adapter = apply_adapters(model, settings.adapter_path, settings.fuse)
+        if not settings.lazy:
             mx.eval(model.parameters())
         times["adapters"] = time.perf_counter() - t
+    report.quantization.update(apply_compute(model, settings.compute, task))
     return model, config, report
 
 
@@ -347,18 +293,11 @@ def load_model(
         FileNotFoundError: the directory, its config.json or its weights are missing.
         ValueError: bad config or weights (ConfigError, WeightsError).
     """
-    compute = quant.get("compute") if isinstance(quant, Mapping) else None
-    problems = check_compute(compute)
-    if problems:
-        raise ConfigError(problems)
+    settings = LoadSettings.from_groups(
+        {"strict": strict, "lazy": lazy, "trust_remote_code": trust_remote_code}, quant)
     model_dir = Path(path).expanduser()
     config = load_config(model_dir)
     if model_config is not None:
         config.update(model_config)
-    model, config, _ = build_model(
-        model_dir, config, quant=quant, strict=strict, lazy=lazy,
-        trust_remote_code=trust_remote_code,
-    )
-    if compute == "dequantized":  # auto needs a task to decide: native here
-        use_dequantized(model)
+    model, config, _ = build_model(model_dir, config, settings)
     return model, config

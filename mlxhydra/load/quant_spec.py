@@ -155,7 +155,7 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
     """
     if not quant:
         return None
-    # compute (how quantized layers multiply) is checked by quantized_compute.check_compute;
+    # compute (how quantized layers multiply) is checked by quantized_compute.compute_problems;
     # the valid keys are those the shipped conf/quant/*.yaml declare (config/declared.py),
     # the methods' settings included (conf/quant/none.yaml).
     problems: List[str] = unknown_key_problems("quant", quant)

@@ -24,7 +24,7 @@ COMPUTE_MODES = ("native", "dequantized", "auto")
 QUALITY_TASKS = ("perplexity", "kl", "accuracy", "lm_eval")
 
 
-def check_compute(value: Any) -> List[str]:
+def compute_problems(value: Any) -> List[str]:
     """Problems with ``quant.compute`` (null means native)."""
     if value is None or value in COMPUTE_MODES:
         return []

@@ -74,7 +74,7 @@ DTYPE_BITS = {
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
 
 
-def check_regular_file(file: Path, what: str = "weight file") -> os.stat_result:
+def require_regular_file(file: Path, what: str = "weight file") -> os.stat_result:
     """Stat ``file`` (following symlinks) and refuse anything but a regular file.
 
     Nothing is read: a FIFO or a device could block or never end.
@@ -123,7 +123,7 @@ def _natural(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
-def check_header(file: Path, header: Dict[str, Any], data_size: int) -> None:
+def require_sound_header(file: Path, header: Dict[str, Any], data_size: int) -> None:
     """Validate a parsed header as the safetensors library does.
 
     Each entry has a known dtype, a shape of non-negative integers and two
@@ -177,14 +177,14 @@ def check_header(file: Path, header: Dict[str, Any], data_size: int) -> None:
 
 
 def read_header(file: Path) -> Dict[str, Any]:
-    """Read and check a safetensors header against the file (see :func:`check_header`).
+    """Read and check a safetensors header against the file (see :func:`require_sound_header`).
 
     Raises:
         WeightsError: naming the file (and the tensor) when the file is not a
             regular readable file, the header is unreadable, or it does not
             describe the file's bytes exactly.
     """
-    size = check_regular_file(file).st_size
+    size = require_regular_file(file).st_size
     try:
         with open(file, "rb") as f:
             prefix = f.read(8)
@@ -202,11 +202,11 @@ def read_header(file: Path) -> Dict[str, Any]:
     except OSError as e:
         raise WeightsError(f"{file}: cannot be read: {e.strerror or e}") from None
     header = _header_json(file, raw)
-    check_header(file, header, size - 8 - header_len)
+    require_sound_header(file, header, size - 8 - header_len)
     return header
 
 
-def check_weight_files(files: List[Path]) -> List[Path]:
+def require_sound_headers(files: List[Path]) -> List[Path]:
     """Check that each file is a regular file with a sound header; returns the files."""
     for f in files:
         read_header(f)
@@ -222,7 +222,7 @@ def identities(files: List[Path]) -> Dict[str, Tuple[int, int, int, int]]:
     return out
 
 
-def check_unchanged(before: Dict[str, Tuple[int, int, int, int]]) -> None:
+def require_unchanged(before: Dict[str, Tuple[int, int, int, int]]) -> None:
     """Refuse to go on when a weight file changed since :func:`identities` was taken.
 
     Raises:
@@ -282,10 +282,10 @@ def describe_files(files: List[Path], method: str = "fast") -> List[Dict[str, An
 
     Raises:
         WeightsError: a file that is not a regular file (never read: a FIFO could block).
-            Headers are checked where files are read (:func:`check_weight_files`, the loader).
+            Headers are checked where files are read (:func:`require_sound_headers`, the loader).
     """
     for f in files:
-        check_regular_file(f)
+        require_regular_file(f)
     return [
         {"file": str(f), "bytes": f.stat().st_size, "fingerprint": fingerprint(f, method)}
         for f in files

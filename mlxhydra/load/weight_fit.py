@@ -26,7 +26,7 @@ def _dtype_kind(dtype: mx.Dtype) -> str:
     return "bool" if dtype == mx.bool_ else "integer"
 
 
-def check_weights(model: nn.Module, weights: Mapping[str, mx.array], files: List[Path]) -> List[str]:
+def fit_problems(model: nn.Module, weights: Mapping[str, mx.array], files: List[Path]) -> List[str]:
     """Compare weights with the model's parameters; one line per kind of mismatch.
 
     Names, shapes and the kind of dtype (floating, integer, bool) must agree.

@@ -47,24 +47,26 @@ def load_draft_model(value: str, load: Mapping[str, Any], tokenizer) -> Tuple[An
     Raises:
         ConfigError, TaskError: a model that cannot be found or does not share the vocabulary.
     """
-    from ..load.loader import apply_mlx_lm_adjustments, build_model
+    from ..load.loader import build_model
+    from ..load.model_config import apply_mlx_lm_adjustments
+    from ..load.settings import LoadSettings
     from ..load.weight_files import combined_fingerprint, describe_files, find_weight_files
 
     option = compose_model_option(value, KEY)
     config = dict(option.config)
     apply_mlx_lm_adjustments(option.model_dir, config)
-    model, config, report = build_model(
-        option.model_dir, config, strict=bool(load.get("strict", True)),
-        trust_remote_code=load.get("trust_remote_code") is True,
-    )
+    # As stored: the run's strict check and consent only, in one piece on every rank.
+    kept = {k: load[k] for k in ("strict", "trust_remote_code", "fingerprint") if k in load}
+    settings = LoadSettings.from_groups({**kept, "shard": "none"})
+    model, config, report = build_model(option.model_dir, config, settings)
     draft_tokenizer = load_tokenizer(option.model_dir, config,
-                                     trust_remote_code=load.get("trust_remote_code") is True)
+                                     trust_remote_code=settings.trust_remote_code)
     if draft_tokenizer.vocab_size != tokenizer.vocab_size:
         raise TaskError(
             f"{KEY}={value}: its tokenizer has {draft_tokenizer.vocab_size} tokens, the model's "
             f"{tokenizer.vocab_size} (speculative decoding needs the same vocabulary)"
         )
-    files = describe_files(find_weight_files(option.model_dir), load.get("fingerprint") or "fast")
+    files = describe_files(find_weight_files(option.model_dir), settings.fingerprint)
     description: Dict[str, Any] = {
         "model_dir": str(option.model_dir),
         "weights_fingerprint": combined_fingerprint(files),

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from ..config.hub import is_hub_id, resolve_hub_id
 from ..errors import ConfigError, HubError, MlxhydraError, TaskError
 from ..file_checks import directory_problem, regular_file_problem
-from ..load.load_settings import check_load
+from ..load.settings import load_problems
 from ..record.run_dir import RunDir
 
 log = logging.getLogger("mlxhydra")
@@ -46,7 +46,7 @@ class Reference:
 
 
 def _model_dir_config(model_dir: Path) -> Dict[str, Any]:
-    from ..load.loader import load_config
+    from ..load.model_config import load_config
 
     try:
         return load_config(model_dir)
@@ -60,7 +60,7 @@ def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
     What the run directory holds is read as data, never resolved. Consent to
     run a model directory's code is the current command's, never the record's.
     """
-    from ..load.loader import apply_mlx_lm_adjustments
+    from ..load.model_config import apply_mlx_lm_adjustments
     from ..load.quant_spec import parse_quant
 
     run_dir = RunDir(path)
@@ -93,7 +93,7 @@ def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
     except ConfigError as e:
         raise TaskError(f"task.reference={path}: its recorded quant settings are not valid: {e}") from e
     load["trust_remote_code"] = load.get("trust_remote_code") is True
-    problems = check_load({k: v for k, v in load.items() if v is not None})
+    problems = load_problems({k: v for k, v in load.items() if v is not None})
     if problems:
         raise TaskError(f"task.reference={path}: its recorded load settings are not valid: "
                         + "; ".join(problems))
@@ -204,22 +204,14 @@ def build_reference(ref: Reference, shard: Optional[str] = None):
     Returns:
         The model (evaluated).
     """
-    from ..distributed.ranks import world
     from ..load.loader import build_model
-    from ..load.quant_spec import parse_quant
-    from ..load.quantized_compute import apply_compute
+    from ..load.settings import LoadSettings
 
-    load = ref.load
-    model, _, _ = build_model(
-        ref.model_dir, dict(ref.config), quant=parse_quant(ref.quant) if ref.quant else None,
-        strict=bool(load.get("strict", True)), trust_remote_code=bool(load.get("trust_remote_code")),
-        dtype=load.get("dtype"), model_class=load.get("model_class"),
-        args_class=load.get("args_class"), shard=shard, group=world().group,
-        adapter_path=load.get("adapter_path"), fuse=bool(load.get("fuse")),
-    )
+    settings = LoadSettings.from_groups(
+        {**{k: v for k, v in ref.load.items() if v is not None}, "shard": shard or "auto"}, ref.quant)
     # A past run's quantized model computes as that run set it for a quality task (its
     # quant.compute, part of the cache key), so that the same settings give KL 0.
-    apply_compute(model, (ref.quant or {}).get("compute"), "kl")
+    model, _, _ = build_model(ref.model_dir, dict(ref.config), settings, task="kl")
     return model
 
 

@@ -80,7 +80,7 @@ def execute(job: TaskInput) -> Metrics:
     from mlx_lm.utils import save_config, save_model
 
     from ..load.weight_files import (
-        check_weight_files,
+        require_sound_headers,
         combined_fingerprint,
         describe_files,
         find_weight_files,
@@ -97,7 +97,7 @@ def execute(job: TaskInput) -> Metrics:
             save_model(tmp, job.model)
             save_config(copy.deepcopy(config), tmp / "config.json")
             copy_side_files(job.model_dir, tmp)
-            check_weight_files(find_weight_files(tmp))  # whole files, before they are the target
+            require_sound_headers(find_weight_files(tmp))  # whole files, before they are the target
     except FileExistsError:
         raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it") from None
     except (OSError, RuntimeError, WeightsError) as e:

@@ -17,7 +17,9 @@ import numpy as np
 
 from mlxhydra.distributed import ranks
 from mlxhydra.errors import ConfigError
-from mlxhydra.load.loader import build_model, load_config
+from mlxhydra.load.loader import build_model
+from mlxhydra.load.model_config import load_config
+from mlxhydra.load.settings import LoadSettings
 
 TOKENS = [[1, 5, 9, 20, 3, 17, 42, 8, 0, 63, 11, 12]]
 
@@ -29,8 +31,7 @@ def main():
         stem = f"{case['name']}.{world.rank}"
         try:
             model, _, report = build_model(case["model_dir"], load_config(case["model_dir"]),
-                                           quant=case.get("quant"), shard=case["shard"],
-                                           group=world.group)
+                                           LoadSettings.from_groups({"shard": case["shard"]}, case.get("quant")))
         except ConfigError as e:
             (out / f"{stem}.json").write_text(json.dumps({"error": str(e)}))
             continue
