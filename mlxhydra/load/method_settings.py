@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ..config.declared import shipped_defaults
 from ..errors import ConfigError
 
 # The bits and group sizes of mlx-lm's affine quantization (quant_spec checks quant.bits with them).
@@ -20,17 +21,6 @@ AFFINE_BITS = (2, 3, 4, 5, 6, 8)
 AFFINE_GROUP_SIZES = (32, 64, 128)
 METHODS = ("rtn", "awq", "gptq", "dwq", "dynamic")
 LEARNED = METHODS[1:]
-# mlx-lm's command-line defaults (mlx_lm.awq, .gptq, .dwq, .dynamic_quant).
-METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "awq": {"embed_bits": 4, "embed_group_size": 32, "n_grid": 20},
-    "gptq": {"fallback_bits": 6, "fallback_group_size": 64, "batch_size": 8,
-             "hessian_dtype": "float32"},
-    "dwq": {"learning_rate": 1e-6, "batch_size": 4, "steps": None, "num_valid_samples": 32,
-            "temperature": 2.0, "grad_checkpoint": False},
-    "dynamic": {"target_bpw": None, "high_bits": None, "high_group_size": 64,
-                "sensitivities": None, "batch_size": 4, "accumulation_dtype": "float32",
-                "grad_checkpoint": False},
-}
 # (num_samples, sequence_length) each mlx-lm tool uses by default; -1: every row.
 CALIBRATION_DEFAULTS = {"awq": (128, 512), "gptq": (-1, 512), "dwq": (2048, 1025),
                         "dynamic": (-1, 512)}
@@ -40,8 +30,6 @@ HESSIAN_DTYPES = ("float32", "model")
 # mlx_lm.quant.gptq packs 2, 4 or 8 bits only (its quantize() asserts it).
 GPTQ_BITS = (2, 4, 8)
 ACCUMULATION_DTYPES = ("float32", "bfloat16")
-# The keys of the quant node that belong to the methods.
-QUANT_KEYS = ("method", "calibration") + tuple(METHOD_DEFAULTS)
 
 
 def _is_int(v: Any) -> bool:
@@ -178,9 +166,11 @@ def parse_method(quant: Mapping[str, Any], bits: Any, group_size: Any, mode: Any
     if method not in METHODS:
         problems.append(f"quant.method={method!r}: expected one of {', '.join(METHODS)}")
         return "rtn", {}, {}
-    every = {name: _node(quant, name, defaults, problems) for name, defaults in METHOD_DEFAULTS.items()}
-    calibration = _node(quant, "calibration", {"data": None, "num_samples": None,
-                                               "sequence_length": None, "seed": 123}, problems)
+    # Each method's settings default to mlx-lm's command-line defaults, written once in
+    # conf/quant/none.yaml (as are the calibration's).
+    shipped = shipped_defaults("quant", "none")
+    every = {name: _node(quant, name, shipped[name], problems) for name in LEARNED}
+    calibration = _node(quant, "calibration", shipped["calibration"], problems)
     c = _checker("calibration", calibration, problems)
     c.data_file("data")
     c.integer("num_samples", allow_negative_one=True, optional=True)
