@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import RankFailed
+from ..record.environment import max_rss_bytes
 from .reports import RankReports
 
 # Hydra overrides of ranks other than 0: no run directory, .hydra files or log file.
@@ -187,7 +188,6 @@ def gather_ranks(sharding: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
     """
     import mlx.core as mx
 
-    from ..record.environment import max_rss_bytes
 
     w = world()
     if not w.distributed:

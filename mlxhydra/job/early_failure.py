@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..config.model_source import resolve_model_dir
 from ..config.overrides import override_value, overrides_of_argv, wants_single_job
+from ..config.resolvers import register_resolvers
 from ..errors import Interrupted, describe_os_error, interruption_message, one_line_message
 from ..file_checks import exists
 from ..record import environment
@@ -31,7 +33,6 @@ def _resolve(pattern: str) -> str:
     from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf
 
-    from ..config.resolvers import register_resolvers
 
     setup_globals()  # Hydra's ${now:...}
     register_resolvers()
@@ -99,8 +100,6 @@ def record_early_failure(
         model = override_value(overrides, "model")
         model_dir = None
         if model:
-            from ..config.model_source import resolve_model_dir
-
             model_dir = str(resolve_model_dir(model))
         data.update(
             stage=STAGE,

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping
 
 from ..config.model_source import read_json_object
 from ..errors import WeightsError
+from .weight_files import fingerprint
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
@@ -96,7 +97,6 @@ def apply_adapters(model, value: str, fuse: bool = False) -> Dict[str, Any]:
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import load_adapters
 
-    from .weight_files import fingerprint
 
     path = adapter_dir(value)
     config = read_adapter_config(path)

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..errors import ConfigError
+from .data_files import file_sha256, find_data, long_documents_allowed, read_texts
 
 DEFAULT_NAME = "eval.txt"
 # Tasks whose ``data`` is text that a model reads (their default file is eval.txt too).
@@ -58,7 +59,6 @@ def calibration_file(value: Optional[str], task: Optional[Mapping[str, Any]], mo
     Raises:
         TaskError: the file is missing or empty.
     """
-    from .data_files import find_data
 
     if value is None and task and task.get("name") in TEXT_TASKS and task.get("data"):
         value, key = task["data"], "task.data"
@@ -73,7 +73,6 @@ def read_calibration(path: Path, tokenizer) -> CalibrationText:
     A plain-text file is one document; a ``.jsonl`` file is one document per
     ``text`` field, their tokens joined in file order.
     """
-    from .data_files import file_sha256, long_documents_allowed, read_texts
 
     tokens: List[int] = []
     with long_documents_allowed():

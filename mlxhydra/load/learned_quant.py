@@ -27,6 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ..errors import ConfigError
+from ..progress import progress
 from .calibration import (
     CalibrationText,
     calibration_file,
@@ -35,8 +36,9 @@ from .calibration import (
     rows_sha256,
     split_rows,
 )
-from .method_settings import read_sensitivities
+from .method_settings import high_settings, read_sensitivities
 from .quant_spec import QuantSpec
+from .tokenizer import load_tokenizer
 
 log = logging.getLogger("mlxhydra.loading")
 
@@ -62,7 +64,6 @@ def prepare_method(spec: QuantSpec, model_dir: Path, model_config: Mapping[str, 
     Raises:
         TaskError: no tokenizer, or a missing or empty data file.
     """
-    from .tokenizer import load_tokenizer
 
     path = calibration_file(spec.calibration.get("data"), task, Path(model_dir))
     tokenizer = load_tokenizer(Path(model_dir), dict(model_config))
@@ -128,7 +129,6 @@ def _awq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
 def _gptq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
     from mlx_lm.quant.gptq import gptq_quantize
 
-    from ..progress import progress
     from .blockwise import block_list, gptq_by_block
 
     s, d = run.spec.settings, run.spec.default
@@ -214,7 +214,6 @@ def _dynamic(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
     from mlx_lm.quant.dynamic_quant import estimate_threshold
     from mlx_lm.utils import quantize_model
 
-    from .method_settings import high_settings
 
     s, d = run.spec.settings, run.spec.default
     low = (d["bits"], d["group_size"])

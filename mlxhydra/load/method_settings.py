@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ..config.checks import SettingsCheck
 from ..config.declared import shipped_defaults
 from ..errors import ConfigError
+from .tokenizer import has_tokenizer
 
 # The bits and group sizes of mlx-lm's affine quantization (quant_spec checks quant.bits with them).
 AFFINE_BITS = (2, 3, 4, 5, 6, 8)
@@ -58,7 +60,6 @@ def read_sensitivities(value: str) -> Dict[str, Any]:
 
 def _checker(node: str, values: Mapping[str, Any], problems: List[str]):
     """A settings check whose problems read ``quant.<node>.<key>=<value>: expected ...``."""
-    from ..config.checks import SettingsCheck
 
     c = SettingsCheck(values, prefix=f"quant.{node}")
     c.problems = problems
@@ -219,8 +220,6 @@ def model_problems(method: str, model_config: Mapping[str, Any], model_dir: Opti
             problems.append(f"quant.method=awq: mlx-lm's AWQ supports model types "
                             f"{', '.join(sorted(AWQ_MODEL_CONFIGS))}, not {model_type!r}")
     if model_dir:
-        from .tokenizer import has_tokenizer
-
         if (Path(model_dir) / "config.json").is_file() and not has_tokenizer(Path(model_dir)):
             problems.append(f"quant.method={method}: {model_dir} has no tokenizer (tokenizer.json "
                             "or tokenizer_config.json); the calibration data needs one")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..config.model_source import read_json_object
 from ..errors import TaskError
 from ..file_checks import exists, regular_file_problem
 
@@ -22,7 +23,6 @@ def tokenizer_problems(model_dir: Path, trust_remote_code: bool = False) -> List
     object; an ``auto_map`` naming tokenizer code of the directory is refused
     unless this command set ``load.trust_remote_code=true``.
     """
-    from ..config.model_source import read_json_object
 
     problems, read = [], {}
     for name in dict.fromkeys(TOKENIZER_JSON_FILES + REMOTE_CODE_FILES):

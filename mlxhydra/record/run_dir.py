@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import FileSystemError, RunDirError, RunDirTaken
 from ..file_checks import directory_problem, exists, first_non_directory, regular_file_problem
 from .atomic import read_json, write_json_atomic
+from .latest import find_run
 from .schema import RunRecord, read_record
 
 _JOB_DIR = re.compile(r"^(\d+)(?:_|$)")
@@ -187,7 +188,6 @@ def check_run_dir(path: str, command: str, needs: Tuple[str, ...] = ()) -> RunDi
     Raises:
         RunDirError: one line naming the subcommand and the path.
     """
-    from .latest import find_run
 
     try:
         run_dir = RunDir(find_run(path))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, TypedDict
 
 from ..errors import RecordWriteError, RunDirError
+from ..file_checks import regular_file_problem
 from .atomic import read_json, write_json_atomic
 from .environment import now
 
@@ -250,7 +251,6 @@ def read_record(path: Path, missing_ok: bool = True) -> RunRecord:
     Raises:
         RunDirError: naming the file, when it is unreadable, not JSON or not an object.
     """
-    from ..file_checks import regular_file_problem
 
     path = Path(path)
     problem = regular_file_problem(path)

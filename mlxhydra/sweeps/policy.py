@@ -23,7 +23,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..errors import Interrupted, SweepFailed, SweepStopped
-from ..record.run_dir import RunDir
+from ..record.atomic import write_bytes_atomic
+from ..record.latest import mark_latest
+from ..record.run_dir import RunDir, SweepDir
 from ..record.schema import read_record, write_record
 
 log = logging.getLogger("mlxhydra")
@@ -75,8 +77,6 @@ def record_plan(sweep_dir: Path, config: DictConfig) -> None:
     """
     from omegaconf import OmegaConf
 
-    from ..record.atomic import write_bytes_atomic
-    from ..record.run_dir import SweepDir
 
     plan = SweepDir(sweep_dir).plan
     try:
@@ -97,8 +97,6 @@ class SweepSummary(Callback):
         self.result: Optional[Dict[str, Any]] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from ..record.latest import mark_latest
-
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.objective = _sweep_settings(config).get("objective")
         _active.clear()

@@ -26,7 +26,9 @@ from ..errors import RunDirError
 from ..history.replay import CONSENT, OTHER_CONSENTS, primary_config_options, run_forwarding_signals
 from ..record.latest import find_run, shown
 from ..record.run_dir import SweepDir, read_yaml
+from ..record.schema import read_record
 from .attempts import contiguous, set_aside
+from .resume_search import REPLACED, is_search, search_command_overrides
 from .summary import sweep_plan
 
 # Hydra overrides of the original command that resume sets itself.
@@ -51,7 +53,6 @@ def planned_jobs(sweep: SweepDir) -> List[List[str]]:
 
 def job_statuses(sweep: SweepDir) -> Dict[int, str]:
     """Job number -> the status its run.json records (``missing`` without one)."""
-    from ..record.schema import read_record
 
     statuses = {}
     for num, job in sweep.job_dirs().items():
@@ -117,7 +118,6 @@ def plan_resume(sweep: SweepDir) -> Tuple[List[int], Dict[int, str], Dict[int, L
     Raises:
         RunDirError: not a sweep, or one that cannot be resumed (named).
     """
-    from .resume_search import REPLACED, is_search, search_command_overrides
 
     if not sweep.plan.is_file():
         raise RunDirError(f"{sweep.path}: not a sweep directory (no {SweepDir.PLAN})")

@@ -26,6 +26,7 @@ from ..errors import RunDirError
 from ..record.run_dir import SweepDir, read_yaml
 from ..record.schema import read_record
 from .attempts import contiguous, set_aside
+from .policy import PENALTY
 
 DEFAULT_STUDY = "mlxhydra_search"
 FINISHED = ("completed", "failed")
@@ -111,7 +112,6 @@ def resumed_storage(sweep_dir: str, settings: Dict[str, Any]) -> Any:
     """
     import optuna
 
-    from .policy import PENALTY
 
     sweep = SweepDir(Path(sweep_dir))
     plan = read_yaml(sweep.plan) or {}
@@ -156,7 +156,6 @@ class RenumberedLauncher:
         self.numbers = list(numbers)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Any]:
-
         wanted = [self.numbers[initial_job_idx + i] for i in range(len(job_overrides))]
         by_number = dict(zip(wanted, job_overrides))
         returns: Dict[int, Any] = {}

@@ -18,6 +18,7 @@ from ..config.overrides import override_texts, parse_overrides
 from ..errors import RunDirError, describe_os_error
 from ..file_checks import directory_problem
 from ..record.atomic import write_bytes_atomic
+from ..record.latest import find_run
 from ..record.run_dir import SweepDir, read_yaml
 from ..record.schema import MAIN_METRIC, flatten
 from .columns import FIXED
@@ -309,7 +310,6 @@ def summarize_main(argv: Sequence[str]) -> int:
                                       "or a unique prefix of its name")
     p.add_argument("--objective", default=None, help="metric to plot (default: the task's main metric)")
     args = p.parse_args(list(argv))
-    from ..record.latest import find_run
 
     try:
         named = args.sweep_dir

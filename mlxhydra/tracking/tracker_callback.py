@@ -30,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..record.atomic import read_json, write_json_atomic
 from ..record.run_dir import RunDir, SweepDir
 from ..record.schema import read_record, write_record
+from ..sweeps.policy import summarize
+from ..sweeps.summary import collect
 from .tracked_job import TrackedJob, read_tracked_job
 
 log = logging.getLogger("mlxhydra")
@@ -149,16 +151,12 @@ class TrackerCallback(Callback):
                 self._log_and_record(settings, job.path)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from ..sweeps.policy import summarize
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             settings = logger_settings(config, self.name)
             self.log_untracked_jobs(settings, sweep_dir)
             if not summary_is_current(sweep_dir):
                 summarize(sweep_dir, OmegaConf.select(config, "sweep.objective"))
-            from ..sweeps.summary import collect
-
             rows, _ = collect(sweep_dir)
             statuses: Dict[str, int] = {}
             for r in rows:
