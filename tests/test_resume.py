@@ -283,3 +283,66 @@ def test_a_speed_panel_when_bench_results_exist():
         assert sorted(t.get_text() for t in speed.texts) == ["bits=2", "bits=8"]
     finally:
         plt.close(fig)
+
+
+def two_runs(cwd: Path) -> None:
+    """Two finished runs under ``cwd/outputs`` (only the second has the override quant.bits)."""
+    from mlxhydra.record.schema import RecordWriter
+
+    for name, started, overrides in (("a", "2026-01-01T10:00:00", []),
+                                     ("b", "2026-01-01T11:00:00", ["quant.bits=4"])):
+        run_dir = cwd / "outputs" / "runs" / "2026-01-01" / name
+        run_dir.mkdir(parents=True)
+        record = RecordWriter(run_dir / "run.json", run_dir=str(run_dir), overrides=overrides,
+                              choices={"task": "load", "model": "tiny", "quant": "none"})
+        record.data["started"] = started
+        record.finish("completed")
+
+
+def runs(*args: str, capsys) -> tuple:
+    """``mlxhydra runs ARGS`` through the command's own subcommand dispatch: (status, out, err)."""
+    from mlxhydra.cli import run_subcommand
+
+    status = run_subcommand(["runs", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+SORT_KEYS = ("a column (time, status, model, quant, task, metric, bits_per_weight, dir), an "
+             "override such as quant.bits, or a run.json field such as metrics.kl_mean")
+
+
+def test_runs_refuses_an_unknown_sort_key_and_a_last_below_one(tmp_path, monkeypatch, capsys):
+    two_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert runs("--sort", "nope", capsys=capsys) == (
+        2, "", f"mlxhydra runs: --sort nope: no run under outputs has this key; expected {SORT_KEYS}\n")
+    assert runs("--sort=-nope", capsys=capsys)[0] == 2
+    for empty in ("", "-"):
+        assert runs(f"--sort={empty}", capsys=capsys) == (
+            2, "", f"mlxhydra runs: --sort {empty!r}: expected {SORT_KEYS}\n")
+    for n in ("-1", "0"):
+        assert runs("--last", n, capsys=capsys) == (
+            2, "", f"mlxhydra runs: --last {n}: expected a positive number of rows (the N newest)\n")
+
+
+def test_runs_sorts_by_a_key_only_one_run_has_and_keeps_the_last_one(tmp_path, monkeypatch, capsys):
+    two_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = runs("--sort", "quant.bits", "--json", capsys=capsys)  # b has it, a does not
+    assert (status, err) == (0, "")
+    assert [Path(r["run_dir"]).name for r in json.loads(out)] == ["b", "a"]
+    status, out, _ = runs("--last", "1", "--json", capsys=capsys)
+    assert status == 0 and [Path(r["run_dir"]).name for r in json.loads(out)] == ["b"]
+
+
+def test_runs_usage_errors_through_the_command(tmp_path):
+    two_runs(tmp_path)
+    for args in (("--sort", "nope"), ("--last", "-1")):
+        result = run_cli("runs", *args, cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    (empty / "outputs").mkdir(parents=True)
+    result = run_cli("runs", "--sort", "nope", cwd=empty)  # no runs: nothing to sort, nothing wrong
+    assert (result.returncode, result.stdout, result.stderr) == (0, "no runs under outputs\n", "")
