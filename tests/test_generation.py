@@ -187,6 +187,21 @@ def test_bad_generation_settings_are_listed_together(tmp_path):
     assert len(problems) == 7
 
 
+def test_prompt_and_chat_template_files_that_are_not_utf8_are_named(tiny, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"41+28=\n\x93quoted\x94\n")  # Windows-1252 quotes
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", f"task.prompt_file={prompts}"]))
+    assert e.value.problems == [
+        f"task.prompt_file={prompts}: {prompts} is not UTF-8 text (byte 0x93 at offset 7, line 2)"]
+    template = tmp_path / "chat.jinja"
+    template.write_bytes(b"{{ messages[0]['content'] }}\xa0")
+    with pytest.raises(TaskError) as e:
+        generate(tiny, tmp_path / "run", PROMPT, f"task.chat_template={template}")
+    assert str(e.value) == (f"task.chat_template={template}: {template} is not UTF-8 text "
+                            "(byte 0xa0 at offset 28, line 1)")
+
+
 def test_documented_forms_of_prompts_hydra_would_reject():
     # docs/tasks.md: quote the value for Hydra inside quotes for the shell.
     values = [o.value for o in parse_overrides(

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from ..load.data_files import read_jsonl
+from ..load.data_files import read_jsonl, read_text
 
 JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -66,9 +66,9 @@ def read_prompt_file(value: str) -> List[PromptItem]:
             items = [_json_prompt(key, path, n, row) for n, row in read_jsonl(path, (), key)]
         else:
             items = [PromptItem(f"task.prompt_file line {n}", prompt=line)
-                     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                     for n, line in enumerate(read_text(path, key).splitlines(), 1)
                      if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise TaskError(f"{key}: {path} cannot be read ({e})") from e
     if not items:
         raise TaskError(f"{key}: {path} holds no prompts")
@@ -167,7 +167,7 @@ def chat_template_text(value: Optional[str]) -> Optional[str]:
     """The template of ``task.chat_template``: the text itself, or the file's contents."""
     if value is None or looks_like_template(value):
         return value
-    return Path(value).expanduser().read_text(encoding="utf-8")
+    return read_text(Path(value).expanduser().absolute(), f"task.chat_template={value}")
 
 
 def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[int]:
