@@ -2,7 +2,9 @@
 
 :func:`validate` reads the composed config into plain Python and checks the
 seed, the ``load``, ``quant``, ``task`` and ``sweep`` nodes (each task checks
-its own settings) and that a model directory was chosen. It raises one
+its own settings) and that a model directory was chosen; once they are sound, a
+task checks them against the model (its config and tokenizer: prompts that
+cannot fit its context, a draft model of another vocabulary). It raises one
 :class:`~mlxhydra.errors.ConfigError` listing every problem, so a user fixes
 them in one go instead of one per run, and no weight is fingerprinted or read
 for a config that cannot run.
@@ -25,7 +27,7 @@ from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..load.quantized_compute import compute_problems
 from ..load.settings import LoadSettings, load_problems
-from ..tasks import TASKS, check_task, task_module
+from ..tasks import TASKS, check_task, task_model_problems, task_module
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
 
@@ -142,6 +144,8 @@ def validate(cfg: DictConfig) -> Settings:
     problems += check_logger(plain("logger", {}))
     if isinstance(load, dict) and isinstance(task, dict):  # several ranks (mlx.launch): what runs sharded
         problems += check_world(load, task, spec.method if spec is not None else "rtn")
+    if not problems:  # sound settings: the task's against this model (its config, its tokenizer)
+        problems += task_model_problems(task, plain("model", {}), model_dir, load)
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load,

@@ -61,6 +61,17 @@ def task_file_problems(task: Dict[str, Any], model_dir: Path, trust_remote_code:
     return []
 
 
+def task_model_problems(task: Dict[str, Any], model_config: Dict[str, Any], model_dir: Any,
+                        load: Dict[str, Any]) -> List[str]:
+    """Problems of a task's (sound) settings with this model: its config and tokenizer, no weight.
+
+    A task module that checks its settings against the model says so with
+    ``problems_with_model(task, model_config, model_dir, load) -> problems``.
+    """
+    check = getattr(task_module(task.get("name")), "problems_with_model", None)
+    return check(task, model_config, Path(model_dir), load) if check is not None else []
+
+
 def run_task(job: TaskInput) -> Metrics:
     """Run ``job.task["name"]`` on the loaded model and return its metrics.
 
@@ -70,4 +81,5 @@ def run_task(job: TaskInput) -> Metrics:
     return task_module(job.task.get("name")).execute(job)
 
 
-__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_file_problems", "task_module"]
+__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_file_problems", "task_model_problems",
+           "task_module"]

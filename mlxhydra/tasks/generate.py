@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Dict, List
 
 from ..config.checks import SettingsCheck
@@ -16,7 +17,7 @@ from ..distributed.ranks import world
 from ..errors import TaskError
 from ..load.tokenizer import load_tokenizer
 from .common import Metrics, TaskInput
-from .draft import check_draft, load_draft_model
+from .draft import check_draft, draft_problems, load_draft_model
 from .generation import (
     Generation,
     check_sampling,
@@ -26,7 +27,15 @@ from .generation import (
     string_list,
 )
 from .kv_cache import check_bounded_cache, check_kv, kv_options, quantization_failure
-from .prompts import chat_template_text, check_prompts, encode_prompt, prompt_items, unescape
+from .prompts import (
+    chat_template_text,
+    check_prompts,
+    context_length,
+    encode_prompt,
+    prompt_items,
+    prompt_problems,
+    unescape,
+)
 
 log = logging.getLogger("mlxhydra")
 
@@ -52,6 +61,24 @@ def check(task: Dict[str, Any]) -> List[str]:
     check_kv(c)
     check_draft(c)
     return c.problems
+
+
+def problems_with_model(task: Dict[str, Any], model_config: Dict[str, Any], model_dir: Path,
+                        load: Dict[str, Any]) -> List[str]:
+    """task=generate's sound settings against the model, before any weight is read.
+
+    The prompts must fit the model's context (:func:`~.prompts.prompt_problems`)
+    and a draft model must share its vocabulary (:func:`~.draft.draft_problems`).
+    A tokenizer that cannot be loaded is named where the tokenizer files are checked.
+    """
+    try:
+        tokenizer = load_tokenizer(model_dir, model_config,
+                                   chat_template=chat_template_text(task.get("chat_template")),
+                                   trust_remote_code=load.get("trust_remote_code") is True)
+    except TaskError:
+        return []
+    return (prompt_problems(task, tokenizer, context_length(model_config))
+            + draft_problems(task, tokenizer, model_config, load))
 
 
 def _print(text: str) -> None:
@@ -128,7 +155,7 @@ def execute(job: TaskInput) -> Metrics:
     extra: Dict[str, Any] = {}
     if task.get("draft_model") is not None:
         how.draft_model, extra["draft_model"] = load_draft_model(task["draft_model"], job.load,
-                                                                 tokenizer)
+                                                                 tokenizer, job.model)
         if "hub" in extra["draft_model"]:
             job.hub["task.draft_model"] = extra["draft_model"]["hub"]
     results = []

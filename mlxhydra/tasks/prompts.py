@@ -10,11 +10,11 @@ response) when there is one, else as plain text.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from ..load.data_files import read_jsonl, read_text
+from ..load.data_files import long_documents_allowed, read_jsonl, read_text
 
 JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -208,3 +208,65 @@ def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[
         add_generation_prompt=prefill is None, **(task.get("chat_template_args") or {}),
     )
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def context_length(config: Mapping[str, Any]) -> Optional[Tuple[int, str]]:
+    """The model's context in tokens and where it comes from, or None when the config has none.
+
+    ``max_position_embeddings`` (or its ``text_config``'s), times ``rope_scaling.factor``
+    when the config extends it (YaRN, linear, dynamic scaling): a bound, never too small.
+    """
+    for prefix, node in (("model", config), ("model.text_config", config.get("text_config"))):
+        n = node.get("max_position_embeddings") if isinstance(node, Mapping) else None
+        if type(n) is not int or n < 1:
+            continue
+        scaling = node.get("rope_scaling")
+        factor = scaling.get("factor") if isinstance(scaling, Mapping) else None
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 1:
+            return int(n * factor), f"{prefix}.max_position_embeddings={n} x rope_scaling.factor={factor}"
+        return n, f"{prefix}.max_position_embeddings={n}"
+    return None
+
+
+def _longest_token(tokenizer) -> Optional[int]:
+    """The most characters one token of the vocabulary stands for (None: unknown)."""
+    try:
+        return max(map(len, tokenizer.get_vocab()), default=None)
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+
+
+def prompt_problems(task: Mapping[str, Any], tokenizer, context: Optional[Tuple[int, str]]) -> List[str]:
+    """Prompts longer than the model's context, each named (refused, never truncated).
+
+    A prompt with more characters than the context times the longest token of
+    the vocabulary cannot fit, and is refused before it is tokenized (a
+    many-megabyte prompt would take long to tokenize and for ever to run); the
+    others are refused when their tokens (through the chat template) are more
+    than the context.
+    """
+    if context is None:
+        return []
+    limit, origin = context
+    longest = _longest_token(tokenizer)
+    problems = []
+    for item in prompt_items(task):
+        where = item.source
+        if task.get("prompt_file") is not None:
+            where = where.replace("task.prompt_file", f"task.prompt_file={task['prompt_file']}", 1)
+        texts = [item.prompt] if item.messages is None else [m["content"] for m in item.messages]
+        chars = sum(map(len, texts))
+        if longest and chars > limit * longest and sum(len("".join(t.split())) for t in texts) > limit * longest:
+            problems.append(f"{where}: {chars} characters, more than the model's context of {limit} "
+                            f"tokens can hold ({origin}; no token is longer than {longest} "
+                            "characters): shorten it")
+            continue
+        try:
+            with long_documents_allowed():  # transformers' warning: the length is judged here
+                tokens = len(encode_prompt(tokenizer, task, item))
+        except TaskError:  # no chat template...: named when the task runs
+            continue
+        if tokens > limit:
+            problems.append(f"{where}: {tokens} tokens, more than the model's context of {limit} "
+                            f"tokens ({origin}): shorten it")
+    return problems
