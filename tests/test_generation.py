@@ -164,10 +164,57 @@ def test_perplexity_with_kv_bits_and_unusable_kv_settings(tiny, tmp_path):
                                   run_dir=tmp_path))["perplexity"]
 
     assert perplexity("task.kv_bits=2", "task.kv_group_size=32") > perplexity()
-    with pytest.raises(TaskError, match="task.kv_group_size=64 does not fit this model's KV cache"):
+    with pytest.raises(TaskError, match="task.kv_group_size=64: this model's KV cache has head size 32"):
         perplexity("task.kv_bits=4")  # tiny's head dimension is 32
     with pytest.raises(TaskError, match="task.max_kv_size=16: mlx_lm.models.llama makes its own"):
         perplexity("task.max_kv_size=16")
+
+
+HEAD_32 = ("task.kv_group_size=64: this model's KV cache has head size 32, not a multiple of 64 "
+           "(mx.quantize quantizes each head's vectors in groups); set task.kv_group_size=32")
+
+
+@pytest.mark.parametrize("name", ["generate", "perplexity", "kl"])
+def test_a_kv_group_size_the_head_size_cannot_serve_is_refused_by_every_task(tiny, tmp_path, name):
+    """tiny's heads have 32 values: groups of 64 cannot quantize them. generate's default
+    quantized_kv_start (5000) is never reached by a short prompt, and still it is refused,
+    before any token is computed (no generation, no KL reference)."""
+    cfg = compose(["model=tiny", f"task={name}", "task.kv_bits=4", "task.kv_group_size=64",
+                   "task.num_samples=2" if name != "generate" else PROMPT,
+                   *([f"task.cache_dir={tmp_path / 'kl'}"] if name == "kl" else [])])
+    settings = validate(cfg)
+    model, report = tiny
+    with pytest.raises(TaskError) as e:
+        run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                           model_config=report.model_config, model_dir=EMBEDDED_TINY, run_dir=tmp_path))
+    assert str(e.value) == HEAD_32
+    assert not (tmp_path / "generations.jsonl").exists() and not (tmp_path / "kl").exists()
+
+
+def test_a_kv_group_size_equal_to_the_head_size_quantizes_the_cache(tiny, tmp_path):
+    plain = generate(tiny, tmp_path / "plain", PROMPT, "task.max_tokens=8")
+    quantized = generate(tiny, tmp_path / "q", PROMPT, "task.max_tokens=8", "task.kv_bits=8",
+                         "task.kv_group_size=32", "task.quantized_kv_start=0")
+    assert quantized["generation_tokens"] == 8  # through an 8-bit cache from the first token
+    # kv_bits=null: the group size is not used, and not checked
+    assert generate(tiny, tmp_path / "off", PROMPT, "task.max_tokens=8",
+                    "task.kv_group_size=64")["text"] == plain["text"]
+
+
+def test_a_kv_cache_mlx_lm_cannot_quantize_is_refused_by_generate_too(tmp_path):
+    """gemma3's sliding-window layers keep a rotating cache, which mlx-lm cannot quantize."""
+    model_dir = make_model(tmp_path / "gemma", "gemma3_text", vocab_size=128)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(EMBEDDED_TINY / name, model_dir / name)
+    cfg = compose([f"model={model_dir}", "task=generate", PROMPT, "task.kv_bits=4",
+                   "task.kv_group_size=32", "task.max_tokens=4"])
+    settings = validate(cfg)
+    model, report = prepare(cfg, settings)
+    with pytest.raises(TaskError) as e:
+        run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                           model_config=report.model_config, model_dir=model_dir, run_dir=tmp_path))
+    assert str(e.value) == ("task.kv_bits=4: this model's KV cache cannot be quantized by mlx-lm "
+                            "(RotatingKVCache Quantization NYI)")
 
 
 def test_bad_generation_settings_are_listed_together(tmp_path):

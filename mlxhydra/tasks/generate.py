@@ -26,7 +26,7 @@ from .generation import (
     make_sampler_from,
     string_list,
 )
-from .kv_cache import check_bounded_cache, check_kv, kv_options, quantization_failure
+from .kv_cache import check_kv, kv_options, quantization_failure, require_servable_cache
 from .prompts import (
     chat_template_text,
     check_prompts,
@@ -135,6 +135,7 @@ def execute(job: TaskInput) -> Metrics:
     import mlx.core as mx
 
     task = job.task
+    require_servable_cache(job.model, kv_options(task))  # before any token, whatever the prompt length
     tokenizer = load_tokenizer(job.model_dir, job.model_config,
                                chat_template=chat_template_text(task.get("chat_template")),
                                trust_remote_code=job.trust_remote_code)
@@ -151,7 +152,6 @@ def execute(job: TaskInput) -> Metrics:
         num_draft_tokens=task.get("num_draft_tokens") or 3,
         options={**kv_options(task), "prefill_step_size": task.get("prefill_step_size") or 2048},
     )
-    check_bounded_cache(job.model, how.options)
     extra: Dict[str, Any] = {}
     if task.get("draft_model") is not None:
         how.draft_model, extra["draft_model"] = load_draft_model(task["draft_model"], job.load,

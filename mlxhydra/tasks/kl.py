@@ -178,6 +178,7 @@ def execute(job: TaskInput) -> Metrics:
 
     start = time.perf_counter()
     task = job.task
+    scored = ThroughCache(job.model, task) if uses_cache(task) else job.model  # its KV settings first
     batch_size = task["batch_size"]
     dtype = task.get("cache_dtype") or "float32"
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
@@ -215,8 +216,7 @@ def execute(job: TaskInput) -> Metrics:
         del reference
         mx.clear_cache()
     try:
-        model = ThroughCache(job.model, task) if uses_cache(task) else job.model
-        out = summarize(compare(model, tokens, batch_size, target))
+        out = summarize(compare(scored, tokens, batch_size, target))
     finally:
         if scratch is not None:
             scratch.cleanup()

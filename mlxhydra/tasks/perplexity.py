@@ -90,9 +90,9 @@ def execute(job: TaskInput) -> Metrics:
         Metrics: perplexity, perplexity_stderr, tokens_evaluated, samples,
         sequence_length, tokens_per_second, seconds, peak_memory_gb, data, data_sha256.
     """
+    model = ThroughCache(job.model, job.task) if uses_cache(job.task) else job.model
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(job.task, tokenizer, job.model_dir)
-    model = ThroughCache(job.model, job.task) if uses_cache(job.task) else job.model
     out = compute_perplexity(model, tokens, job.task["batch_size"])
     out.update(
         samples=tokens.shape[0], sequence_length=tokens.shape[1],
