@@ -176,12 +176,12 @@ def test_two_sweeps_at_once_on_a_new_store(tmp_path):
 
 
 def test_logger_settings_are_validated():
-    from mlxhydra.config.loggers import check_logger
+    from mlxhydra.config.loggers import logger_problems
 
-    assert check_logger({}) == []
-    assert check_logger({"mlflow": {"tracking_uri": "sqlite:///x.db", "experiment": "e", "artifacts": True},
+    assert logger_problems({}) == []
+    assert logger_problems({"mlflow": {"tracking_uri": "sqlite:///x.db", "experiment": "e", "artifacts": True},
                          "csv": {"path": "t.csv"}, "tensorboard": {"log_dir": None}}) == []
-    assert check_logger({"csv": {"path": 3}, "mlflow": {"artifacts": "yes", "uri": "x"}, "wandb": {}}) == [
+    assert logger_problems({"csv": {"path": 3}, "mlflow": {"artifacts": "yes", "uri": "x"}, "wandb": {}}) == [
         "logger.csv.path=3: expected a CSV file path",
         "logger.mlflow.artifacts='yes': expected true or false",
         "logger.mlflow.uri: unknown key (expected tracking_uri, experiment, artifacts)",

@@ -12,7 +12,7 @@ MAX_INTEGER = 2**31 - 1  # the largest MLX array dimension (int32)
 class SettingsCheck:
     """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
-    Each task's ``check(task)`` uses one and returns its ``problems``; the
+    Each task's ``settings_problems(task)`` uses one and returns its ``problems``; the
     validate stage reports them together before any weight is read. Other
     nodes use it with their own ``prefix`` (``quant.dwq``).
     """

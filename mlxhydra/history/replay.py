@@ -39,7 +39,7 @@ from ..config.overrides import parse_overrides
 from ..errors import Interrupted, RunDirError, one_line_message
 from ..file_checks import directory_problem, regular_file_problem
 from ..job.thread import interruption_handlers
-from ..record.run_dir import RunDir, check_run_dir
+from ..record.run_dir import RunDir, require_run_dir
 from ..record.schema import same
 from .diff import ABSENT, NEEDED, differences, load_run, table
 
@@ -296,7 +296,7 @@ def main(argv: Sequence[str]) -> int:
     options = (["--config-dir", args.config_dir] if args.config_dir else []) + (
         ["--config-name", args.config_name] if args.config_name else [])
     try:
-        original = check_run_dir(args.run_dir, "replay", NEEDED)
+        original = require_run_dir(args.run_dir, "replay", NEEDED)
         load_run(original)  # every file compared afterwards is read once now: damage stops here
         command, cwd, out_dir, notes = replay_command(original, args.overrides, options)
     except (RunDirError, OSError) as e:

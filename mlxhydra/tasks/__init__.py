@@ -1,6 +1,6 @@
 """Experiments on the loaded model (``task=<name>``), one module each.
 
-Each task module exposes ``check(task) -> problems`` (its settings, checked
+Each task module exposes ``settings_problems(task) -> problems`` (its settings, checked
 by the validate stage before any weight is read) and ``execute(job) ->
 metrics`` (with a :class:`~mlxhydra.tasks.common.TaskInput`); :data:`TASKS`
 maps ``task.name`` to the module. The job writes the returned metrics to
@@ -40,13 +40,13 @@ def task_module(name: Any) -> ModuleType:
     return import_module(f"{__name__}.{TASKS[name]}")
 
 
-def check_task(task: Dict[str, Any]) -> List[str]:
+def task_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of a task's settings (its name included)."""
     try:
         module = task_module(task.get("name"))
     except ConfigError as e:
         return e.problems
-    return module.check(task)
+    return module.settings_problems(task)
 
 
 def task_file_problems(task: Dict[str, Any], model_dir: Path, trust_remote_code: bool) -> List[str]:
@@ -81,5 +81,5 @@ def run_task(job: TaskInput) -> Metrics:
     return task_module(job.task.get("name")).execute(job)
 
 
-__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_file_problems", "task_model_problems",
+__all__ = ["TASKS", "TaskInput", "task_problems", "run_task", "task_file_problems", "task_model_problems",
            "task_module"]

@@ -11,9 +11,9 @@ from ..load.tokenizer import load_tokenizer
 KEY = "task.draft_model"
 
 
-def check_draft(c: SettingsCheck) -> None:
+def draft_problems(task: Mapping[str, Any]) -> List[str]:
     """``draft_model`` names a model (composed now: a bad one fails before any weight is read)."""
-    task = c.task
+    c = SettingsCheck(task)
     c.integer("num_draft_tokens")
     value = task.get("draft_model")
     if value is None:
@@ -31,6 +31,7 @@ def check_draft(c: SettingsCheck) -> None:
     if task.get("max_kv_size") is not None:
         c.problems.append("task.max_kv_size with task.draft_model: speculative decoding needs a "
                           "trimmable KV cache, which a bounded one is not; set only one of them")
+    return c.problems
 
 
 def vocab_rows(config: Mapping[str, Any]) -> Optional[int]:
@@ -66,7 +67,7 @@ def vocabulary_problem(value: str, tokenizer, draft_tokenizer, rows: Optional[in
     return None
 
 
-def draft_problems(task: Mapping[str, Any], tokenizer, model_config: Mapping[str, Any],
+def draft_vocabulary_problems(task: Mapping[str, Any], tokenizer, model_config: Mapping[str, Any],
                    load: Mapping[str, Any]) -> List[str]:
     """The draft model against the model, from their configs and tokenizers (validate stage)."""
     value = task.get("draft_model")

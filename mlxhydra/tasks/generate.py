@@ -17,22 +17,22 @@ from ..distributed.ranks import world
 from ..errors import TaskError
 from ..load.tokenizer import load_tokenizer
 from .common import Metrics, TaskInput
-from .draft import check_draft, draft_problems, load_draft_model
+from .draft import draft_problems, draft_vocabulary_problems, load_draft_model
 from .generation import (
     Generation,
-    check_sampling,
-    check_strings,
     generate_text,
     make_sampler_from,
+    sampling_problems,
     string_list,
+    string_list_problems,
 )
-from .kv_cache import check_kv, kv_options, quantization_failure, require_servable_cache
+from .kv_cache import kv_options, kv_problems, quantization_failure, require_servable_cache
 from .prompts import (
     chat_template_text,
-    check_prompts,
     context_length,
     encode_prompt,
     prompt_items,
+    prompt_length_problems,
     prompt_problems,
     unescape,
 )
@@ -49,17 +49,17 @@ FILE_ONLY = {"file_only": True}
 RUNS_SHARDED = True
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=generate's settings."""
     c = SettingsCheck(task)
     c.integer("max_tokens", allow_negative_one=True)
-    check_prompts(c)
-    check_sampling(c)
-    check_strings(c, "stop")
-    check_strings(c, "extra_eos_token")
+    c.problems += prompt_problems(c.task)
+    c.problems += sampling_problems(c.task)
+    c.problems += string_list_problems(c.task, "stop")
+    c.problems += string_list_problems(c.task, "extra_eos_token")
     c.boolean("stream")
-    check_kv(c)
-    check_draft(c)
+    c.problems += kv_problems(c.task)
+    c.problems += draft_problems(c.task)
     return c.problems
 
 
@@ -67,8 +67,8 @@ def problems_with_model(task: Dict[str, Any], model_config: Dict[str, Any], mode
                         load: Dict[str, Any]) -> List[str]:
     """task=generate's sound settings against the model, before any weight is read.
 
-    The prompts must fit the model's context (:func:`~.prompts.prompt_problems`)
-    and a draft model must share its vocabulary (:func:`~.draft.draft_problems`).
+    The prompts must fit the model's context (:func:`~.prompts.prompt_length_problems`)
+    and a draft model must share its vocabulary (:func:`~.draft.draft_vocabulary_problems`).
     A tokenizer that cannot be loaded is named where the tokenizer files are checked.
     """
     try:
@@ -77,8 +77,8 @@ def problems_with_model(task: Dict[str, Any], model_config: Dict[str, Any], mode
                                    trust_remote_code=load.get("trust_remote_code") is True)
     except TaskError:
         return []
-    return (prompt_problems(task, tokenizer, context_length(model_config))
-            + draft_problems(task, tokenizer, model_config, load))
+    return (prompt_length_problems(task, tokenizer, context_length(model_config))
+            + draft_vocabulary_problems(task, tokenizer, model_config, load))
 
 
 def _print(text: str) -> None:
@@ -144,7 +144,7 @@ def execute(job: TaskInput) -> Metrics:
     sampler, processors = make_sampler_from(task, tokenizer)
     # Under mlx.launch every rank generates; rank 0 alone prints and writes files.
     leads = world().leads
-    stream = task.get("stream", True) and leads
+    stream = task["stream"] and leads
     how = Generation(
         max_tokens=task["max_tokens"], sampler=sampler, logits_processors=processors,
         stop=[unescape(s) for s in string_list(task.get("stop")) or []],

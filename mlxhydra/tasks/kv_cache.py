@@ -6,7 +6,7 @@ fills (:class:`ThroughCache`), so the cost of a quantized or bounded KV cache
 is measured on the same data as any other change.
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config.checks import SettingsCheck
 from ..errors import TaskError
@@ -15,15 +15,15 @@ KV_BITS = (2, 3, 4, 5, 6, 8)  # what mx.quantize (QuantizedKVCache) accepts
 KV_GROUP_SIZES = (32, 64, 128)
 
 
-def check_kv(c: SettingsCheck, step_key: Optional[str] = "prefill_step_size") -> None:
+def kv_problems(task: Mapping[str, Any], step_key: Optional[str] = "prefill_step_size") -> List[str]:
     """The KV-cache settings, and the tokens per model call (``step_key``)."""
-    task = c.task
+    c = SettingsCheck(task)
     if task.get("max_kv_size") is not None:
         c.integer("max_kv_size")
     bits = task.get("kv_bits")
     if bits is not None and (type(bits) is not int or bits not in KV_BITS):
         c.fail("kv_bits", f"one of {', '.join(map(str, KV_BITS))}, or null (no KV-cache quantization)")
-    c.choice("kv_group_size", KV_GROUP_SIZES, default=64)
+    c.choice("kv_group_size", KV_GROUP_SIZES)
     c.integer("quantized_kv_start", minimum=0)
     if step_key is not None:
         c.integer(step_key)
@@ -32,6 +32,7 @@ def check_kv(c: SettingsCheck, step_key: Optional[str] = "prefill_step_size") ->
             "task.kv_bits and task.max_kv_size: mlx-lm cannot quantize a rotating KV cache "
             "(RotatingKVCache); set only one of them"
         )
+    return c.problems
 
 
 def kv_options(task: Mapping[str, Any]) -> Dict[str, Any]:
@@ -39,8 +40,8 @@ def kv_options(task: Mapping[str, Any]) -> Dict[str, Any]:
     return {
         "max_kv_size": task.get("max_kv_size"),
         "kv_bits": task.get("kv_bits"),
-        "kv_group_size": task.get("kv_group_size", 64),
-        "quantized_kv_start": task.get("quantized_kv_start", 0),
+        "kv_group_size": task["kv_group_size"],
+        "quantized_kv_start": task["quantized_kv_start"],
     }
 
 
@@ -91,7 +92,7 @@ def require_servable_cache(model, options: Mapping[str, Any]) -> None:
         TaskError: ``max_kv_size`` for a model with its own cache, a cache mlx-lm
             cannot quantize, or a head size that is not a multiple of ``kv_group_size``.
     """
-    check_bounded_cache(model, options)
+    require_bounded_cache(model, options)
     if options.get("kv_bits") is None:
         return
     import mlx.core as mx
@@ -126,7 +127,7 @@ def quantize_cache(cache, options: Mapping[str, Any]) -> None:
         raise (quantization_failure(options, e) or e) from e
 
 
-def check_bounded_cache(model, options: Mapping[str, Any]) -> None:
+def require_bounded_cache(model, options: Mapping[str, Any]) -> None:
     """``max_kv_size`` works only for models without their own cache layout.
 
     mlx-lm's ``make_prompt_cache`` uses a model's ``make_cache`` when it has

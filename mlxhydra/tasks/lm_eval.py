@@ -60,7 +60,7 @@ def include_paths(value: Any) -> Optional[List[Path]]:
     return [Path(p).expanduser().absolute() for p in paths]
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=lm_eval's settings, the task names included."""
     c = SettingsCheck(task)
     specs = task_specs(task.get("tasks"))
@@ -232,7 +232,7 @@ def execute(job: TaskInput) -> Metrics:
     start = time.perf_counter()
     with _quiet_progress():
         loaded = results_io.load_tasks(manager, specs)
-        results_io.check_unsafe(loaded, bool(task.get("confirm_run_unsafe_code")))
+        results_io.require_unsafe_consent(loaded, bool(task.get("confirm_run_unsafe_code")))
         mx.random.seed(seed)  # as mlx_lm.evaluate: sampling, when a sampler is set
         tracker = EvaluationTracker(output_path=str(job.run_dir / results_io.OUTPUT_DIR / "results.json"))
         results = lm_eval.simple_evaluate(

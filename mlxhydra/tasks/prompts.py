@@ -102,28 +102,29 @@ def prompt_items(task: Mapping[str, Any]) -> List[PromptItem]:
     return [PromptItem("task.prompt", prompt=unescape(prompt))]
 
 
-def check_chat(c: SettingsCheck) -> None:
+def chat_problems(task: Mapping[str, Any]) -> List[str]:
     """The chat settings shared with task=accuracy: chat, messages, system_prompt."""
-    task = c.task
-    c.choice("chat", ("auto", True, False), default="auto")
+    c = SettingsCheck(task)
+    c.choice("chat", ("auto", True, False))
     messages = task.get("messages")
     if messages is not None:
         problem = messages_problem(messages)
         if problem:
             c.problems.append(f"task.messages: {problem}")
-        elif task.get("chat", "auto") is False:
+        elif task["chat"] is False:
             c.problems.append("task.messages needs task.chat=auto or true (a chat template)")
         elif task.get("system_prompt") is not None and messages[0].get("role") == "system":
             c.problems.append("task.system_prompt and a system message in task.messages: give one")
     system = task.get("system_prompt")
     if system is not None and not isinstance(system, str):
         c.fail("system_prompt", "a string or null")
+    return c.problems
 
 
-def check_prompts(c: SettingsCheck) -> None:
+def prompt_problems(task: Mapping[str, Any]) -> List[str]:
     """Every prompt setting of task=generate (the prompt file is read now)."""
-    task = c.task
-    check_chat(c)
+    c = SettingsCheck(task)
+    c.problems += chat_problems(c.task)
     prompt = task.get("prompt")
     if task.get("messages") is None and task.get("prompt_file") is None and not (
         (isinstance(prompt, str) and prompt)
@@ -155,8 +156,9 @@ def check_prompts(c: SettingsCheck) -> None:
     if prefill is not None:
         if not isinstance(prefill, str):
             c.fail("prefill_response", "a string or null")
-        elif task.get("chat", "auto") is False:
+        elif task["chat"] is False:
             c.problems.append("task.prefill_response needs task.chat=auto or true (a chat template)")
+    return c.problems
 
 
 def looks_like_template(text: str) -> bool:
@@ -181,7 +183,7 @@ def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[
     Raises:
         TaskError: a chat template required but absent.
     """
-    chat, prefill = task.get("chat", "auto"), task.get("prefill_response")
+    chat, prefill = task["chat"], task.get("prefill_response")
     if item.messages is not None:
         use_chat = True
     else:
@@ -236,7 +238,7 @@ def _longest_token(tokenizer) -> Optional[int]:
         return None
 
 
-def prompt_problems(task: Mapping[str, Any], tokenizer, context: Optional[Tuple[int, str]]) -> List[str]:
+def prompt_length_problems(task: Mapping[str, Any], tokenizer, context: Optional[Tuple[int, str]]) -> List[str]:
     """Prompts longer than the model's context, each named (refused, never truncated).
 
     A prompt with more characters than the context times the longest token of
