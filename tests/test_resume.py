@@ -104,6 +104,39 @@ def test_the_table_of_runs(killed_and_resumed):
     assert [r["job_num"] for r in by_bits] == [3, 2, 1, 0]
 
 
+def test_where_compares_whole_values_never_prefixes(tmp_path, capsys):
+    """--where keeps a row only for an equal value (as text, or as numbers): 4 is not 48 or 40,
+    kl is not kl_something, and a run.json key is not the start of a longer one."""
+    from mlxhydra.history.table import main as runs_main
+    from mlxhydra.record.schema import write_record
+
+    def record(name, task, bits, bpw):
+        run_dir = tmp_path / "outputs" / "runs" / "2026-01-01" / name
+        run_dir.mkdir(parents=True)
+        write_record(run_dir / "run.json", {
+            "status": "completed", "started": f"2026-01-01T00:00:0{len(list(run_dir.parent.iterdir()))}",
+            "choices": {"task": task}, "overrides": [f"task={task}", f"quant.bits={bits}"],
+            "quantization": {"source": "runtime", "bits_per_weight": bpw}})
+
+    record("a", "kl", "4", 4.5)
+    record("b", "kl_something", "48", 48.5)
+    record("c", "kl", "40", 40.5)
+    record("d", "kl", "4.0", 4.25)
+
+    def names(*where):
+        assert runs_main([str(tmp_path / "outputs"), "--json", *[f"--where={w}" for w in where]]) == 0
+        return sorted(Path(r["run_dir"]).name for r in json.loads(capsys.readouterr().out))
+
+    assert names("quant.bits=4") == ["a", "d"]  # 4.0 is 4 as a number
+    assert names("quant.bits=48") == ["b"]
+    assert names("task=kl") == ["a", "c", "d"]
+    assert names("task=kl_something") == ["b"]
+    assert names("task!=kl") == ["b"]
+    assert names("quantization.bits_per_weight=4.5") == ["a"]
+    assert names("quantization.bits=4.5") == []  # not a field: not bits_per_weight by prefix
+    assert names("quantization.source=run") == []
+
+
 def test_resume_runs_only_what_did_not_complete(killed_and_resumed):
     cwd, sweep, _, records, resumed, _ = killed_and_resumed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
