@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..errors import Interrupted, SweepFailed, SweepStopped
+from ..job.thread import signals_held
 from ..record.atomic import write_bytes_atomic
 from ..record.latest import mark_latest
 from ..record.run_dir import RunDir, SweepDir
@@ -71,8 +72,6 @@ def _summarize_stopped(sweep_dir: Path, objective: Optional[str]) -> None:
     skips summary.png (a second or more, matplotlib included; see
     :func:`skipped_summary`) and the first signal goes on ending the command.
     """
-    from ..job.thread import signals_held
-
     _active["summarized"] = True
     try:
         summarize(sweep_dir, objective, tables_held=signals_held)

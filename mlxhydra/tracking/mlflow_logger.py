@@ -20,6 +20,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ..errors import FileSystemError
+from ..file_checks import exists, regular_file_problem
 from .tracked_job import TrackedJob, finite, sweep_artifacts, sweep_params
 from .tracker_callback import TrackerCallback, file_lock
 
@@ -80,9 +82,6 @@ def check_sqlite_store(db: Path) -> None:
     directory, or a file that is not a database at once.
     """
     import sqlite3
-
-    from ..errors import FileSystemError
-    from ..file_checks import exists, regular_file_problem
 
     problem = regular_file_problem(db) if exists(db) else None
     if problem:
