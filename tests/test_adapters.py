@@ -99,6 +99,32 @@ def test_fused_equals_unfused_and_saves_a_model_mlx_lm_loads(base, lora, tmp_pat
     assert adapter["fingerprint"] == f"full:sha256:{digest}"
 
 
+@pytest.mark.parametrize("quantized", ["pre-quantized", "runtime"])
+def test_fusing_into_a_4bit_base_keeps_it_4bit_as_mlx_lm_fuse_does(base, lora, quantized):
+    """mlx_lm.fuse's step on mlx_lm.load(base_q4, adapter_path): each adapted layer fused and
+    quantized again with its own settings. Ours equals it bit for bit (measured: no tolerance
+    needed), pre-quantized base or quantized while read."""
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+    from mlx_lm import load as mlx_lm_load
+
+    theirs, _ = mlx_lm_load(str(base.parent / "base_q4"), adapter_path=str(lora))
+    unfused = logits(theirs)
+    fused = [(n, m.fuse(dequantize=False)) for n, m in theirs.named_modules() if hasattr(m, "fuse")]
+    theirs.update_modules(tree_unflatten(fused))
+    model_dir, quant = (base.parent / "base_q4", ()) if quantized == "pre-quantized" else (base, ("quant=4bit",))
+    ours, report = load_ours(model_dir, *quant, f"load.adapter_path={lora}", "load.fuse=true")
+    assert report.adapter["fused"] is True and report.adapter["parameters"] == 0
+    adapted = {n for n, _ in fused}  # the 7 linear layers of each of the 2 blocks
+    assert len(adapted) == 14
+    layers = dict(ours.named_modules())
+    for name in adapted:
+        assert type(layers[name]) is nn.QuantizedLinear, (name, type(layers[name]))
+        assert (layers[name].bits, layers[name].group_size) == (4, 64)
+    assert np.array_equal(logits(ours), logits(theirs))
+    assert not np.allclose(logits(ours), unfused, atol=1e-3)  # the fused weights were quantized again
+
+
 def test_kl_of_an_adapter_is_against_the_base_model(base, lora, tmp_path):
     common = ("task=kl", "task.num_samples=2", "task.sequence_length=32",
               f"task.cache_dir={tmp_path / 'kl'}")

@@ -233,6 +233,35 @@ def test_save_records_calibration_and_mlx_lm_loads_it(tmp_path):
     assert config["quantization"]["model.layers.0.mlp.down_proj"] == {"group_size": 64, "bits": 3}
 
 
+@pytest.mark.slow
+def test_the_recorded_calibration_fingerprints_are_of_the_file_and_the_rows(tmp_path, llama):
+    """run.json's data_sha256 is the calibration file's SHA-256 (and follows a change of the
+    file); rows_sha256 is that of the rows mlx-lm's GPTQ would draw with the same seed."""
+    import hashlib
+
+    from mlxhydra.load.calibration import choose_rows
+
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT.read_text()[:3000])
+    recorded = {}
+    for attempt in ("first", "changed"):
+        if attempt == "changed":
+            text.write_text(text.read_text()[:2999] + "9")  # one character, same length
+        r = run_cli(f"model={llama}", "quant.method=gptq", "quant.bits=4", "quant.group_size=32",
+                    f"quant.calibration.data={text}", "quant.calibration.num_samples=4",
+                    "quant.calibration.sequence_length=32", "task=load", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        recorded[attempt] = read_run(run_dirs(tmp_path)[-1])["quantization"]["calibration"]
+        assert recorded[attempt]["data_sha256"] == "sha256:" + hashlib.sha256(text.read_bytes()).hexdigest()
+        mx.random.seed(123)
+        mu.load_model(llama, lazy=True)  # draws from mlx's generator as the loaded model does
+        rows = choose_rows(read_calibration(text, load_tokenizer(llama)).rows(32), 4)
+        assert recorded[attempt]["rows_sha256"] == "sha256:" + hashlib.sha256(
+            np.asarray(rows, dtype=np.int32).tobytes()).hexdigest()
+    assert recorded["first"]["data_sha256"] != recorded["changed"]["data_sha256"]
+    assert recorded["first"]["data_tokens"] == recorded["changed"]["data_tokens"]
+
+
 def test_dynamic_reuses_its_sensitivities(tmp_path):
     """A run writes sensitivities.json; a later run reads it and skips the sensitivity pass."""
     from mlxhydra.load.learned_quant import SENSITIVITIES, prepare_method
