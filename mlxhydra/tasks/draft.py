@@ -17,10 +17,10 @@ def draft_problems(task: Mapping[str, Any]) -> List[str]:
     c.integer("num_draft_tokens")
     value = task.get("draft_model")
     if value is None:
-        return
+        return c.problems
     if not isinstance(value, str) or not value:
         c.fail("draft_model", "a model directory, a preset, a Hugging Face id, or null")
-        return
+        return c.problems
     try:
         compose_model_option(value, KEY)
     except ConfigError as e:
