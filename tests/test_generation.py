@@ -14,6 +14,7 @@ import pytest
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 
 from mlxhydra.config.composition import compose
+from mlxhydra.config.declared import shipped_defaults
 from mlxhydra.config.overrides import parse_overrides
 from mlxhydra.errors import ConfigError, TaskError
 from mlxhydra.job.pipeline import prepare
@@ -149,7 +150,7 @@ def test_kv_quantization_costs_more_at_fewer_bits(tiny, tmp_path):
     # Without quantization, the row fed through the cache gives the model's own logits.
     tokens = mx.array([list(range(1, 60))])
     np.testing.assert_allclose(
-        np.array(ThroughCache(model, {"prefill_step_size": 7})(tokens).astype(mx.float32)),
+        np.array(ThroughCache(model, {**shipped_defaults("task", "perplexity"), "prefill_step_size": 7})(tokens).astype(mx.float32)),
         np.array(model(tokens).astype(mx.float32)), rtol=1e-4, atol=1e-4)
 
 
