@@ -150,7 +150,8 @@ def test_kv_quantization_costs_more_at_fewer_bits(tiny, tmp_path):
     # Without quantization, the row fed through the cache gives the model's own logits.
     tokens = mx.array([list(range(1, 60))])
     np.testing.assert_allclose(
-        np.array(ThroughCache(model, {**shipped_defaults("task", "perplexity"), "prefill_step_size": 7})(tokens).astype(mx.float32)),
+        np.array(ThroughCache(model, {**shipped_defaults("task", "perplexity"), "prefill_step_size": 7}
+                              )(tokens).astype(mx.float32)),
         np.array(model(tokens).astype(mx.float32)), rtol=1e-4, atol=1e-4)
 
 
