@@ -68,8 +68,9 @@ def send_report(host: str, port: int, key: bytes, report: Dict[str, Any],
         line = json.dumps({**report, "error": str(report.get("error"))[: MAX_REPORT_BYTES // 8]},
                           default=str).encode("utf-8")
     try:
-        conn = _connection(socket.create_connection((host, port), timeout=CONNECT_TIMEOUT),
-                           CONNECT_TIMEOUT)
+        # Each read may wait as long as the acknowledgement: rank 0 may be busy (or stopped)
+        # before it answers the handshake.
+        conn = _connection(socket.create_connection((host, port), timeout=CONNECT_TIMEOUT), ack_wait)
         with conn:
             answer_challenge(conn, key)
             deliver_challenge(conn, key)
