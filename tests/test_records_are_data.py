@@ -250,13 +250,13 @@ def test_what_a_record_may_give():
     recorded = ["hydra/launcher=parallel", "hydra/launcher=my_launcher", "hydra/sweeper=quant_search",
                 "hydra.launcher.n_jobs=4", "hydra.launcher.setup=[evil]", "hydra.job.chdir=true",
                 "hydra.sweeper.sampler.seed=3", "hydra.sweeper.sampler._target_=evil.Sampler",
-                "hydra.sweeper.params.quant.bits=choice(2,4)",
+                "hydra.sweeper.params.quant.bits=choice(2,4)", "hydra.sweeper.params=null",
                 "hydra.sweeper.params.load.trust_remote_code=choice(true)", "hydra.sweeper.storage=sqlite:///x.db",
                 "hydra.searchpath=[file:///tmp]", "hydra/job_logging=none", "hydra.mode=MULTIRUN"]
     kept, dropped = hydra_overrides(recorded, sweep=True, replaced=("hydra.mode",))
     assert kept == ["hydra/launcher=parallel", "hydra/sweeper=quant_search", "hydra.launcher.n_jobs=4",
                     "hydra.job.chdir=true", "hydra.sweeper.sampler.seed=3",
-                    "hydra.sweeper.params.quant.bits=choice(2,4)"]
+                    "hydra.sweeper.params.quant.bits=choice(2,4)", "hydra.sweeper.params=null"]
     assert dropped == [
         "hydra/launcher=my_launcher (a Hydra setting)", "hydra.launcher.setup=[evil] (a Hydra setting)",
         "hydra.sweeper.sampler._target_=evil.Sampler (a Hydra setting)",

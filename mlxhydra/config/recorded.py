@@ -47,7 +47,8 @@ DESTINATIONS = ("task.path", "logger.mlflow.tracking_uri", "logger.tensorboard.l
 # Hydra settings re-applied from any record: where relative paths point.
 KEPT_HYDRA = ("hydra.job.chdir",)
 # A sweep's Hydra settings re-applied by resume, besides the launcher and sweeper options:
-# plain sizes and names (hydra.sweeper.params.<mlxhydra key> too: the search space).
+# plain sizes and names (and the search space: hydra.sweeper.params=null and
+# hydra.sweeper.params.<mlxhydra key>).
 SWEEP_HYDRA = tuple(f"hydra.launcher.{k}" for k in (
     "n_jobs", "partition", "timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
     "gpus_per_node", "array_parallelism")) + tuple(f"hydra.sweeper.{k}" for k in (
@@ -194,6 +195,8 @@ def hydra_override(o: ParsedOverride, sweep: bool) -> Optional[str]:
     if key in CHOOSERS:
         return None if isinstance(o.value, str) and o.value in shipped_options(key) else HYDRA
     params = "hydra.sweeper.params."
+    if key == params[:-1]:  # params=null: the command line's search space alone
+        return None if o.value is None else HYDRA
     if key.startswith(params):
         inner = key[len(params):]
         if _root(inner) not in OWN_KEYS or is_consent(inner):
