@@ -397,6 +397,7 @@ def test_rank_reports_come_only_from_who_knows_the_runs_secret():
     import logging
     import socket
     import threading
+    from multiprocessing.connection import Connection
 
     import mlx.core as mx
 
@@ -417,11 +418,15 @@ def test_rank_reports_come_only_from_who_knows_the_runs_secret():
                     pass
             except ConnectionResetError:  # with the line unread
                 pass
+        # the report in the channel's framing, without the handshake
+        framed = Connection(socket.create_connection(("127.0.0.1", reports.port), timeout=10).detach())
+        framed.send_bytes(json.dumps(forged).encode())
         assert send_report("127.0.0.1", reports.port, bytes(32), forged, ack_wait=1) is False
         deadline = time.monotonic() + 10
-        while reports.ignored < 2 and time.monotonic() < deadline:
+        while reports.ignored < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert reports.first(0.2) is None and reports.ignored == 2
+        framed.close()
+        assert reports.first(0.2) is None and reports.ignored == 3
         assert seen == ["rank reports: ignored a connection from 127.0.0.1: it did not prove the "
                         "run's secret"]
         real = {"status": "failed", "error": "rank 1's own error", "rank": 1}
