@@ -63,6 +63,7 @@ def test_resume_takes_no_consent_from_the_recorded_plan(tmp_path):
     edit_plan(sweep, task=["load.trust_remote_code=true"], config={"load.trust_remote_code": True})
     names = [j.name for j in sweep_job_dirs(sweep)]
     resumed = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert not marker.exists()
     assert resumed.returncode == 1, resumed.stderr[-3000:]
     assert ("mlxhydra: resume: dropped recorded settings that are not re-applied: "
             + CONSENT_DROPPED) in stderr_lines(resumed)
@@ -102,12 +103,12 @@ def test_resume_drops_recorded_callbacks_and_search_paths(small_sweep, tmp_path)
                 f"+hydra.callbacks.grab.filename={victim}", "+hydra.callbacks.grab.mode=w"]
     edit_plan(sweep, hydra=callback)
     resumed = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert victim.read_text() == "the user's own file\n"
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ("mlxhydra: resume: dropped recorded settings that are not re-applied: "
             "+hydra.callbacks.grab._target_=logging.FileHandler (a Hydra setting), "
             f"+hydra.callbacks.grab.filename={victim} (a Hydra setting), "
             "+hydra.callbacks.grab.mode=w (a Hydra setting)") in stderr_lines(resumed)
-    assert victim.read_text() == "the user's own file\n"
     assert [read_run(j)["status"] for j in sweep_job_dirs(sweep)] == ["completed", "completed"]
 
     # A search path to the attacker's presets, and a preset there that consents to remote code.
@@ -115,17 +116,16 @@ def test_resume_drops_recorded_callbacks_and_search_paths(small_sweep, tmp_path)
     remote = remote_model(tmp_path, marker)
     presets = tmp_path / "presets" / "experiment"
     presets.mkdir(parents=True)
-    (presets / "trusting.yaml").write_text(
-        f"# @package _global_\nload:\n  trust_remote_code: true\nmodel_dir: {remote}\n")
+    (presets / "trusting.yaml").write_text("# @package _global_\nload:\n  trust_remote_code: true\n")
     sweep = unfinished_copy(small_sweep, tmp_path / "s2")
-    edit_plan(sweep, task=["+experiment=trusting"],
+    edit_plan(sweep, task=[f"model={remote}", "+experiment=trusting"],
               hydra=[f"hydra.searchpath=[file://{presets.parent}]"])
     resumed = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert not marker.exists()
     assert resumed.returncode == 1, resumed.stderr[-3000:]
     assert ("mlxhydra: resume: dropped recorded settings that are not re-applied: "
             f"hydra.searchpath=[file://{presets.parent}] (a Hydra setting)") in stderr_lines(resumed)
     assert "Could not find 'experiment/trusting'" in resumed.stderr
-    assert not marker.exists()
     assert not list(sweep.glob("1_*"))
 
 
