@@ -156,11 +156,13 @@ def test_reruns_never_run_code_from_a_working_directory(small_sweep, tmp_path):
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
     (run / "run.json").write_text(json.dumps({**read_run(run), "cwd": str(shadow)}))
     replayed = run_cli("replay", str(run), cwd=elsewhere)
+    assert not marker.exists()
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     [here] = (elsewhere / "outputs" / "runs").glob("*/*_replay-*")  # in the current directory
     assert (read_run(here)["status"], read_run(here)["cwd"]) == ("completed", str(elsewhere))
     # ... and one run in that directory itself, asked for with --cwd: the installed package runs
     replayed = run_cli("replay", "--cwd", str(shadow), str(run), cwd=elsewhere)
+    assert not marker.exists()
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     [there] = (shadow / "outputs" / "runs").glob("*/*_replay-*")
     assert read_run(there)["status"] == "completed"
@@ -169,6 +171,7 @@ def test_reruns_never_run_code_from_a_working_directory(small_sweep, tmp_path):
     sweep = unfinished_copy(small_sweep, tmp_path / "s")
     edit_plan(sweep, cwd=shadow)
     resumed = run_cli("resume", str(sweep), cwd=elsewhere)
+    assert not marker.exists()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (f"mlxhydra: resume: the sweep ran in {shadow}; resuming in {elsewhere}: relative paths "
             "in its settings are taken from here (--cwd DIR chooses)") in stderr_lines(resumed)
