@@ -203,6 +203,7 @@ def test_task_yamls_that_run_code_need_this_commands_consent(tmp_path):
                "refused; set load.trust_remote_code=true if you trust these task files")
     args = ("task=lm_eval", f"task.include_path={tasks}", "task.tasks=[evil_sums]", "task.limit=2")
     result = run_cli(*args, cwd=tmp_path)
+    assert not marker.exists()
     assert result.returncode == 1, result.stderr[-3000:]
     assert stderr_lines(result)[-1] == refused
     record = read_run(run_dirs(tmp_path)[0])
@@ -220,6 +221,7 @@ def test_task_yamls_that_run_code_need_this_commands_consent(tmp_path):
     marker.unlink()
     [run] = [r for r in run_dirs(tmp_path) if read_run(r)["status"] == "completed"]
     replayed = run_cli("replay", str(run), cwd=tmp_path)
+    assert not marker.exists()
     assert replayed.returncode == 1, replayed.stderr[-3000:]
     assert ("mlxhydra: replay: dropped recorded settings that are not re-applied: "
             + CONSENT_DROPPED) in stderr_lines(replayed)
