@@ -239,7 +239,8 @@ def test_what_a_record_may_give():
         "quant=../../../../../../tmp/evil", "patch=[long_context]", "seed=3", "quant.bits=2,4",
         "load.trust_remote_code=true", "task.confirm_run_unsafe_code=true", "load.model_class=os:system",
         "+model.note=${oc.env:HOME}", "logger.csv.path=/home/me/.bashrc", "+task._target_=os.system",
-        "+load@hydra.callbacks.x=default", "+hydra.callbacks.x._target_=os.system"], "/work/p")
+        "+load@hydra.callbacks.x=default", "+hydra.callbacks.x._target_=os.system",
+        "+model.model_file=../evil.py"], "/work/p")
     assert kept == ["model=./llama", "model='/tmp/evil'", "quant=4bit", "+experiment=quant_search",
                     "patch=[long_context]", "seed=3", "quant.bits=2,4"]
     assert dropped == [
@@ -251,7 +252,8 @@ def test_what_a_record_may_give():
         "logger.csv.path=/home/me/.bashrc (an output location: give it to this command)",
         "+task._target_=os.system (names code)",
         "+load@hydra.callbacks.x=default (a package override)",
-        "+hydra.callbacks.x._target_=os.system (not an mlxhydra setting)"]
+        "+hydra.callbacks.x._target_=os.system (not an mlxhydra setting)",
+        "+model.model_file=../evil.py (names code)"]
     recorded = ["hydra/launcher=parallel", "hydra/launcher=my_launcher", "hydra/sweeper=quant_search",
                 "hydra.launcher.n_jobs=4", "hydra.launcher.setup=[evil]", "hydra.job.chdir=true",
                 "hydra.sweeper.sampler.seed=3", "hydra.sweeper.sampler._target_=evil.Sampler",

@@ -36,6 +36,8 @@ CONSENT: Dict[str, str] = {
     "load.model_class": "null",
     "load.args_class": "null",
 }
+# Keys that name code to run (the file a model directory's code is in): never from a record.
+CODE_KEYS = ("model.model_file",)
 # mlxhydra's own groups and top-level keys: the only non-Hydra settings re-applied.
 OWN_KEYS = ("model", "patch", "quant", "load", "task", "logger", "experiment", "seed", "sweep",
             "model_dir", "model_hub")
@@ -127,7 +129,7 @@ def own_override(o: ParsedOverride, cwd: str) -> Tuple[Optional[str], Optional[s
         return None, CONSENT_REASON
     if any(o.key == d or o.key.startswith(d + ".") for d in DESTINATIONS):
         return None, DESTINATION
-    if _names_code(o.key):
+    if _names_code(o.key) or o.key in CODE_KEYS:
         return None, CODE
     if "@" in o.key:
         return None, PACKAGE
