@@ -6,9 +6,11 @@
 """
 
 import importlib
+import io
 import logging
 import os
 import sys
+import threading
 from typing import Callable, Dict, Sequence
 
 # name -> "module:function"; the function takes argv (after the name) and returns the exit status.
@@ -24,6 +26,57 @@ SUBCOMMANDS: Dict[str, str] = {
 OPTIONAL_PACKAGES = ("hydra-joblib-launcher", "hydra-submitit-launcher", "hydra-ray-launcher",
                      "hydra-optuna-sweeper", "optuna", "mlflow-skinny", "mlflow", "tensorboardX",
                      "tensorboard", "matplotlib")
+
+
+class ClosableStdout:
+    """``sys.stdout`` that outlives its reader (``mlxhydra task=generate ... | head -c 10``).
+
+    When the reader goes away, a write or flush fails with BrokenPipeError:
+    from then on stdout goes to ``os.devnull`` (the file descriptor too), so the
+    run goes on and ends as it would have, its record and files complete; the
+    streamed text, the log and the closing ``run directory:`` line have nowhere
+    else to go on the console, and the log file says stdout was closed.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.closed_early = False
+
+    def _divert(self) -> None:
+        with self._lock:
+            if self.closed_early:
+                return
+            self.closed_early = True
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, self._stream.fileno())
+                finally:
+                    os.close(devnull)
+            except (OSError, ValueError, io.UnsupportedOperation):  # not a file descriptor
+                self._stream = open(os.devnull, "w")
+        if logging.getLogger().handlers:  # a job's log (a subcommand has none: it ends quietly)
+            logging.getLogger("mlxhydra").warning(
+                "standard output was closed (broken pipe): the run goes on; its output is in the "
+                "run directory")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._divert()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._divert()
+            self._stream.flush()  # what was held back goes to os.devnull now
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def run_subcommand(argv: Sequence[str]) -> int:
@@ -85,6 +138,8 @@ def main() -> None:
     from .record.atomic import remove_unfinished
     from .record.latest import shown, started
 
+    if sys.stdout is not None and not isinstance(sys.stdout, ClosableStdout):
+        sys.stdout = ClosableStdout(sys.stdout)  # before Hydra's console handler takes it
     try:
         cwd = os.getcwd()
     except OSError as e:  # deleted while the shell was in it: Hydra and every relative path need it

@@ -183,7 +183,7 @@ class _Command:
             one_line_message,
         )
         from .job.thread import interruption_handlers
-        from .sweeps.policy import summarize_interrupted_sweep
+        from .sweeps.policy import skipped_summary, summarize_interrupted_sweep
 
         main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config",
                           version_base="1.3")(self.job)
@@ -206,6 +206,9 @@ class _Command:
             except (KeyboardInterrupt, Interrupted) as e:
                 self.record_if_no_job(e)
                 summarize_interrupted_sweep()
+                if skipped_summary() is not None:
+                    sys.stderr.write("mlxhydra: summary.png skipped (interrupted again); draw it "
+                                     f"with: mlxhydra summarize {skipped_summary()}\n")
                 sys.stderr.write(f"mlxhydra: {interruption_message(e)}\n")
                 return exit_code(e)
             except SystemExit as e:

@@ -7,6 +7,7 @@ path once (following symlinks) and describe what is wrong in the words an
 error message needs. Standard library only (Hydra's plugins import this).
 """
 
+import codecs
 import errno
 import os
 import stat
@@ -81,3 +82,27 @@ def first_non_directory(path: PathLike) -> Optional[Path]:
         if not stat.S_ISDIR(info.st_mode):
             return part
     return None
+
+
+def not_utf8_text(byte: int, offset: int, line: int) -> str:
+    """The words for a file that is not UTF-8 text: ``is not UTF-8 text (byte 0xff at offset 3, line 1)``."""
+    return f"is not UTF-8 text (byte 0x{byte:02x} at offset {offset}, line {line})"
+
+
+def utf8_problem(path: PathLike, chunk_size: int = 1 << 24) -> Optional[str]:
+    """Why a regular file is not UTF-8 text (:func:`not_utf8_text`), or None; read in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0  # bytes and newlines before the chunk
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:  # e.object: the bytes held back from before + chunk
+                held = len(e.object) - len(chunk)
+                line = newlines + chunk[:max(0, e.start - held)].count(b"\n") + 1
+                return not_utf8_text(e.object[e.start], offset - held + e.start, line)
+            if not chunk:
+                return None
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")

@@ -99,6 +99,32 @@ def test_fused_equals_unfused_and_saves_a_model_mlx_lm_loads(base, lora, tmp_pat
     assert adapter["fingerprint"] == f"full:sha256:{digest}"
 
 
+@pytest.mark.parametrize("quantized", ["pre-quantized", "runtime"])
+def test_fusing_into_a_4bit_base_keeps_it_4bit_as_mlx_lm_fuse_does(base, lora, quantized):
+    """mlx_lm.fuse's step on mlx_lm.load(base_q4, adapter_path): each adapted layer fused and
+    quantized again with its own settings. Ours equals it bit for bit (measured: no tolerance
+    needed), pre-quantized base or quantized while read."""
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+    from mlx_lm import load as mlx_lm_load
+
+    theirs, _ = mlx_lm_load(str(base.parent / "base_q4"), adapter_path=str(lora))
+    unfused = logits(theirs)
+    fused = [(n, m.fuse(dequantize=False)) for n, m in theirs.named_modules() if hasattr(m, "fuse")]
+    theirs.update_modules(tree_unflatten(fused))
+    model_dir, quant = (base.parent / "base_q4", ()) if quantized == "pre-quantized" else (base, ("quant=4bit",))
+    ours, report = load_ours(model_dir, *quant, f"load.adapter_path={lora}", "load.fuse=true")
+    assert report.adapter["fused"] is True and report.adapter["parameters"] == 0
+    adapted = {n for n, _ in fused}  # the 7 linear layers of each of the 2 blocks
+    assert len(adapted) == 14
+    layers = dict(ours.named_modules())
+    for name in adapted:
+        assert type(layers[name]) is nn.QuantizedLinear, (name, type(layers[name]))
+        assert (layers[name].bits, layers[name].group_size) == (4, 64)
+    assert np.array_equal(logits(ours), logits(theirs))
+    assert not np.allclose(logits(ours), unfused, atol=1e-3)  # the fused weights were quantized again
+
+
 def test_kl_of_an_adapter_is_against_the_base_model(base, lora, tmp_path):
     common = ("task=kl", "task.num_samples=2", "task.sequence_length=32",
               f"task.cache_dir={tmp_path / 'kl'}")
@@ -137,3 +163,99 @@ def test_bad_adapter_settings_are_refused_before_loading(base, lora, tmp_path):
                        num_key_value_heads=2)
     with pytest.raises(WeightsError, match=f"load.adapter_path={lora}: the adapters do not fit"):
         load_ours(other, f"load.adapter_path={lora}")
+
+
+
+DELETE = object()  # a key left out of adapter_config.json
+
+
+def with_config(lora: Path, directory: Path, **changes) -> Path:
+    """A copy of ``lora`` whose adapter_config.json has ``changes`` (``a__b``: key b of a)."""
+    shutil.copytree(lora, directory)
+    config = json.loads((lora / "adapter_config.json").read_text())
+    for key, value in changes.items():
+        parent, _, leaf = key.rpartition("__")
+        node = config[parent] if parent else config
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def adapter_validation_problems(base: Path, adapter: Path) -> list:
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"model={base}", f"load.adapter_path={adapter}"]))
+    return e.value.problems
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"num_layers": "2"}, "has num_layers='2', expected an integer from -1 (all layers) to 2147483647"),
+    ({"num_layers": True}, "has num_layers=True, expected an integer from -1 (all layers) to 2147483647"),
+    ({"num_layers": -2}, "has num_layers=-2, expected an integer from -1 (all layers) to 2147483647"),
+    ({"lora_parameters": None}, "has lora_parameters=None, expected a mapping with rank, scale and dropout"),
+    ({"lora_parameters__rank": 2**40},
+     "has lora_parameters.rank=1099511627776, expected an integer from 1 to 2147483647"),
+    ({"lora_parameters__rank": 0}, "has lora_parameters.rank=0, expected an integer from 1 to 2147483647"),
+    ({"lora_parameters__scale": "10"}, "has lora_parameters.scale='10', expected a finite number"),
+    ({"lora_parameters__dropout": 1.0},
+     "has lora_parameters.dropout=1.0, expected a number from 0 to below 1"),
+    ({"lora_parameters__keys": "self_attn.q_proj"}, "has lora_parameters.keys='self_attn.q_proj', "
+                                                    "expected a list of module paths (self_attn.q_proj...) or null"),
+    ({"lora_parameters__scale": DELETE}, "lacks lora_parameters.scale (written by mlx_lm.lora)"),
+    ({"fine_tune_type": "qlora"}, "has fine_tune_type='qlora', expected one of lora, dora, full"),
+    ({"use_dora": "yes"}, "has use_dora='yes', expected true or false"),
+    ({"use_dora": True}, "has use_dora=true with fine_tune_type='lora': mlx-lm reads only "
+                         "fine_tune_type (set fine_tune_type to dora)"),
+])
+def test_adapter_config_values_of_the_wrong_type_or_range_are_named(base, lora, tmp_path, changes, says):
+    adapter = with_config(lora, tmp_path / "bad", **changes)
+    assert adapter_validation_problems(base, adapter) == [
+        f"load.adapter_path={adapter}: adapter_config.json {says}"]
+
+
+def test_an_empty_adapter_config_lacks_what_mlx_lm_reads(base, lora, tmp_path):
+    adapter = tmp_path / "empty"
+    shutil.copytree(lora, adapter)
+    (adapter / "adapter_config.json").write_text("{}")  # fine_tune_type defaults to lora
+    assert adapter_validation_problems(base, adapter) == [
+        f"load.adapter_path={adapter}: adapter_config.json lacks num_layers (written by mlx_lm.lora)",
+        f"load.adapter_path={adapter}: adapter_config.json lacks lora_parameters (written by mlx_lm.lora)"]
+
+
+def test_unusual_but_valid_adapter_configs_load_as_mlx_lm_loads_them(base, tmp_path):
+    """Every layer (num_layers=-1), rank 1, dropout just below 1, scale 0 and a full fine-tune
+    whose lora_parameters is null, as mlx_lm.lora writes it."""
+    from mlx_lm import load as mlx_lm_load
+
+    adapter = make_adapter(base, tmp_path / "all", "lora", num_layers=-1, rank=1)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["lora_parameters"].update(dropout=0.999, scale=0)
+    config["use_dora"] = False
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    theirs, _ = mlx_lm_load(str(base), adapter_path=str(adapter))
+    ours, report = load_ours(base, f"load.adapter_path={adapter}")
+    assert np.array_equal(logits(ours), logits(theirs)) and report.adapter["parameters"] > 0
+    full = tmp_path / "full"
+    full.mkdir()
+    mx.save_safetensors(str(full / "adapters.safetensors"), {"model.norm.weight": mx.full((64,), 2.0)})
+    (full / "adapter_config.json").write_text(json.dumps(
+        {"fine_tune_type": "full", "num_layers": 2, "lora_parameters": None}))
+    ours, _ = load_ours(base, f"load.adapter_path={full}")
+    assert np.array_equal(np.array(ours.model.norm.weight), np.full((64,), 2.0, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [mx.int32, mx.uint8, mx.bool_])
+def test_integer_or_boolean_adapter_data_is_refused_as_for_base_weights(base, lora, tmp_path, dtype):
+    adapter = tmp_path / "ints"
+    shutil.copytree(lora, adapter)
+    weights = mx.load(str(lora / "adapters.safetensors"))
+    names = sorted(weights)
+    weights[names[0]] = weights[names[0]].astype(dtype)
+    mx.save_safetensors(str(adapter / "adapters.safetensors"), weights)
+    header = {mx.int32: "I32", mx.uint8: "U8", mx.bool_: "BOOL"}[dtype]
+    assert adapter_validation_problems(base, adapter) == [
+        f"load.adapter_path={adapter}: {adapter / 'adapters.safetensors'} holds integer or boolean "
+        f"data, which no adapter parameter takes (they are floating point): 1 wrong dtype: "
+        f"{names[0]} {header}"]

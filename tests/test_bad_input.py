@@ -334,11 +334,14 @@ def tok_model(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("kind, says", [("missing", "does not exist"), ("empty", "is empty")])
+@pytest.mark.parametrize("kind, says", [("missing", "does not exist"), ("empty", "is empty"),
+                                        ("latin1", "is not UTF-8 text (byte 0xe9 at offset 3, line 1)")])
 def test_task_data_file_missing_or_empty(kind, says, tok_model, tmp_path):
     data = tmp_path / "data.txt"
     if kind == "empty":
         data.write_text("")
+    if kind == "latin1":
+        data.write_bytes(b"caf\xe9\n")
     result = run_cli(f"model={tok_model}", "task=perplexity", f"task.data={data}", cwd=tmp_path)
     record = assert_failed_cleanly(result, tmp_path, ["task.data", str(data), says])
     assert record["error_type"] == "ConfigError"  # a setting: refused before loading

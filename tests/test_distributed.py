@@ -391,6 +391,31 @@ def test_a_pipeline_rank_picks_its_files_by_the_index_and_never_opens_a_fifo(tmp
     assert chosen == [files]
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="sets the CPUs a process may use")
+def test_launch_refuses_more_ranks_than_cores_before_starting_any(tmp_path):
+    """On one CPU: -n 1 runs (as many ranks as cores), -n 2 and -n 0 are refused in one line."""
+    one_cpu = min(os.sched_getaffinity(0))
+
+    def launch_on_one_cpu(n: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        return subprocess.run([sys.executable, "-m", "mlxhydra", "launch", "-n", n, "--cfg", "job"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}))
+
+    refused = launch_on_one_cpu("2")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "mlxhydra launch: -n 2: every rank runs on this machine (one host, 127.0.0.1), which has 1 "
+        "core for this process; expected at most 1 rank (on several machines use mlx.launch "
+        "--hostfile)\n")
+    none = launch_on_one_cpu("0")
+    assert (none.returncode, none.stderr) == (2, "mlxhydra launch: -n 0: expected at least 1 rank\n")
+    ran = launch_on_one_cpu("1")
+    assert ran.returncode == 0, ran.stderr
+    assert "task:\n  name: load" in ran.stdout  # the rank printed its config
+    assert not (tmp_path / "outputs").exists()  # --cfg: no run
+
+
 def test_rank_reports_come_only_from_who_knows_the_runs_secret():
     """Rank 0's report channel: a forged report (a JSON line from anyone, or a wrong key) ends
     nothing and is named once in the log; a report that proves the shared secret is heard."""

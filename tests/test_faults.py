@@ -3,6 +3,7 @@
 - SIGINT (Ctrl-C) and SIGTERM while a model loads: run.json says
   ``interrupted``, exit 130 / 143, no temporary or half-written files.
 - Eight runs started at once: eight run directories, each complete.
+- Standard output closed by its reader (``| head``): no traceback, the record complete.
 - Nothing in a model directory is interpolated or executed; no environment
   variable's value lands in a run directory; YAML is loaded safely.
 """
@@ -158,3 +159,48 @@ def test_yaml_is_loaded_safely(tmp_path):
     [run_dir] = run_dirs(tmp_path)  # a composition failure, recorded all the same
     record = read_run(run_dir)
     assert record["status"] == "failed" and "python/object/apply" in record["error"]
+
+
+def run_with_stdout_closed(cwd: Path, *args: str, read: int = 0) -> subprocess.CompletedProcess:
+    """``python -m mlxhydra ARGS | head -c READ``: stdout's reader goes away after READ bytes."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlxhydra", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if read:
+        proc.stdout.read(read)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+
+
+@pytest.mark.parametrize("read", [0, 10])
+def test_stdout_closed_early_the_run_completes_and_says_so(tmp_path, read):
+    """The streamed text cannot be printed; the run goes on: completed, every output written."""
+    cwd = tmp_path / str(read)
+    cwd.mkdir()
+    result = run_with_stdout_closed(cwd, "task=generate", "task.stream=true", "task.prompt='41+28='",
+                                    "task.max_tokens=24", read=read)
+    assert (result.returncode, result.stderr) == (0, "")  # no BrokenPipeError, no traceback
+    [run_dir] = run_dirs(cwd)
+    record = read_run(run_dir)
+    assert record["status"] == "completed" and record["metrics"]["generation_tokens"] == 24
+    [line] = (run_dir / "generations.jsonl").read_text().splitlines()
+    assert json.loads(line)["text"] == record["metrics"]["text"]
+    assert ("standard output was closed (broken pipe): the run goes on; its output is in the run "
+            "directory") in (run_dir / "mlxhydra.log").read_text()
+
+
+def test_stdout_closed_early_a_failed_run_keeps_its_own_error(tmp_path):
+    result = run_with_stdout_closed(tmp_path, "task=generate", "task.prompt='41+28='", "task.kv_bits=4")
+    message = ("task.kv_group_size=64: this model's KV cache has head size 32, not a multiple of 64 "
+               "(mx.quantize quantizes each head's vectors in groups); set task.kv_group_size=32")
+    assert (result.returncode, result.stderr) == (1, message + "\n")
+    record = read_run(run_dirs(tmp_path)[0])
+    assert (record["status"], record["error"]) == ("failed", message)
+
+
+def test_a_subcommand_whose_stdout_closes_ends_quietly(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    result = run_with_stdout_closed(tmp_path, "runs", "--json")
+    assert (result.returncode, result.stderr) == (0, "")

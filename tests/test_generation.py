@@ -11,7 +11,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import EMBEDDED_TINY, make_model
+from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 
 from mlxhydra.config.composition import compose
 from mlxhydra.config.overrides import parse_overrides
@@ -164,10 +164,57 @@ def test_perplexity_with_kv_bits_and_unusable_kv_settings(tiny, tmp_path):
                                   run_dir=tmp_path))["perplexity"]
 
     assert perplexity("task.kv_bits=2", "task.kv_group_size=32") > perplexity()
-    with pytest.raises(TaskError, match="task.kv_group_size=64 does not fit this model's KV cache"):
+    with pytest.raises(TaskError, match="task.kv_group_size=64: this model's KV cache has head size 32"):
         perplexity("task.kv_bits=4")  # tiny's head dimension is 32
     with pytest.raises(TaskError, match="task.max_kv_size=16: mlx_lm.models.llama makes its own"):
         perplexity("task.max_kv_size=16")
+
+
+HEAD_32 = ("task.kv_group_size=64: this model's KV cache has head size 32, not a multiple of 64 "
+           "(mx.quantize quantizes each head's vectors in groups); set task.kv_group_size=32")
+
+
+@pytest.mark.parametrize("name", ["generate", "perplexity", "kl"])
+def test_a_kv_group_size_the_head_size_cannot_serve_is_refused_by_every_task(tiny, tmp_path, name):
+    """tiny's heads have 32 values: groups of 64 cannot quantize them. generate's default
+    quantized_kv_start (5000) is never reached by a short prompt, and still it is refused,
+    before any token is computed (no generation, no KL reference)."""
+    cfg = compose(["model=tiny", f"task={name}", "task.kv_bits=4", "task.kv_group_size=64",
+                   "task.num_samples=2" if name != "generate" else PROMPT,
+                   *([f"task.cache_dir={tmp_path / 'kl'}"] if name == "kl" else [])])
+    settings = validate(cfg)
+    model, report = tiny
+    with pytest.raises(TaskError) as e:
+        run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                           model_config=report.model_config, model_dir=EMBEDDED_TINY, run_dir=tmp_path))
+    assert str(e.value) == HEAD_32
+    assert not (tmp_path / "generations.jsonl").exists() and not (tmp_path / "kl").exists()
+
+
+def test_a_kv_group_size_equal_to_the_head_size_quantizes_the_cache(tiny, tmp_path):
+    plain = generate(tiny, tmp_path / "plain", PROMPT, "task.max_tokens=8")
+    quantized = generate(tiny, tmp_path / "q", PROMPT, "task.max_tokens=8", "task.kv_bits=8",
+                         "task.kv_group_size=32", "task.quantized_kv_start=0")
+    assert quantized["generation_tokens"] == 8  # through an 8-bit cache from the first token
+    # kv_bits=null: the group size is not used, and not checked
+    assert generate(tiny, tmp_path / "off", PROMPT, "task.max_tokens=8",
+                    "task.kv_group_size=64")["text"] == plain["text"]
+
+
+def test_a_kv_cache_mlx_lm_cannot_quantize_is_refused_by_generate_too(tmp_path):
+    """gemma3's sliding-window layers keep a rotating cache, which mlx-lm cannot quantize."""
+    model_dir = make_model(tmp_path / "gemma", "gemma3_text", vocab_size=128)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(EMBEDDED_TINY / name, model_dir / name)
+    cfg = compose([f"model={model_dir}", "task=generate", PROMPT, "task.kv_bits=4",
+                   "task.kv_group_size=32", "task.max_tokens=4"])
+    settings = validate(cfg)
+    model, report = prepare(cfg, settings)
+    with pytest.raises(TaskError) as e:
+        run_task(TaskInput(task=settings.task, seed=0, load=settings.load, model=model,
+                           model_config=report.model_config, model_dir=model_dir, run_dir=tmp_path))
+    assert str(e.value) == ("task.kv_bits=4: this model's KV cache cannot be quantized by mlx-lm "
+                            "(RotatingKVCache Quantization NYI)")
 
 
 def test_bad_generation_settings_are_listed_together(tmp_path):
@@ -185,6 +232,21 @@ def test_bad_generation_settings_are_listed_together(tmp_path):
     assert "task.xtc_probability=2.0: expected 0..1 (0: off)" in problems
     assert "task.prefill_response needs task.chat=auto or true (a chat template)" in problems
     assert len(problems) == 7
+
+
+def test_prompt_and_chat_template_files_that_are_not_utf8_are_named(tiny, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"41+28=\n\x93quoted\x94\n")  # Windows-1252 quotes
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", f"task.prompt_file={prompts}"]))
+    assert e.value.problems == [
+        f"task.prompt_file={prompts}: {prompts} is not UTF-8 text (byte 0x93 at offset 7, line 2)"]
+    template = tmp_path / "chat.jinja"
+    template.write_bytes(b"{{ messages[0]['content'] }}\xa0")
+    with pytest.raises(TaskError) as e:
+        generate(tiny, tmp_path / "run", PROMPT, f"task.chat_template={template}")
+    assert str(e.value) == (f"task.chat_template={template}: {template} is not UTF-8 text "
+                            "(byte 0xa0 at offset 28, line 1)")
 
 
 def test_documented_forms_of_prompts_hydra_would_reject():
@@ -205,3 +267,141 @@ def test_a_bad_prompt_file_line_is_named(tmp_path):
     bad.write_text('{"prompt": "1+1="}\n{oops\n')
     with pytest.raises(TaskError, match=rf"{bad} line 2: invalid JSON"):
         read_prompt_file(str(bad))
+
+
+# ---------------------------------------------------------------- the draft model's vocabulary
+
+def tiny_tokenizer_draft(directory: Path, vocab_size: int, extra_token: bool = False) -> Path:
+    """A random llama with the tiny model's tokenizer (100 tokens) and ``vocab_size`` token ids;
+    ``extra_token``: its tokenizer has one token more (another vocabulary)."""
+    d = make_model(directory, vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                   num_attention_heads=2, num_key_value_heads=1, seed=7)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(EMBEDDED_TINY / name, d / name)
+    if extra_token:
+        spec = json.loads((d / "tokenizer.json").read_text())
+        spec["model"]["vocab"]["zz"] = max(spec["model"]["vocab"].values()) + 1
+        (d / "tokenizer.json").write_text(json.dumps(spec))
+    return d
+
+
+VOCAB = "(speculative decoding needs the same vocabulary)"
+
+
+@pytest.mark.parametrize("vocab_size, extra_token, says", [
+    (256, False, "the draft model has 256 token ids, the model only 128: it would propose ids the "
+                 f"model does not have {VOCAB}"),
+    (64, False, "the draft model has 64 token ids, fewer than the tokenizer's 100 tokens: it cannot "
+                f"read every token the model generates {VOCAB}"),
+    (128, True, f"its tokenizer has 101 tokens, the model's 100 {VOCAB}"),  # mlx-lm's own condition
+])
+def test_a_draft_model_of_another_vocabulary_is_refused_before_loading(tmp_path, monkeypatch,
+                                                                       vocab_size, extra_token, says):
+    from mlxhydra.load import loader
+
+    draft = tiny_tokenizer_draft(tmp_path / "draft", vocab_size, extra_token)
+    monkeypatch.setattr(loader, "build_model", lambda *a, **k: pytest.fail("weights read"))
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", PROMPT, f"task.draft_model={draft}"]))
+    assert e.value.problems == [f"task.draft_model={draft}: {says}"]
+
+
+def test_a_draft_with_as_many_ids_as_tokens_drafts_and_the_built_models_are_compared(tiny, tmp_path):
+    """100 ids for the tokenizer's 100 tokens, under the model's 128: fewer padding rows than the
+    model, as Qwen2.5-0.5B drafting for Qwen2.5-7B. The loaded models' logits are compared too."""
+    from mlxhydra.load.tokenizer import load_tokenizer
+    from mlxhydra.tasks.draft import load_draft_model
+
+    plain = generate(tiny, tmp_path / "plain", PROMPT, "task.max_tokens=12")
+    draft = tiny_tokenizer_draft(tmp_path / "draft", 100)
+    out = generate(tiny, tmp_path / "draft_run", PROMPT, "task.max_tokens=12",
+                   f"task.draft_model={draft}")
+    assert out["text"] == plain["text"] and out["draft_model"]["model_dir"] == str(draft)
+    wide = tiny_tokenizer_draft(tmp_path / "wide", 256)
+    tokenizer = load_tokenizer(EMBEDDED_TINY)
+    with pytest.raises(TaskError) as e:  # what the validate stage read from the configs, on the models
+        load_draft_model(str(wide), {}, tokenizer, tiny[0])
+    assert str(e.value) == (f"task.draft_model={wide}: the draft model has 256 token ids, the model "
+                            f"only 128: it would propose ids the model does not have {VOCAB}")
+
+
+# ---------------------------------------------------------------- prompts and the model's context
+
+CONTEXT = "more than the model's context of 512 tokens"
+
+
+def test_a_prompt_longer_than_the_context_is_refused_and_one_that_fills_it_runs(tiny, tmp_path):
+    """tiny: 512 positions; its chat template adds <s>, one token per character."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("1" * 511 + "\n" + "1" * 512 + "\n")
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", f"task.prompt_file={prompts}"]))
+    assert e.value.problems == [f"task.prompt_file={prompts} line 2: 513 tokens, {CONTEXT} "
+                                "(model.max_position_embeddings=512): shorten it"]
+    prompts.write_text("1" * 511 + "\n")
+    out = generate(tiny, tmp_path / "full", f"task.prompt_file={prompts}", "task.max_tokens=1")
+    assert out["prompt_tokens"] == 512
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", f"task.prompt=['1+1=','{'2' * 600}']"]))
+    assert e.value.problems == [f"task.prompt[1]: 601 tokens, {CONTEXT} "
+                                "(model.max_position_embeddings=512): shorten it"]
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(tmp_path, monkeypatch):
+    """512 tokens of at most 5 characters (tiny's longest token, '<pad>'): 2561 cannot fit."""
+    from mlxhydra.tasks import prompts as prompts_module
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a prompt that cannot fit was tokenized")
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("7" * 2561 + "\n")
+    monkeypatch.setattr(prompts_module, "encode_prompt", no_encoding)
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", f"task.prompt_file={prompts}"]))
+    assert e.value.problems == [
+        f"task.prompt_file={prompts} line 1: 2561 characters, more than the model's context of 512 "
+        "tokens can hold (model.max_position_embeddings=512; no token is longer than 5 "
+        "characters): shorten it"]
+    monkeypatch.undo()
+    prompts.write_text("7" * 2560 + "\n")  # could fit by its length: tokenized, then refused
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["model=tiny", "task=generate", f"task.prompt_file={prompts}"]))
+    assert e.value.problems == [f"task.prompt_file={prompts} line 1: 2561 tokens, {CONTEXT} "
+                                "(model.max_position_embeddings=512): shorten it"]
+
+
+def test_without_a_known_context_no_prompt_is_refused_for_its_length(tmp_path):
+    from mlxhydra.tasks.prompts import context_length
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("1" * 600 + "\n")
+    validate(compose(["model=tiny", "task=generate", f"task.prompt_file={prompts}",
+                      "~model.max_position_embeddings"]))  # no error: nothing to bound it by
+    assert context_length({}) is None
+    assert context_length({"max_position_embeddings": 512, "rope_scaling": {"factor": 4.0}}) == (
+        2048, "model.max_position_embeddings=512 x rope_scaling.factor=4.0")
+    assert context_length({"text_config": {"max_position_embeddings": 8}}) == (
+        8, "model.text_config.max_position_embeddings=8")
+
+
+@pytest.mark.slow
+def test_cli_a_draft_of_another_vocabulary_and_a_prompt_past_the_context_fail_before_loading(tmp_path):
+    draft = tiny_tokenizer_draft(tmp_path / "draft", 256)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("1" * 512 + "\n")
+    for n, (args, message) in enumerate((
+        ([f"task.draft_model={draft}"], f"task.draft_model={draft}: the draft model has 256 token "
+                                        f"ids, the model only 128: it would propose ids the model "
+                                        f"does not have {VOCAB}"),
+        ([f"task.prompt_file={prompts}"], f"task.prompt_file={prompts} line 1: 513 tokens, {CONTEXT} "
+                                          "(model.max_position_embeddings=512): shorten it"),
+    )):
+        cwd = tmp_path / str(n)
+        cwd.mkdir()
+        result = run_cli("task=generate", *args, cwd=cwd)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert [ln for ln in result.stderr.splitlines() if "run failed" not in ln] == [message]
+        record = read_run(run_dirs(cwd)[0])
+        assert (record["status"], record["error"], record["error_type"]) == ("failed", message, "ConfigError")
+        assert "weight_files" not in record  # refused before any weight was read

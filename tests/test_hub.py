@@ -182,3 +182,86 @@ def test_ids_in_a_presets_defaults_and_as_kl_reference(offline, hub_cache, tmp_p
     assert metrics["kl_mean"] == 0.0  # the same weights at commit A
     assert job.hub["task.reference"]["commit"] == COMMIT_A
     assert metrics["reference"]["hub"]["revision"] == "v1"
+
+
+@pytest.fixture
+def odd_cache(tmp_path, monkeypatch):
+    """org/odd at commit A (main; a branch with an unusual but valid name), a file outside
+    refs/ that holds commit A, and org/blank whose refs/main is empty; offline."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "cache"
+    src = with_tokenizer(make_model(tmp_path / "src", vocab_size=128, seed=0))
+    add_snapshot(cache, "org/odd", src, COMMIT_A, ("main", "feat/x-1.2_b@home"))
+    (repo_folder(cache, "org/odd") / "outside").write_text(COMMIT_A)  # not a ref
+    add_snapshot(cache, "org/blank", src, COMMIT_A, ("main",))
+    (repo_folder(cache, "org/blank") / "refs" / "main").write_text("")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "_resolved", {})
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+REF_RULES = "expected a branch, tag or commit hash (git's ref-name rules: git check-ref-format)"
+
+
+@pytest.mark.parametrize("revision, why", [
+    ("../outside", "contains '..'"),
+    ("refs/../../outside", "contains '..'"),
+    ("", "is empty"),
+    ("a\\b", "contains '\\\\'"),
+    ("/main", "starts or ends with '/'"),
+    ("x//y", "contains '//'"),
+    (".main", "has a component starting with '.' ('.main')"),
+    ("main.lock", "has a component ending with '.lock' ('main.lock')"),
+    ("ma in", "contains ' '"),
+    ("@", "is '@'"),
+])
+def test_a_revision_git_would_refuse_is_refused_before_the_cache_is_read(odd_cache, revision, why):
+    with pytest.raises(HubError) as e:
+        compose([f"model=org/odd@{revision}"])
+    assert str(e.value) == f"model=org/odd@{revision}: the revision {revision!r} {why}; {REF_RULES}"
+
+
+def test_a_valid_but_unusual_revision_resolves(odd_cache):
+    cfg = compose(["model=org/odd@feat/x-1.2_b@home"])
+    assert cfg.model_hub.commit == COMMIT_A and cfg.model_hub.revision == "feat/x-1.2_b@home"
+
+
+def test_an_empty_refs_file_is_not_taken_for_a_snapshot(odd_cache):
+    repo = repo_folder(odd_cache, "org/blank")
+    with pytest.raises(HubError) as e:
+        compose(["model=org/blank"])
+    assert str(e.value) == (
+        f"model=org/blank: the Hugging Face cache resolved org/blank to {repo / 'snapshots'}, not a "
+        f"snapshot of a commit: {repo / 'refs' / 'main'} holds '' (expected a 40-hex commit hash); "
+        "download it again with `hf download org/blank`")
+
+
+def test_the_ref_name_rules_are_gits(tmp_path):
+    """Each name is judged as `git check-ref-format --allow-onelevel` judges it."""
+    import subprocess
+
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    names = ["main", "v1.0", "refs/pr/1", "feat/x-1.2_b@home", "a@b", "日本", "HEAD", "a.lock.b",
+             "", "@", "a@{b", "a..b", "../x", "a/.b", ".a", "a.lock", "a/b.lock/c", "a/", "/a",
+             "a//b", "a.", "a b", "a~b", "a^b", "a:b", "a?b", "a*b", "a[b", "a\\b", "a\x01b", "a\x7fb"]
+    for name in names:
+        by_git = subprocess.run([git, "check-ref-format", "--allow-onelevel", name],
+                                capture_output=True).returncode == 0
+        assert (hub.revision_problem(name) is None) == by_git, name
+
+
+@pytest.mark.slow
+def test_cli_a_revision_outside_refs_fails_with_one_line_and_a_record(odd_cache, tmp_path):
+    result = run_cli("model=org/odd@../outside", cwd=tmp_path,
+                     env={"HF_HUB_CACHE": str(odd_cache), "HF_HUB_OFFLINE": "1"})
+    message = f"model=org/odd@../outside: the revision '../outside' contains '..'; {REF_RULES}"
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0] == message
+    [record_file] = (tmp_path / "outputs").rglob("run.json")
+    record = json.loads(record_file.read_text())
+    assert (record["status"], record["stage"], record["error"]) == ("failed", "compose", message)

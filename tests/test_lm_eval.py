@@ -27,7 +27,7 @@ from mlxhydra.job.validation import validate
 from mlxhydra.lm_eval_tasks import TASKS_DIR
 from mlxhydra.load.data_files import file_sha256
 from mlxhydra.load.tokenizer import load_tokenizer
-from mlxhydra.tasks import check_task
+from mlxhydra.tasks import task_problems
 
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
 needs_lm_eval = pytest.mark.skipif(
@@ -75,7 +75,7 @@ def test_bad_settings_are_each_named_before_loading():
            "apply_chat_template": "yes", "fewshot_as_multiturn": 1, "max_tokens": 0,
            "seed": -3, "include_path": "/no/such/dir", "confirm_run_unsafe_code": "no",
            "chat_template_args": [1]}
-    problems = check_task(bad)
+    problems = task_problems(bad)
     for key in ("tasks", "num_fewshot", "limit", "batch_size", "apply_chat_template",
                 "fewshot_as_multiturn", "max_tokens", "seed", "confirm_run_unsafe_code",
                 "chat_template_args"):
@@ -95,7 +95,7 @@ def test_bad_settings_are_each_named_before_loading():
 
 def test_without_lm_eval_the_check_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now fails
-    problems = check_task({"name": "lm_eval", "tasks": ["tiny_sums"], "batch_size": 8})
+    problems = task_problems({"name": "lm_eval", "tasks": ["tiny_sums"], "batch_size": 8})
     assert len(problems) == 1 and "pip install 'mlxhydra[eval]'" in problems[0]
     assert problems[0].startswith("task=lm_eval needs lm-evaluation-harness")
 

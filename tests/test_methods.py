@@ -233,6 +233,35 @@ def test_save_records_calibration_and_mlx_lm_loads_it(tmp_path):
     assert config["quantization"]["model.layers.0.mlp.down_proj"] == {"group_size": 64, "bits": 3}
 
 
+@pytest.mark.slow
+def test_the_recorded_calibration_fingerprints_are_of_the_file_and_the_rows(tmp_path, llama):
+    """run.json's data_sha256 is the calibration file's SHA-256 (and follows a change of the
+    file); rows_sha256 is that of the rows mlx-lm's GPTQ would draw with the same seed."""
+    import hashlib
+
+    from mlxhydra.load.calibration import choose_rows
+
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT.read_text()[:3000])
+    recorded = {}
+    for attempt in ("first", "changed"):
+        if attempt == "changed":
+            text.write_text(text.read_text()[:2999] + "9")  # one character, same length
+        r = run_cli(f"model={llama}", "quant.method=gptq", "quant.bits=4", "quant.group_size=32",
+                    f"quant.calibration.data={text}", "quant.calibration.num_samples=4",
+                    "quant.calibration.sequence_length=32", "task=load", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        recorded[attempt] = read_run(run_dirs(tmp_path)[-1])["quantization"]["calibration"]
+        assert recorded[attempt]["data_sha256"] == "sha256:" + hashlib.sha256(text.read_bytes()).hexdigest()
+        mx.random.seed(123)
+        mu.load_model(llama, lazy=True)  # draws from mlx's generator as the loaded model does
+        rows = choose_rows(read_calibration(text, load_tokenizer(llama)).rows(32), 4)
+        assert recorded[attempt]["rows_sha256"] == "sha256:" + hashlib.sha256(
+            np.asarray(rows, dtype=np.int32).tobytes()).hexdigest()
+    assert recorded["first"]["data_sha256"] != recorded["changed"]["data_sha256"]
+    assert recorded["first"]["data_tokens"] == recorded["changed"]["data_tokens"]
+
+
 def test_dynamic_reuses_its_sensitivities(tmp_path):
     """A run writes sensitivities.json; a later run reads it and skips the sensitivity pass."""
     from mlxhydra.load.learned_quant import SENSITIVITIES, prepare_method
@@ -350,3 +379,49 @@ def test_calibrated_methods_are_refused_across_ranks(monkeypatch):
     with pytest.raises(ConfigError, match=r"quant.method=gptq: calibrated quantization runs in one "
                                           r"process; quantize there \(task=save\)"):
         validate(compose(["quant.method=gptq", "quant.bits=4"]))
+
+
+def latin1_file(path: Path) -> Path:
+    """Text that is not UTF-8: 'é' as the single Latin-1 byte 0xe9 on its second line."""
+    path.write_bytes(b"12+34=046\n56+78=13\xe94\n")
+    return path
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq", "dwq", "dynamic"])
+def test_calibration_text_that_is_not_utf8_is_named_before_loading(llama, tmp_path, method):
+    from mlxhydra.config.composition import compose
+    from mlxhydra.job.validation import validate
+
+    bad = latin1_file(tmp_path / "calib.txt")
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"model={llama}", f"quant.method={method}", "quant.bits=4",
+                          f"quant.calibration.data={bad}"]))
+    assert e.value.problems == [
+        f"quant.calibration.data={bad}: {bad} is not UTF-8 text (byte 0xe9 at offset 18, line 2)"]
+
+
+def test_default_calibration_text_that_is_not_utf8_is_named_before_the_weights(tmp_path, monkeypatch):
+    """No quant.calibration.data: the model directory's eval.txt, read by the shared reader."""
+    from mlxhydra.config.composition import compose
+    from mlxhydra.errors import TaskError
+    from mlxhydra.job.pipeline import prepare
+    from mlxhydra.load import loader
+
+    model_dir = with_tokenizer(tmp_path / "m")
+    latin1_file(model_dir / "eval.txt")
+    monkeypatch.setattr(loader, "build_model", lambda *a, **k: pytest.fail("weights read"))
+    with pytest.raises(TaskError) as e:
+        prepare(compose([f"model={model_dir}", "quant.method=gptq", "quant.bits=4"]))
+    assert str(e.value) == (f"quant.calibration.data: {model_dir / 'eval.txt'} is not UTF-8 text "
+                            "(byte 0xe9 at offset 18, line 2)")
+    # The task's data is the calibration text of text tasks: its key is named.
+    (model_dir / "eval.txt").write_text("12+34=046\n")
+    bad = latin1_file(tmp_path / "data.txt")
+    with pytest.raises(ConfigError) as e:
+        prepare(compose([f"model={model_dir}", "quant.method=gptq", "quant.bits=4",
+                         "task=perplexity", f"task.data={bad}"]))
+    assert e.value.problems == [f"task.data={bad}: {bad} is not UTF-8 text (byte 0xe9 at offset 18, line 2)"]
+    from mlxhydra.load.calibration import read_calibration  # the reader names the key it is given
+    with pytest.raises(TaskError) as e:
+        read_calibration(bad, load_tokenizer(model_dir), "task.data")
+    assert str(e.value) == f"task.data: {bad} is not UTF-8 text (byte 0xe9 at offset 18, line 2)"

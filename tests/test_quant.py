@@ -128,6 +128,59 @@ def test_other_architectures_and_layouts(tmp_path, name, options):
     check_against_mlx_lm(model_dir, {"bits": 4, "group_size": 32}, tmp_path, group_size=32, bits=4)
 
 
+@pytest.fixture(scope="module")
+def with_biases(tmp_path_factory):
+    """qwen2 (biases on q_proj, k_proj, v_proj) and a llama with a bias on every linear layer."""
+    from conftest import BASE
+
+    root = tmp_path_factory.mktemp("bias")
+    sizes = {**{k: v for k, v in BASE["llama"].items() if k != "model_type"},
+             "hidden_size": 128, "intermediate_size": 256}
+    return {"qwen2": make_model(root / "qwen2", "qwen2", **sizes),
+            "llama_biases": make_model(root / "llama", **sizes, attention_bias=True, mlp_bias=True),
+            "qwen2_q4": make_model(root / "qwen2_q4", "qwen2", **sizes, quantize=4, group_size=32)}
+
+
+@pytest.mark.parametrize("name, biased", [
+    ("qwen2", ["q_proj", "k_proj", "v_proj"]),
+    ("llama_biases", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+])
+def test_quantized_layers_with_a_bias_equal_mlx_lm(with_biases, tmp_path, name, biased):
+    """Runtime quantization keeps each layer's bias from the file: logits bit-identical to
+    mlx-lm's load + quantize, and with quant.compute=dequantized within float32 rounding."""
+    model_dir = with_biases[name]
+    model, _ = check_against_mlx_lm(model_dir, {"bits": 4, "group_size": 32}, tmp_path,
+                                    group_size=32, bits=4)
+    file = mx.load(str(model_dir / "model.safetensors"))
+    layers = {p.split(".")[-1]: m for p, m in model.named_modules()
+              if p.startswith("model.layers.1.") and isinstance(m, nn.QuantizedLinear)}
+    assert sorted(n for n, m in layers.items() if "bias" in m) == sorted(biased)
+    for n in biased:
+        where = "self_attn" if n in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        bias = file[f"model.layers.1.{where}.{n}.bias"]
+        assert mx.abs(bias).max().item() > 0.01 and mx.array_equal(layers[n].bias, bias).item()
+    native = model(TOKENS)
+    dequantized, _ = mlxhydra.load_model(model_dir, quant={"bits": 4, "group_size": 32,
+                                                         "compute": "dequantized"})
+    assert type(dequantized.model.layers[1].self_attn.q_proj).__name__ == "DequantizedLinear"
+    assert mx.allclose(dequantized(TOKENS), native, rtol=1e-5, atol=1e-5).item()
+
+
+def test_a_pre_quantized_model_with_biases_equals_mlx_lm(with_biases):
+    model_dir = with_biases["qwen2_q4"]
+    ours, config = mlxhydra.load_model(model_dir)
+    ref, ref_config = mu.load_model(Path(model_dir))
+    assert config["quantization"] == ref_config["quantization"] == {"group_size": 32, "bits": 4,
+                                                                   "mode": "affine"}
+    q = ours.model.layers[0].self_attn.q_proj
+    assert isinstance(q, nn.QuantizedLinear) and mx.array_equal(
+        q.bias, ref.model.layers[0].self_attn.q_proj.bias).item()
+    assert mx.array_equal(ours(TOKENS), ref(TOKENS)).item()
+    dequantized, _ = mlxhydra.load_model(model_dir, quant={"compute": "dequantized"})
+    assert type(dequantized.model.layers[0].self_attn.q_proj).__name__ == "DequantizedLinear"
+    assert mx.allclose(dequantized(TOKENS), ref(TOKENS), rtol=1e-5, atol=1e-5).item()
+
+
 def test_lazy_runtime_quantization(llama128):
     model, _ = mlxhydra.load_model(llama128, quant={"bits": 3}, lazy=True)
     ref, _ = mlx_lm_quantized(llama128, bits=3)

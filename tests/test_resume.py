@@ -104,6 +104,39 @@ def test_the_table_of_runs(killed_and_resumed):
     assert [r["job_num"] for r in by_bits] == [3, 2, 1, 0]
 
 
+def test_where_compares_whole_values_never_prefixes(tmp_path, capsys):
+    """--where keeps a row only for an equal value (as text, or as numbers): 4 is not 48 or 40,
+    kl is not kl_something, and a run.json key is not the start of a longer one."""
+    from mlxhydra.history.table import main as runs_main
+    from mlxhydra.record.schema import write_record
+
+    def record(name, task, bits, bpw):
+        run_dir = tmp_path / "outputs" / "runs" / "2026-01-01" / name
+        run_dir.mkdir(parents=True)
+        write_record(run_dir / "run.json", {
+            "status": "completed", "started": f"2026-01-01T00:00:0{len(list(run_dir.parent.iterdir()))}",
+            "choices": {"task": task}, "overrides": [f"task={task}", f"quant.bits={bits}"],
+            "quantization": {"source": "runtime", "bits_per_weight": bpw}})
+
+    record("a", "kl", "4", 4.5)
+    record("b", "kl_something", "48", 48.5)
+    record("c", "kl", "40", 40.5)
+    record("d", "kl", "4.0", 4.25)
+
+    def names(*where):
+        assert runs_main([str(tmp_path / "outputs"), "--json", *[f"--where={w}" for w in where]]) == 0
+        return sorted(Path(r["run_dir"]).name for r in json.loads(capsys.readouterr().out))
+
+    assert names("quant.bits=4") == ["a", "d"]  # 4.0 is 4 as a number
+    assert names("quant.bits=48") == ["b"]
+    assert names("task=kl") == ["a", "c", "d"]
+    assert names("task=kl_something") == ["b"]
+    assert names("task!=kl") == ["b"]
+    assert names("quantization.bits_per_weight=4.5") == ["a"]
+    assert names("quantization.bits=4.5") == []  # not a field: not bits_per_weight by prefix
+    assert names("quantization.source=run") == []
+
+
 def test_resume_runs_only_what_did_not_complete(killed_and_resumed):
     cwd, sweep, _, records, resumed, _ = killed_and_resumed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -259,6 +292,65 @@ def test_an_optuna_search_resumes_from_its_recorded_trials(tmp_path):
     assert best == min(read_run(p)["objective"] for p in now)  # over the recorded trials too
 
 
+def test_a_failed_job_is_run_again_and_the_completed_ones_are_not(tmp_path):
+    """Job 1's model directory is missing: it fails, the sweep exits 1. Once the directory
+    exists, resume runs job 1 alone (its failed attempt set aside) and the sweep completes."""
+    from conftest import make_model
+
+    make_model(tmp_path / "a")
+    sweep = tmp_path / "outputs" / "multirun" / "s"
+    first = run_cli("-m", "model=./a,./b", "task=load", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 1, first.stderr[-2000:]
+    jobs = job_dirs(sweep)
+    assert [read_run(p)["status"] for p in jobs] == ["completed", "failed"]
+    kept, failed = read_run(jobs[0]), read_run(jobs[1])
+    make_model(tmp_path / "b", seed=1)
+    resumed = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "job 1 (failed): model=./b task=load" in resumed.stdout
+    assert "job 0" not in resumed.stdout and "resuming 1 of 2 jobs" in resumed.stdout
+    now = job_dirs(sweep)
+    assert [p.name for p in now] == [p.name for p in jobs]
+    assert read_run(now[0]) == kept  # not run again: not even its record rewritten
+    again = read_run(now[1])
+    assert again["status"] == "completed" and again["job_num"] == 1 and again["started"] > failed["ended"]
+    (attempt,) = (sweep / ".attempts").iterdir()
+    assert attempt.name.startswith(jobs[1].name + "@") and read_run(attempt) == failed
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in rows[1:]] == [["0", "./a", "completed"], ["1", "./b", "completed"]]
+
+
+def test_a_failed_trial_of_a_search_is_finished_with_the_penalty(tmp_path):
+    """In an Optuna search a failed trial is a finished one (its value the penalty): resume
+    keeps it and runs only the killed trial; the best value counts the recorded trials."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    sweep = tmp_path / "outputs" / "multirun" / "search"
+    first = run_cli("-m", "hydra/sweeper=quant_search", "hydra.sweeper.params=null",
+                    "quant.bits=choice(4,7)", "hydra.sweeper.n_trials=3",
+                    "hydra.sweeper.sampler.n_startup_trials=2", "sweep.objective=bits_per_weight",
+                    "task=load", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 1, first.stderr[-2000:]  # the sampler's seed 0 draws 7 first
+    jobs = job_dirs(sweep)
+    records = [read_run(p) for p in jobs]
+    assert [r["status"] for r in records] == ["failed", "completed", "completed"]
+    assert records[0]["objective"] == 1e9 and "quant.bits=7" in records[0]["overrides"]
+    # as a SIGKILL during job 2 leaves it
+    (jobs[2] / "run.json").write_text(json.dumps({**records[2], "status": "running", "ended": None}))
+    resumed = run_cli("resume", str(sweep), cwd=tmp_path)
+    assert resumed.returncode == 1, resumed.stderr[-3000:]  # job 0 still failed
+    assert "job 2 (running)" in resumed.stdout and "job 0" not in resumed.stdout
+    assert "2 finished trials from the jobs' records, 1 queued again, 1 to run" in resumed.stdout + resumed.stderr
+    now = job_dirs(sweep)
+    assert [p.name for p in now] == [p.name for p in jobs]
+    assert [read_run(p) for p in now[:2]] == records[:2]
+    assert read_run(now[2])["status"] == "completed" and read_run(now[2])["overrides"] == records[2]["overrides"]
+    assert [p.name.split("@")[0] for p in (sweep / ".attempts").iterdir()] == [jobs[2].name]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == records[1]["objective"]  # not the failed trial's value
+
+
 def test_a_speed_panel_when_bench_results_exist():
     """Rows as summary.collect gives them for `-m task=kl,bench quant.bits=2,8`."""
     import matplotlib.pyplot as plt
@@ -283,3 +375,66 @@ def test_a_speed_panel_when_bench_results_exist():
         assert sorted(t.get_text() for t in speed.texts) == ["bits=2", "bits=8"]
     finally:
         plt.close(fig)
+
+
+def two_runs(cwd: Path) -> None:
+    """Two finished runs under ``cwd/outputs`` (only the second has the override quant.bits)."""
+    from mlxhydra.record.schema import RecordWriter
+
+    for name, started, overrides in (("a", "2026-01-01T10:00:00", []),
+                                     ("b", "2026-01-01T11:00:00", ["quant.bits=4"])):
+        run_dir = cwd / "outputs" / "runs" / "2026-01-01" / name
+        run_dir.mkdir(parents=True)
+        record = RecordWriter(run_dir / "run.json", run_dir=str(run_dir), overrides=overrides,
+                              choices={"task": "load", "model": "tiny", "quant": "none"})
+        record.data["started"] = started
+        record.finish("completed")
+
+
+def runs(*args: str, capsys) -> tuple:
+    """``mlxhydra runs ARGS`` through the command's own subcommand dispatch: (status, out, err)."""
+    from mlxhydra.cli import run_subcommand
+
+    status = run_subcommand(["runs", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+SORT_KEYS = ("a column (time, status, model, quant, task, metric, bits_per_weight, dir), an "
+             "override such as quant.bits, or a run.json field such as metrics.kl_mean")
+
+
+def test_runs_refuses_an_unknown_sort_key_and_a_last_below_one(tmp_path, monkeypatch, capsys):
+    two_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert runs("--sort", "nope", capsys=capsys) == (
+        2, "", f"mlxhydra runs: --sort nope: no run under outputs has this key; expected {SORT_KEYS}\n")
+    assert runs("--sort=-nope", capsys=capsys)[0] == 2
+    for empty in ("", "-"):
+        assert runs(f"--sort={empty}", capsys=capsys) == (
+            2, "", f"mlxhydra runs: --sort {empty!r}: expected {SORT_KEYS}\n")
+    for n in ("-1", "0"):
+        assert runs("--last", n, capsys=capsys) == (
+            2, "", f"mlxhydra runs: --last {n}: expected a positive number of rows (the N newest)\n")
+
+
+def test_runs_sorts_by_a_key_only_one_run_has_and_keeps_the_last_one(tmp_path, monkeypatch, capsys):
+    two_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, out, err = runs("--sort", "quant.bits", "--json", capsys=capsys)  # b has it, a does not
+    assert (status, err) == (0, "")
+    assert [Path(r["run_dir"]).name for r in json.loads(out)] == ["b", "a"]
+    status, out, _ = runs("--last", "1", "--json", capsys=capsys)
+    assert status == 0 and [Path(r["run_dir"]).name for r in json.loads(out)] == ["b"]
+
+
+def test_runs_usage_errors_through_the_command(tmp_path):
+    two_runs(tmp_path)
+    for args in (("--sort", "nope"), ("--last", "-1")):
+        result = run_cli("runs", *args, cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    (empty / "outputs").mkdir(parents=True)
+    result = run_cli("runs", "--sort", "nope", cwd=empty)  # no runs: nothing to sort, nothing wrong
+    assert (result.returncode, result.stdout, result.stderr) == (0, "no runs under outputs\n", "")

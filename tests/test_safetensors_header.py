@@ -54,6 +54,20 @@ CASES = {
     "header_not_object": (None, b"", b"[1, 2]", ["does not start with '{'"]),
     "header_not_utf8": (None, b"", b"{\xff\xfe}", ["not UTF-8"]),
     "header_not_json": (None, b"", b"{not json}", ["corrupt safetensors header"]),
+    # zero-length tensors: no bytes, at the end, at the start, two at one offset, alone
+    "zero_length_last": (two_tensors(b=(16, 16), shape_b=(0,)), bytes(16), None, None),
+    "zero_length_first": (two_tensors(a=(16, 24), b=(0, 0), shape_b=(0, 4))
+                          | {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8),
+                          None, None),
+    "two_zero_length_last": ({**two_tensors(),
+                              "c": {"dtype": "BF16", "shape": [3, 0], "data_offsets": [24, 24]},
+                              "d": {"dtype": "I8", "shape": [0], "data_offsets": [24, 24]}},
+                             bytes(24), None, None),
+    "zero_length_alone": ({"z": {"dtype": "F32", "shape": [0, 4], "data_offsets": [0, 0]}}, b"", None, None),
+    "zero_length_past_the_end": (two_tensors(b=(20, 20), shape_b=(0,)), bytes(16), None,
+                                 ["'b'", "invalid data_offsets [20, 20] (leaves a gap before it)"]),
+    "zero_elements_with_bytes": (two_tensors(b=(16, 20), shape_b=(0,)), bytes(20), None,
+                                 ["'b'", "F32 [0] needs 0 bytes, data_offsets give 4"]),
 }
 
 
@@ -94,3 +108,47 @@ def test_a_real_mlx_file_passes_and_every_single_byte_truncation_is_refused(tmp_
         assert not library_accepts(path)
         with pytest.raises(WeightsError):
             read_header(path)
+
+
+def library_dtypes() -> list:
+    """The safetensors library's own dtype table, as its refusal of an unknown dtype lists it."""
+    raw = json.dumps({"t": {"dtype": "NO_SUCH", "shape": [1], "data_offsets": [0, 1]}}).encode()
+    with pytest.raises(Exception) as refused:
+        safetensors.deserialize(struct.pack("<Q", len(raw)) + raw + b"\0")
+    listed = str(refused.value).split("expected one of ", 1)[1].split(" at line")[0]
+    return [name.strip(" `") for name in listed.split(",")]
+
+
+def test_the_dtype_table_is_the_librarys():
+    from mlxhydra.load.weight_files import DTYPE_BITS
+
+    names = library_dtypes()
+    assert {"F32", "F16", "BF16", "I8", "U8", "BOOL", "F64", "F8_E4M3"} <= set(names)  # parsed right
+    assert sorted(DTYPE_BITS) == sorted(names)
+
+
+# Bits per element, from the dtypes' definitions (not from mlxhydra's table).
+EXPECTED_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+                 "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64, "C64": 64,
+                 "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+
+@pytest.mark.parametrize("dtype", library_dtypes() if safetensors else [])
+@pytest.mark.parametrize("elements", [4, 3, 1])
+def test_every_dtype_takes_the_bytes_the_library_says(dtype, elements, tmp_path):
+    """For each dtype: the exact size passes both, one byte more or less fails both (a wrong
+    width in the table, or a rounding of sub-byte sizes, disagrees with the library)."""
+    bits = EXPECTED_BITS.get(dtype, 8)  # the F8 variants
+    exact = bits * elements / 8
+    verdicts = {}
+    for size in sorted({int(exact) - 1, int(exact), int(exact) + 1, -(-bits * elements // 8)} - {-1}):
+        path = write(tmp_path / f"{size}.safetensors",
+                     {"t": {"dtype": dtype, "shape": [elements], "data_offsets": [0, size]}}, bytes(size))
+        try:
+            read_header(path)
+            ours = True
+        except WeightsError:
+            ours = False
+        verdicts[size] = (library_accepts(path), ours)
+    assert all(lib == ours for lib, ours in verdicts.values()), verdicts
+    assert {size for size, (lib, _) in verdicts.items() if lib} == ({exact} if exact == int(exact) else set())

@@ -121,6 +121,33 @@ def test_an_interrupted_sweep_writes_its_summary(tmp_path):
                                                  ("2", "2", "missing")]
 
 
+def test_ctrl_c_twice_during_a_sweep_writes_the_tables_and_says_the_figure_was_skipped(tmp_path):
+    """The second SIGINT lands while the first is handled (record, summary): the tables are
+    written all the same, and one line says summary.png was skipped and how to draw it."""
+    proc = start(["-m", "seed=0,1,2", SLOW], tmp_path)
+    try:
+        wait_for_loading(tmp_path, proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # the summary's figure alone takes longer (matplotlib's import)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert_clean(stderr)
+    [sweep] = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = [line.split(",") for line in (sweep / "summary.csv").read_text().splitlines()[1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("0", "0", "interrupted"), ("1", "1", "missing"),
+                                                 ("2", "2", "missing")]
+    assert (sweep / "summary.md").is_file() and not list(sweep.glob(".summary*"))
+    said = [line for line in stderr.splitlines() if "summary" in line]
+    assert said == ["mlxhydra: summary.png skipped (interrupted again); draw it with: "
+                    f"mlxhydra summarize {sweep.relative_to(tmp_path)}"], stderr
+    assert stderr.strip().splitlines()[-1] == "mlxhydra: interrupted by SIGINT"
+
+
 # --- permissions that bite ------------------------------------------------------------------
 
 @pytest.fixture

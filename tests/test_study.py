@@ -42,6 +42,26 @@ def test_front_is_the_undominated_points(metric, lower):
     assert not mark_front(rows, "generation_tps")  # not a quality metric
 
 
+@pytest.mark.parametrize("metric, good, worse", [("kl_mean", 0.1, 0.2), ("accuracy", 0.9, 0.8)])
+def test_a_tie_in_quality_at_more_bits_is_off_the_front(metric, good, worse):
+    """"No other job has at most its bits per weight and a metric at least as good": the
+    point with the same metric at more bits is beaten (by fewer bits), in either order;
+    at the same bits, the better metric alone is on the front."""
+    from mlxhydra.sweeps.pareto import pareto_front
+
+    maximize = metric == "accuracy"
+    assert pareto_front([(4.5, good), (8.5, good)], maximize) == [0]
+    assert pareto_front([(8.5, good), (4.5, good)], maximize) == [1]
+    assert pareto_front([(4.5, worse), (4.5, good), (8.5, good)], maximize) == [1]
+    assert pareto_front([(4.5, good), (4.5, worse), (2.5, worse)], maximize) == [2, 0]
+    for order in ([4.5, 8.5, 2.5], [8.5, 2.5, 4.5]):
+        value = {4.5: good, 8.5: good, 2.5: worse}
+        rows = [{"status": "completed", "bits_per_weight": x, "_metrics": {metric: value[x]}}
+                for x in order]
+        assert mark_front(rows, metric)
+        assert {r["bits_per_weight"]: r["pareto"] for r in rows} == {4.5: True, 8.5: False, 2.5: True}
+
+
 @pytest.mark.slow
 def test_quant_study_sweeps_methods_and_marks_the_front(tmp_path):
     r = run_cli("+experiment=quant_study", "quant.method=rtn,gptq", "quant.bits=2,8",

@@ -295,6 +295,44 @@ def test_empty_data_file_is_named(tok_model, tmp_path, name):
         task(tok_model, tmp_path, f"task={name}", f"task.data={empty}")
 
 
+@pytest.mark.parametrize("name", ["perplexity", "kl", "accuracy"])
+def test_data_file_that_is_not_utf8_is_named_before_loading(tok_model, tmp_path, name):
+    bad = tmp_path / "data.jsonl"
+    bad.write_bytes(b'{"prompt": "1+1=", "answer": "2"}\n{"text": "caf\xe9"}\n')  # Latin-1 'e'
+    with pytest.raises(ConfigError) as e:
+        validate(compose([f"model={tok_model}", f"task={name}", f"task.data={bad}"]))
+    assert e.value.problems == [f"task.data={bad}: {bad} is not UTF-8 text (byte 0xe9 at offset 47, line 2)"]
+
+
+def test_default_data_file_that_is_not_utf8_is_named_by_the_shared_reader(tok_model, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(tok_model, model_dir)
+    (model_dir / "eval.txt").write_bytes(b"\xff" + (tok_model / "eval.txt").read_bytes())
+    with pytest.raises(TaskError) as e:
+        task(model_dir, tmp_path / "run", "task=perplexity")
+    assert str(e.value) == f"task.data: {model_dir / 'eval.txt'} is not UTF-8 text (byte 0xff at offset 0, line 1)"
+
+
+def test_utf8_check_reads_in_chunks_and_finds_the_first_bad_byte(tmp_path):
+    from mlxhydra.file_checks import utf8_problem
+    from mlxhydra.load.data_files import read_text
+
+    f = tmp_path / "t.txt"
+    text = "é\n€\n😀 ok\n".encode()  # 2-, 3- and 4-byte characters
+    f.write_bytes(text)
+    for size in range(1, len(text) + 1):  # every chunk boundary, inside each character too
+        assert utf8_problem(f, chunk_size=size) is None
+    f.write_bytes(text + b"\xf0\x9f")  # a character cut short at the end
+    for size in (1, 3, 1 << 24):
+        assert utf8_problem(f, chunk_size=size) == "is not UTF-8 text (byte 0xf0 at offset 15, line 4)"
+    with pytest.raises(TaskError) as e:  # the shared reader says the same
+        read_text(f, "task.data")
+    assert str(e.value) == f"task.data: {f} is not UTF-8 text (byte 0xf0 at offset 15, line 4)"
+    f.write_bytes(b"ab\n\xe2\x82cd")  # a bad continuation inside the file
+    for size in (1, 4, 1 << 24):
+        assert utf8_problem(f, chunk_size=size) == "is not UTF-8 text (byte 0xe2 at offset 3, line 2)"
+
+
 def test_tasks_need_a_tokenizer(llama_dir, tmp_path):
     with pytest.raises(TaskError, match=f"{llama_dir}: no tokenizer"):
         task(llama_dir, tmp_path, "task=perplexity")

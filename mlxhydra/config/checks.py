@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
-from ..file_checks import regular_file_problem
+from ..file_checks import regular_file_problem, utf8_problem
 
 MAX_INTEGER = 2**31 - 1  # the largest MLX array dimension (int32)
 
@@ -12,7 +12,7 @@ MAX_INTEGER = 2**31 - 1  # the largest MLX array dimension (int32)
 class SettingsCheck:
     """Collects every problem of a task's settings, each as ``task.KEY=VALUE: expected ...``.
 
-    Each task's ``check(task)`` uses one and returns its ``problems``; the
+    Each task's ``settings_problems(task)`` uses one and returns its ``problems``; the
     validate stage reports them together before any weight is read. Other
     nodes use it with their own ``prefix`` (``quant.dwq``).
     """
@@ -68,7 +68,7 @@ class SettingsCheck:
                 for c in choices))
 
     def data_file(self, key: str = "data") -> None:
-        """An explicit data file must exist and not be empty (null: the default file)."""
+        """An explicit data file must exist, not be empty and be UTF-8 text (null: the default file)."""
         value = self.task.get(key)
         if value is None:
             return
@@ -81,3 +81,10 @@ class SettingsCheck:
             self.problems.append(f"{self.prefix}.{key}={value}: {path} {problem}")
         elif path.stat().st_size == 0:
             self.problems.append(f"{self.prefix}.{key}: {path} is empty")
+        else:
+            try:
+                problem = utf8_problem(path)
+            except OSError as e:
+                problem = f"cannot be read: {e.strerror or e}"
+            if problem:
+                self.problems.append(f"{self.prefix}.{key}={value}: {path} {problem}")

@@ -22,6 +22,7 @@ from ..errors import HubError
 
 # A Hub repo id as huggingface_hub accepts it: "owner/name", letters, digits, "-", "_", ".".
 _REPO_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a snapshot folder's name: the commit's hash
 _CLI = "hf download"
 
 _lock = threading.Lock()
@@ -60,9 +61,47 @@ def split_hub_id(value: Any) -> Optional[Tuple[str, Optional[str]]]:
         repo_id, sep, revision = value.partition(":")
     if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
         return None
-    if repo_id.endswith((".", "-")) or (sep and not revision):
+    if repo_id.endswith((".", "-")):
         return None
-    return repo_id, (revision or None)
+    return repo_id, (revision if sep else None)  # "org/name@": an empty revision, refused when resolved
+
+
+# What `git check-ref-format` refuses in a branch or tag name, besides control characters.
+_REF_FORBIDDEN = " ~^:?*[\\"
+
+
+def revision_problem(revision: str) -> Optional[str]:
+    """Why git would refuse ``revision`` as a branch or tag name, or None.
+
+    git's ref-name rules (``git check-ref-format --allow-onelevel``): no empty
+    name or path component, no ``..``, ``@{``, ``\\``, space, ``~^:?*[`` or
+    control character, no component starting with ``.`` or ending with
+    ``.lock``, no ``/`` or ``.`` at the end, not ``@`` alone. A commit hash
+    passes them too. huggingface_hub looks a branch or tag up as the file
+    ``refs/<revision>`` of its cache: these rules keep that file inside ``refs/``.
+    """
+    if not revision:
+        return "is empty"
+    if revision == "@":
+        return "is '@'"
+    for ch in revision:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return f"contains the control character {ch!r}"
+        if ch in _REF_FORBIDDEN:
+            return f"contains {ch!r}"
+    for part in ("..", "@{", "//"):
+        if part in revision:
+            return f"contains {part!r}"
+    if revision.startswith("/") or revision.endswith("/"):
+        return "starts or ends with '/'"
+    if revision.endswith("."):
+        return "ends with '.'"
+    for component in revision.split("/"):
+        if component.startswith("."):
+            return f"has a component starting with '.' ({component!r})"
+        if component.endswith(".lock"):
+            return f"has a component ending with '.lock' ({component!r})"
+    return None
 
 
 def is_hub_id(value: Any, cwd: Optional[str] = None) -> bool:
@@ -152,6 +191,10 @@ def resolve_hub_id(value: str, key: str = "model") -> HubSnapshot:
         raise HubError(f"{key}={value}: expected a Hugging Face repo id 'org/name' or "
                        "'org/name@REVISION'")
     repo_id, revision = parts
+    why = revision_problem(revision) if revision is not None else None
+    if why:
+        raise HubError(f"{key}={value}: the revision {revision!r} {why}; expected a branch, tag or "
+                       "commit hash (git's ref-name rules: git check-ref-format)")
     memo = (repo_id, revision, _cache_dir(), _offline(), os.getenv("MLXLM_USE_MODELSCOPE"))
     with _lock:
         if memo in _resolved:
@@ -162,12 +205,39 @@ def resolve_hub_id(value: str, key: str = "model") -> HubSnapshot:
         path = Path(download_model(repo_id, revision=revision))
     except Exception as e:  # huggingface_hub raises many kinds; each becomes one line
         raise HubError(describe_failure(key, value, e)) from e
-    # huggingface_hub's cache layout: .../models--org--name/snapshots/<commit>
-    commit = path.name if path.parent.name == "snapshots" else None
+    if os.getenv("MLXLM_USE_MODELSCOPE", "false").lower() == "true":
+        commit = None  # ModelScope's own layout
+    else:
+        commit = _snapshot_commit(key, value, repo_id, revision, path)
     snapshot = HubSnapshot(repo_id, revision, commit, path)
     with _lock:
         _resolved[memo] = snapshot
     return snapshot
+
+
+def _snapshot_commit(key: str, value: str, repo_id: str, revision: Optional[str], path: Path) -> str:
+    """The commit of a snapshot huggingface_hub returned: ``<repo folder>/snapshots/<40 hex>``.
+
+    Offline, huggingface_hub takes the commit from the cache's ``refs/<revision>``
+    file as it is: an empty or damaged file would make another folder (the
+    ``snapshots/`` folder itself) pass for the model.
+
+    Raises:
+        HubError: the path is not a snapshot of a commit, naming the refs file.
+    """
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo = Path(_cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    if path.parent == repo / "snapshots" and _COMMIT.match(path.name):
+        return path.name
+    ref = repo / "refs" / (revision or "main")
+    try:
+        held = f"holds {ref.read_text()[:80]!r}" if ref.is_file() else "is missing"
+    except (OSError, UnicodeDecodeError) as e:
+        held = f"cannot be read ({e})"
+    raise HubError(f"{key}={value}: the Hugging Face cache resolved {repo_id} to {path}, not a "
+                   f"snapshot of a commit: {ref} {held} (expected a 40-hex commit hash); download it "
+                   f"again with {_download_hint(repo_id, revision)}")
 
 
 def pinned(record: Dict[str, Any]) -> Optional[str]:

@@ -14,7 +14,7 @@ KEYS: Dict[str, Dict[str, tuple]] = {
 }
 
 
-def check_logger(node: Any) -> List[str]:
+def logger_problems(node: Any) -> List[str]:
     """Problems of the ``logger`` node: unknown loggers or keys, bad values, missing packages."""
     if node in (None, {}):
         return []

@@ -25,6 +25,30 @@ STATUS_DIR_ENV = "MLXHYDRA_RANK_STATUS_DIR"  # where each rank leaves its exit c
 USER_TMPDIR_ENV = "MLXHYDRA_USER_TMPDIR"  # the user's TMPDIR for the ranks ("" when it was unset)
 
 
+def local_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def ranks_problem(ranks: int) -> Optional[str]:
+    """Why ``-n ranks`` cannot run on this machine, or None.
+
+    Every rank runs here (the ring over 127.0.0.1 is one host), each a process
+    with its own threads: more ranks than cores only oversubscribe them, and
+    hundreds exhaust the threads the system gives a user.
+    """
+    if ranks < 1:
+        return f"-n {ranks}: expected at least 1 rank"
+    cores = local_cores()
+    if ranks > cores:
+        return (f"-n {ranks}: every rank runs on this machine (one host, 127.0.0.1), which has "
+                f"{cores} core{'s' if cores != 1 else ''} for this process; expected at most "
+                f"{cores} rank{'s' if cores != 1 else ''} (on several machines use mlx.launch --hostfile)")
+    return None
+
+
 def find_mlx_launch() -> Optional[str]:
     """The ``mlx.launch`` script of this Python's environment (or on PATH)."""
     beside = Path(sys.executable).parent / "mlx.launch"
@@ -116,8 +140,9 @@ def parse(argv: Sequence[str]):
 def main(argv: Sequence[str]) -> int:
     """Run the ranks; return the combined exit code (see the module doc)."""
     args, overrides = parse(argv)
-    if args.ranks < 1:
-        sys.stderr.write(f"mlxhydra launch: -n {args.ranks}: expected at least 1 rank\n")
+    problem = ranks_problem(args.ranks)
+    if problem:
+        sys.stderr.write(f"mlxhydra launch: {problem}\n")
         return 2
     launcher = find_mlx_launch()
     if launcher is None:

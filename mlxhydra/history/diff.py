@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..config.overrides import parse_overrides
 from ..errors import RunDirError
-from ..record.run_dir import RunDir, check_run_dir
+from ..record.run_dir import RunDir, require_run_dir
 from ..record.schema import flatten, same
 
 ABSENT = "(absent)"
@@ -128,8 +128,8 @@ def main(argv: Sequence[str]) -> int:
                         help="exit with 1 when the runs differ (like git diff --exit-code)")
     args = parser.parse_args(list(argv))
     try:
-        a = load_run(check_run_dir(args.run_a, "diff", NEEDED))
-        b = load_run(check_run_dir(args.run_b, "diff", NEEDED))
+        a = load_run(require_run_dir(args.run_a, "diff", NEEDED))
+        b = load_run(require_run_dir(args.run_b, "diff", NEEDED))
     except RunDirError as e:
         sys.stderr.write(f"mlxhydra: {e}\n")
         return 2

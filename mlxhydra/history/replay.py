@@ -41,7 +41,7 @@ from ..config.overrides import parse_overrides
 from ..config.recorded import consent_resets, dropped_line, hydra_overrides, own_overrides, quoted
 from ..errors import RunDirError, one_line_message
 from ..file_checks import regular_file_problem
-from ..record.run_dir import RunDir, check_run_dir
+from ..record.run_dir import RunDir, require_run_dir
 from ..record.schema import same
 from .diff import ABSENT, NEEDED, differences, load_run, table
 from .rerun import (
@@ -247,7 +247,7 @@ def main(argv: Sequence[str]) -> int:
     add_rerun_options(parser)
     args = parser.parse_args(list(argv))
     try:
-        original = check_run_dir(args.run_dir, "replay", NEEDED)
+        original = require_run_dir(args.run_dir, "replay", NEEDED)
         load_run(original)  # every file compared afterwards is read once now: damage stops here
         command, cwd, out_dir, notes = replay_command(original, args.overrides, rerun_options(args),
                                                       rerun_cwd(args.cwd))

@@ -22,6 +22,8 @@ from ..record.schema import MAIN_METRIC, flatten
 from .diff import table
 
 COLUMNS = ("time", "status", "model", "quant", "task", "metric", "bits_per_weight", "dir")
+SORT_KEYS = (f"a column ({', '.join(COLUMNS)}), an override such as quant.bits, or a run.json "
+             "field such as metrics.kl_mean")
 
 
 def quant_label(record: Dict[str, Any]) -> str:
@@ -116,6 +118,23 @@ def matches(row: Dict[str, Any], condition: str) -> bool:
     return equal != negate
 
 
+def known_key(rows: List[Dict[str, Any]], key: str) -> bool:
+    """Whether ``key`` can order the rows: a column, or an override or run.json field of one of them."""
+    if key in COLUMNS or key.startswith("metric."):
+        return True
+    return any((key in row and not key.startswith("_")) or key in row["_overrides"]
+               or key in flatten(row["_record"]) for row in rows)
+
+
+def usage_problem(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with --last and --sort before any run is read (one line), or None."""
+    if args.last is not None and args.last < 1:
+        return f"--last {args.last}: expected a positive number of rows (the N newest)"
+    if not args.sort.lstrip("-"):
+        return f"--sort {args.sort!r}: expected {SORT_KEYS}"
+    return None
+
+
 def sort_key(key: str):
     def k(row):
         value = value_of(row, key)
@@ -145,6 +164,10 @@ def main(argv: Sequence[str]) -> int:
     for condition in args.where:
         if "=" not in condition or condition.startswith(("=", "!=")):
             p.error(f"--where {condition!r}: expected KEY=VALUE or KEY!=VALUE")
+    problem = usage_problem(args)
+    if problem:
+        sys.stderr.write(f"mlxhydra runs: {problem}\n")
+        return 2
     try:
         root = Path(args.dir) if args.dir == OUTPUTS else find_run(args.dir)
     except RunDirError as e:
@@ -154,11 +177,16 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"mlxhydra: runs {args.dir}: no such directory\n")
         return 2
     rows = collect_rows(root)
+    key = args.sort.lstrip("-")
+    if rows and not known_key(rows, key):
+        sys.stderr.write(f"mlxhydra runs: --sort {key}: no run under {shown(root)} has this key; "
+                         f"expected {SORT_KEYS}\n")
+        return 2
     rows = [r for r in rows if all(matches(r, c) for c in args.where)]
     if args.last is not None:
-        rows = rows[-args.last:] if args.last > 0 else []
+        rows = rows[-args.last:]
     descending = args.sort.startswith("-") != args.reverse
-    rows.sort(key=sort_key(args.sort.lstrip("-")), reverse=descending)
+    rows.sort(key=sort_key(key), reverse=descending)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
                          indent=2, default=str))

@@ -25,7 +25,7 @@ class CheckedModel:
     entry: Dict[str, Any]  # run.json's model entry
 
 
-def check_model(settings: Settings, config: dict, run_dir: Optional[RunDir]) -> CheckedModel:
+def require_architecture(settings: Settings, config: dict, run_dir: Optional[RunDir]) -> CheckedModel:
     """Look the architecture up and check the config against it, as mlx-lm will read it.
 
     ``config`` gets what mlx-lm's ``load_config`` derives (unless the user changed that

@@ -32,7 +32,7 @@ from ..record import environment
 from ..record.run_dir import RunDir, refuse_taken
 from ..record.schema import RecordWriter
 from . import rank_ends
-from .model_checks import check_model, record_weight_files
+from .model_checks import require_architecture, record_weight_files
 from .thread import interruption_handlers, run_in_job_thread, signals_held
 from .validation import Settings, validate
 
@@ -86,7 +86,7 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         record.update(hub={"model": hub})
     if run_dir is not None:
         run_dir.write_model_config(config)
-    checked = check_model(settings, config, run_dir)
+    checked = require_architecture(settings, config, run_dir)
     if on_checked is not None:
         on_checked()
     before, fingerprint = record_weight_files(settings, record, checked.entry)

@@ -2,7 +2,9 @@
 
 :func:`validate` reads the composed config into plain Python and checks the
 seed, the ``load``, ``quant``, ``task`` and ``sweep`` nodes (each task checks
-its own settings) and that a model directory was chosen. It raises one
+its own settings) and that a model directory was chosen; once they are sound, a
+task checks them against the model (its config and tokenizer: prompts that
+cannot fit its context, a draft model of another vocabulary). It raises one
 :class:`~mlxhydra.errors.ConfigError` listing every problem, so a user fixes
 them in one go instead of one per run, and no weight is fingerprinted or read
 for a config that cannot run.
@@ -16,7 +18,7 @@ from omegaconf import DictConfig
 
 from ..config.composition import to_plain
 from ..config.declared import unknown_key_problems
-from ..config.loggers import check_logger
+from ..config.loggers import logger_problems
 from ..config.model_source import ERROR_KEY
 from ..distributed import ranks
 from ..errors import ConfigError
@@ -25,7 +27,7 @@ from ..load.method_settings import model_problems
 from ..load.quant_spec import QuantSpec, parse_quant
 from ..load.quantized_compute import compute_problems
 from ..load.settings import LoadSettings, load_problems
-from ..tasks import TASKS, check_task, task_module
+from ..tasks import TASKS, task_problems, task_model_problems, task_module
 
 SEED_RANGE = (0, 2**64 - 1)  # what mlx.core.random.seed accepts
 
@@ -59,13 +61,13 @@ def _mapping(key: str, value: Any, optional: bool = False) -> List[str]:
     return [f"{key}={value!r}: expected the {key} settings (a mapping)"]
 
 
-def check_seed(seed: Any) -> List[str]:
+def seed_problems(seed: Any) -> List[str]:
     if type(seed) is not int or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         return [f"seed={seed!r}: expected an integer from 0 to 2**64-1"]
     return []
 
 
-def check_sweep(sweep: Dict[str, Any]) -> List[str]:
+def sweep_problems(sweep: Dict[str, Any]) -> List[str]:
     """The multirun policy's settings."""
     problems = []
     for key in ("fail_fast", "reuse_weights"):
@@ -116,7 +118,7 @@ def validate(cfg: DictConfig) -> Settings:
         if not isinstance(cfg.get("model"), DictConfig):
             problems.append("model: expected the model config (model=PATH or a preset), found none")
     seed = plain("seed")
-    problems += check_seed(seed)
+    problems += seed_problems(seed)
     load = plain("load", {})
     problems += _mapping("load", load) or unknown_key_problems("load", load) + load_problems(load)
     spec = None
@@ -133,23 +135,25 @@ def validate(cfg: DictConfig) -> Settings:
                                    model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
     trusted = isinstance(load, dict) and load.get("trust_remote_code") is True
-    problems += _mapping("task", task) or check_task(task, trusted)
+    problems += _mapping("task", task) or task_problems(task, trusted)
     if isinstance(task, dict) and task.get("name") in TASKS:
         problems += unknown_key_problems("task", task, task["name"])
     if isinstance(load, dict) and isinstance(task, dict):
         problems += save_problems(load, task)
     sweep = plain("sweep", {})
-    problems += _mapping("sweep", sweep) or check_sweep(sweep)
-    problems += check_logger(plain("logger", {}))
+    problems += _mapping("sweep", sweep) or sweep_problems(sweep)
+    problems += logger_problems(plain("logger", {}))
     if isinstance(load, dict) and isinstance(task, dict):  # several ranks (mlx.launch): what runs sharded
-        problems += check_world(load, task, spec.method if spec is not None else "rtn")
+        problems += world_problems(load, task, spec.method if spec is not None else "rtn")
+    if not problems:  # sound settings: the task's against this model (its config, its tokenizer)
+        problems += task_model_problems(task, plain("model", {}), model_dir, load)
     if problems:
         raise ConfigError(problems)
     return Settings(model_dir=model_dir, seed=seed, load=load,
                     loading=LoadSettings.checked(load, spec, compute), task=task, sweep=sweep)
 
 
-def check_world(load: Mapping[str, Any], task: Mapping[str, Any], method: str = "rtn") -> List[str]:
+def world_problems(load: Mapping[str, Any], task: Mapping[str, Any], method: str = "rtn") -> List[str]:
     """Settings that cannot run across the ranks (validate stage; none in one process).
 
     ``method`` is ``quant.method``: the calibrated methods need the whole model in one process.

@@ -8,16 +8,22 @@ the layer's own ``fuse`` (what ``mlx_lm.fuse`` does), so ``task=save`` writes
 a plain model.
 """
 
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
+from ..config.checks import MAX_INTEGER
 from ..config.model_source import read_json_object
 from ..errors import WeightsError
-from .weight_files import fingerprint
+from .weight_files import fingerprint, read_header
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
 FINE_TUNE_TYPES = ("lora", "dora", "full")
+# safetensors dtypes that are not floating point: no adapter parameter holds them (mlx-lm trains
+# only floating-point parameters), as no floating-point parameter of a model takes them.
+NOT_FLOATING = ("BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64")
+SHOWN = 5
 
 
 def adapter_dir(value: str) -> Path:
@@ -59,15 +65,80 @@ def adapter_problems(load: Mapping[str, Any]) -> List[str]:
         config = read_adapter_config(path)
     except ValueError as e:
         return problems + [f"load.adapter_path={value}: {e}"]
+    problems += [f"load.adapter_path={value}: {CONFIG_FILE} {p}" for p in config_problems(config)]
+    weights = path / WEIGHTS_FILE
+    if not weights.exists() and not weights.is_symlink():
+        problems.append(f"load.adapter_path={value}: {path} has no {WEIGHTS_FILE}")
+        return problems
+    try:
+        header = read_header(weights)  # a regular file with a sound header (as for base weights)
+    except WeightsError as e:
+        return problems + [f"load.adapter_path={value}: {e}"]
+    wrong = sorted(f"{name} {info['dtype']}" for name, info in header.items()
+                   if name != "__metadata__" and info["dtype"] in NOT_FLOATING)
+    if wrong:
+        more = f" (+{len(wrong) - SHOWN} more)" if len(wrong) > SHOWN else ""
+        problems.append(f"load.adapter_path={value}: {weights} holds integer or boolean data, which "
+                        f"no adapter parameter takes (they are floating point): {len(wrong)} wrong "
+                        f"dtype: {', '.join(wrong[:SHOWN])}{more}")
+    return problems
+
+
+def config_problems(config: Mapping[str, Any]) -> List[str]:
+    """Every value of ``adapter_config.json`` that mlx-lm's ``load_adapters`` reads, checked.
+
+    mlx-lm reads ``fine_tune_type`` (default lora) and, for lora and dora,
+    ``num_layers`` (the last N blocks; -1 or 0: all of them, as Python slices)
+    and ``lora_parameters``: ``rank``, ``scale``, ``dropout`` (``nn.Dropout``:
+    0 <= p < 1) and optional ``keys`` (module paths). ``use_dora``, written by
+    older mlx-lm, must agree with ``fine_tune_type``, the key mlx-lm reads now.
+    """
+    problems: List[str] = []
+
+    def bad(key: str, value: Any, expected: str) -> None:
+        problems.append(f"has {key}={value!r}, expected {expected}")
+
+    def integer(value: Any, low: int) -> bool:
+        return type(value) is int and low <= value <= MAX_INTEGER
+
     kind = config.get("fine_tune_type", "lora")
     if kind not in FINE_TUNE_TYPES:
-        problems.append(f"load.adapter_path={value}: {CONFIG_FILE} has fine_tune_type={kind!r}, "
-                        f"expected one of {', '.join(FINE_TUNE_TYPES)}")
-    elif kind != "full" and not {"num_layers", "lora_parameters"} <= set(config):
-        problems.append(f"load.adapter_path={value}: {CONFIG_FILE} lacks num_layers or "
-                        "lora_parameters (written by mlx_lm.lora)")
-    if not (path / WEIGHTS_FILE).is_file():
-        problems.append(f"load.adapter_path={value}: {path} has no {WEIGHTS_FILE}")
+        bad("fine_tune_type", kind, f"one of {', '.join(FINE_TUNE_TYPES)}")
+        return problems
+    use_dora = config.get("use_dora")
+    if "use_dora" in config and not isinstance(use_dora, bool):
+        bad("use_dora", use_dora, "true or false")
+    elif use_dora is True and kind != "dora":
+        problems.append(f"has use_dora=true with fine_tune_type={kind!r}: mlx-lm reads only "
+                        "fine_tune_type (set fine_tune_type to dora)")
+    if kind == "full":
+        return problems
+    if "num_layers" not in config:
+        problems.append("lacks num_layers (written by mlx_lm.lora)")
+    elif not integer(config["num_layers"], -1):
+        bad("num_layers", config["num_layers"], f"an integer from -1 (all layers) to {MAX_INTEGER}")
+    lora = config.get("lora_parameters")
+    if not isinstance(lora, dict):
+        what = "lacks lora_parameters" if "lora_parameters" not in config else None
+        if what:
+            problems.append(f"{what} (written by mlx_lm.lora)")
+        else:
+            bad("lora_parameters", lora, "a mapping with rank, scale and dropout")
+        return problems
+    for key, ok, expected in (
+        ("rank", lambda v: integer(v, 1), f"an integer from 1 to {MAX_INTEGER}"),
+        ("scale", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+         "a finite number"),
+        ("dropout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+         "a number from 0 to below 1"),
+    ):
+        if key not in lora:
+            problems.append(f"lacks lora_parameters.{key} (written by mlx_lm.lora)")
+        elif not ok(lora[key]):
+            bad(f"lora_parameters.{key}", lora[key], expected)
+    keys = lora.get("keys")
+    if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) and k for k in keys)):
+        bad("lora_parameters.keys", keys, "a list of module paths (self_attn.q_proj...) or null")
     return problems
 
 

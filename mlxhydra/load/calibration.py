@@ -60,23 +60,28 @@ def calibration_file(value: Optional[str], task: Optional[Mapping[str, Any]], mo
         TaskError: the file is missing or empty.
     """
 
-    if value is None and task and task.get("name") in TEXT_TASKS and task.get("data"):
-        value, key = task["data"], "task.data"
-    else:
-        key = "quant.calibration.data"
+    value, key = calibration_source(value, task)
     return find_data(value, model_dir, DEFAULT_NAME, key)
 
 
-def read_calibration(path: Path, tokenizer) -> CalibrationText:
+def calibration_source(value: Optional[str], task: Optional[Mapping[str, Any]]) -> Tuple[Optional[str], str]:
+    """``(file setting, its key)``: ``quant.calibration.data``, or the text task's ``task.data``."""
+    if value is None and task and task.get("name") in TEXT_TASKS and task.get("data"):
+        return task["data"], "task.data"
+    return value, "quant.calibration.data"
+
+
+def read_calibration(path: Path, tokenizer, key: str = "quant.calibration.data") -> CalibrationText:
     """Tokenize a calibration file as ``mlx_lm.quant.utils.load_data`` tokenizes its text.
 
     A plain-text file is one document; a ``.jsonl`` file is one document per
-    ``text`` field, their tokens joined in file order.
+    ``text`` field, their tokens joined in file order. ``key`` is the setting
+    that named the file, for messages.
     """
 
     tokens: List[int] = []
     with long_documents_allowed():
-        for text in read_texts(path, key="quant.calibration.data"):
+        for text in read_texts(path, key=key):
             tokens.extend(tokenizer.encode(text))
     return CalibrationText(path, file_sha256(path), tokens)
 

@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional
 
 from ..config.model_source import embedded_models_dir
 from ..errors import TaskError
-from ..file_checks import exists, regular_file_problem
+from ..file_checks import exists, not_utf8_text, regular_file_problem
 
 
 def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str) -> Path:
@@ -50,6 +50,20 @@ def find_data(value: Optional[str], model_dir: Path, default_name: str, key: str
     return path
 
 
+def read_text(path: Path, key: str) -> str:
+    """A data file's text: every task's data, prompt and calibration file is read here.
+
+    Raises:
+        TaskError: naming ``key``, the file, and the first byte that is not UTF-8.
+    """
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = not_utf8_text(raw[e.start], e.start, raw.count(b"\n", 0, e.start) + 1)
+        raise TaskError(f"{key}: {path} {where}") from None
+
+
 def read_texts(path: Path, lines: bool = False, key: str = "task.data") -> List[str]:
     """The documents of a data file.
 
@@ -60,7 +74,7 @@ def read_texts(path: Path, lines: bool = False, key: str = "task.data") -> List[
     Raises:
         TaskError: naming the file and line, for bad JSON or a missing ``text``.
     """
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path, key)
     if path.suffix not in (".jsonl", ".json"):
         if not raw.strip():
             raise TaskError(f"{key}: {path} holds no text")
@@ -78,7 +92,7 @@ def read_jsonl(path: Path, fields: Iterable[str], key: str = "task.data") -> Lis
         TaskError: naming the file and line for bad JSON or a missing field.
     """
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path, key).splitlines(), 1):
         if not line.strip():
             continue
         try:

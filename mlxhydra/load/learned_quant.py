@@ -31,6 +31,7 @@ from ..progress import progress
 from .calibration import (
     CalibrationText,
     calibration_file,
+    calibration_source,
     choose_rows,
     read_calibration,
     rows_sha256,
@@ -67,7 +68,8 @@ def prepare_method(spec: QuantSpec, model_dir: Path, model_config: Mapping[str, 
 
     path = calibration_file(spec.calibration.get("data"), task, Path(model_dir))
     tokenizer = load_tokenizer(Path(model_dir), dict(model_config))
-    return MethodRun(spec, read_calibration(path, tokenizer), output_dir)
+    key = calibration_source(spec.calibration.get("data"), task)[1]
+    return MethodRun(spec, read_calibration(path, tokenizer, key), output_dir)
 
 
 def seed_before_instantiation(run: MethodRun) -> None:

@@ -120,10 +120,11 @@ def _instantiate(model_dir: Path, config: dict, settings: LoadSettings, classes:
     model = architecture.instantiate(model_cls, architecture.make_args(config, args_cls), config)
     if _learned(spec):
         learned_quant.choose_data(method_run)
-    built = _Instantiated(model, sharding.plan_sharding(model, settings.shard, group, config), method_run)
-    if spec is not None and group is not None:
-        built.decide, built.paths = make_decider(spec, model), quantizable_paths(model)
-    return built
+    decide = paths = None
+    if spec is not None and group is not None:  # on the whole model, before sharding splits it
+        decide, paths = make_decider(spec, model), quantizable_paths(model)
+    plan = sharding.plan_sharding(model, settings.shard, group, config)
+    return _Instantiated(model, plan, method_run, decide, paths)
 
 
 def _learned(spec: Optional[QuantSpec]) -> bool:

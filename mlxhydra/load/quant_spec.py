@@ -60,7 +60,7 @@ class QuantSpec:
         return described
 
 
-def check_params(
+def parse_params(
     bits: Any, group_size: Any, mode: Any, where: str, problems: List[str]
 ) -> Optional[Params]:
     """Fill in a mode's defaults and check one (bits, group_size, mode) triple.
@@ -132,7 +132,7 @@ def _parse_rule(
         return Rule(compiled, None)
     mode = rule.get("mode", inherit["mode"])
     same_mode = mode == inherit["mode"]
-    params = check_params(
+    params = parse_params(
         rule.get("bits", inherit["bits"] if same_mode else None),
         rule.get("group_size", inherit["group_size"] if same_mode else None),
         mode, where, problems,
@@ -179,13 +179,13 @@ def parse_quant(quant: Optional[Mapping[str, Any]]) -> Optional[QuantSpec]:
             problems.append(f"quant.recipe={recipe}: recipes are affine only, not mode {mode}")
         if bits is not None:
             problems.append(f"quant.recipe={recipe}: the recipe sets the bits; leave quant.bits null")
-        default = check_params(None, group_size, "affine", "quant", problems)
+        default = parse_params(None, group_size, "affine", "quant", problems)
     elif bits is not None or mode != "affine" or method != "rtn":
         # A calibrated method asks for quantization by itself (mlx-lm's default 4 bits).
-        default = check_params(bits, group_size, mode, "quant", problems)
+        default = parse_params(bits, group_size, mode, "quant", problems)
     elif group_size is not None and not any(r.params for r in rules):
         # A group size alone is more likely a mistake than a request for 4 bits.
-        check_params(bits, group_size, mode, "quant", problems)
+        parse_params(bits, group_size, mode, "quant", problems)
         problems.append(
             f"quant.group_size={group_size!r} without quant.bits: set quant.bits, quant.mode "
             "or a quant preset to quantize (quant=none keeps float weights)"

@@ -178,7 +178,7 @@ class SweepDir:
         return found
 
 
-def check_run_dir(path: str, command: str, needs: Tuple[str, ...] = ()) -> RunDir:
+def require_run_dir(path: str, command: str, needs: Tuple[str, ...] = ()) -> RunDir:
     """``path`` (a path, ``latest`` or a unique prefix of a run's name) as a RunDir of an existing job.
 
     Args:

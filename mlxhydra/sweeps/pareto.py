@@ -24,6 +24,10 @@ def _number(v: Any) -> Optional[float]:
 def pareto_front(points: Sequence[Tuple[float, float]], maximize: bool = False) -> List[int]:
     """Indices of the points no other point beats on both x (lower) and y, sorted by x.
 
+    Beaten means another point has at most its x and a y at least as good: of two
+    points with the same y, the one with more x is off the front; of identical
+    points, the first.
+
     Args:
         points: (x, y) pairs, e.g. (bits per weight, KL).
         maximize: y is better when higher (accuracy).

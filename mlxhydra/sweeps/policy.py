@@ -16,13 +16,15 @@
 
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, ContextManager, Dict, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..errors import Interrupted, SweepFailed, SweepStopped
+from ..job.thread import signals_held
 from ..record.atomic import write_bytes_atomic
 from ..record.latest import mark_latest
 from ..record.run_dir import RunDir, SweepDir
@@ -38,12 +40,17 @@ def _sweep_settings(cfg: DictConfig) -> Dict[str, Any]:
     return dict(node) if node else {}
 
 
-def summarize(sweep_dir: Path, objective: Optional[str] = None) -> Optional[Dict[str, Any]]:
-    """Write the sweep's summary; log where it is (never raises for a bad job)."""
+def summarize(sweep_dir: Path, objective: Optional[str] = None,
+              tables_held: Callable[[], ContextManager] = nullcontext) -> Optional[Dict[str, Any]]:
+    """Write the sweep's summary; log where it is (never raises for a bad job).
+
+    Args:
+        tables_held: See :func:`~mlxhydra.sweeps.summary.write_summary`.
+    """
     from .summary import write_summary
 
     try:
-        result = write_summary(Path(sweep_dir), objective)
+        result = write_summary(Path(sweep_dir), objective, tables_held=tables_held)
     except Exception as e:  # a summary must never hide the sweep's own outcome
         log.warning("sweep summary of %s not written: %s", sweep_dir, e)
         return None
@@ -52,8 +59,29 @@ def summarize(sweep_dir: Path, objective: Optional[str] = None) -> Optional[Dict
     return result
 
 
-# The multirun of this process, while it runs: (sweep dir, objective, summary written?).
+# The multirun of this process, while it runs: (sweep dir, objective, summary written?,
+# the sweep dir when a second signal skipped the summary).
 _active: Dict[str, Any] = {}
+
+
+def _summarize_stopped(sweep_dir: Path, objective: Optional[str]) -> None:
+    """The summary of a sweep a signal stopped: the tables always, the figure unless a second signal.
+
+    Signals are held while summary.csv and summary.md are written (a fraction
+    of a second); Ctrl-C twice means "stop now", so a second signal after them
+    skips summary.png (a second or more, matplotlib included; see
+    :func:`skipped_summary`) and the first signal goes on ending the command.
+    """
+    _active["summarized"] = True
+    try:
+        summarize(sweep_dir, objective, tables_held=signals_held)
+    except (KeyboardInterrupt, Interrupted):
+        _active["skipped"] = Path(sweep_dir)
+
+
+def skipped_summary() -> Optional[Path]:
+    """The sweep directory whose summary.png a second signal skipped, or None."""
+    return _active.get("skipped")
 
 
 def summarize_interrupted_sweep() -> None:
@@ -62,11 +90,10 @@ def summarize_interrupted_sweep() -> None:
     A signal between jobs (while Hydra composes or sets up the next one) ends
     the multirun without ``on_multirun_end``; the summary still shows the jobs
     finished, interrupted and missing. Nothing happens outside a multirun or
-    when the summary was written already.
+    when the summary was written (or skipped) already.
     """
     if _active and not _active.get("summarized") and _active.get("enabled", True):
-        _active["summarized"] = True
-        summarize(_active["sweep_dir"], _active.get("objective"))
+        _summarize_stopped(_active["sweep_dir"], _active.get("objective"))
 
 
 def record_plan(sweep_dir: Path, config: DictConfig) -> None:
@@ -166,8 +193,7 @@ def run_swept_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> O
         metrics = run_job(cfg, compose_seconds)
     except (KeyboardInterrupt, Interrupted):
         if multirun:  # the callback's on_multirun_end will not run
-            _active["summarized"] = True
-            summarize(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
+            _summarize_stopped(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
         raise
     except Exception as e:
         if not multirun:

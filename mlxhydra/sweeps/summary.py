@@ -11,8 +11,9 @@ import csv
 import io
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from ..config.overrides import override_texts, parse_overrides
 from ..errors import RunDirError, describe_os_error
@@ -248,29 +249,32 @@ def sweep_policy(sweep: SweepDir) -> Dict[str, Any]:
     return dict(node) if isinstance(node, dict) else {}
 
 
-def write_summary(sweep_dir: Path, objective: Optional[str] = None,
-                  strict: bool = False) -> Dict[str, Any]:
+def write_summary(sweep_dir: Path, objective: Optional[str] = None, strict: bool = False,
+                  tables_held: Callable[[], ContextManager] = nullcontext) -> Dict[str, Any]:
     """Write summary.csv, summary.md and summary.png at the sweep root.
 
     Args:
         strict: Refuse a damaged job record or plan (see :func:`collect`) before writing anything.
+        tables_held: The context the two tables are written in (the figure, slower, is not):
+            after an interruption, signals are held there so the tables are always written.
 
     Returns:
         {"jobs", "statuses" (status -> count), "failed", "files", "metric"}.
     """
     sweep = SweepDir(Path(sweep_dir))
-    rows, keys = collect(sweep.path, strict)
-    metric = main_metric(rows, objective)
-    mark_front(rows, metric)
-    columns, cells = table(rows, keys)
     csv_file, md_file, png_file = (sweep.summary_file(s) for s in ("csv", "md", "png"))
-    write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
-    headline = [metric, f"{metric}_stderr"]
-    for task in dict.fromkeys(r.get("_task") for r in rows):
-        headline += HEADLINE.get(task, [])
-    headline += [f"metrics.{m}" for m in headline]  # metric names that clash with a column
-    keep = ["job", *keys, "status", "objective", PARETO, "bits_per_weight", *headline, *TAIL]
-    write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
+    with tables_held():
+        rows, keys = collect(sweep.path, strict)
+        metric = main_metric(rows, objective)
+        mark_front(rows, metric)
+        columns, cells = table(rows, keys)
+        write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
+        headline = [metric, f"{metric}_stderr"]
+        for task in dict.fromkeys(r.get("_task") for r in rows):
+            headline += HEADLINE.get(task, [])
+        headline += [f"metrics.{m}" for m in headline]  # metric names that clash with a column
+        keep = ["job", *keys, "status", "objective", PARETO, "bits_per_weight", *headline, *TAIL]
+        write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
     files = [csv_file, md_file]
     policy = sweep_policy(sweep)
     if objective:

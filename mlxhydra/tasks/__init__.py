@@ -1,8 +1,8 @@
 """Experiments on the loaded model (``task=<name>``), one module each.
 
-Each task module exposes ``check(task) -> problems`` (its settings, checked
-by the validate stage before any weight is read; a module whose task files can
-run code also has ``code_problems(task, trust_remote_code)``, checked first) and ``execute(job) ->
+Each task module exposes ``settings_problems(task) -> problems`` (its settings, checked
+by the validate stage before any weight is read; a module whose task files can run code
+also has ``code_problems(task, trust_remote_code)``, checked first) and ``execute(job) ->
 metrics`` (with a :class:`~mlxhydra.tasks.common.TaskInput`); :data:`TASKS`
 maps ``task.name`` to the module. The job writes the returned metrics to
 ``metrics.json`` and into ``run.json``.
@@ -41,7 +41,7 @@ def task_module(name: Any) -> ModuleType:
     return import_module(f"{__name__}.{TASKS[name]}")
 
 
-def check_task(task: Dict[str, Any], trust_remote_code: bool = False) -> List[str]:
+def task_problems(task: Dict[str, Any], trust_remote_code: bool = False) -> List[str]:
     """Every problem of a task's settings (its name included).
 
     Args:
@@ -54,7 +54,7 @@ def check_task(task: Dict[str, Any], trust_remote_code: bool = False) -> List[st
         return e.problems
     code = getattr(module, "code_problems", None)
     problems = code(task, trust_remote_code) if code is not None else []
-    return problems or module.check(task)
+    return problems or module.settings_problems(task)
 
 
 def task_file_problems(task: Dict[str, Any], model_dir: Path, trust_remote_code: bool) -> List[str]:
@@ -69,6 +69,17 @@ def task_file_problems(task: Dict[str, Any], model_dir: Path, trust_remote_code:
     return []
 
 
+def task_model_problems(task: Dict[str, Any], model_config: Dict[str, Any], model_dir: Any,
+                        load: Dict[str, Any]) -> List[str]:
+    """Problems of a task's (sound) settings with this model: its config and tokenizer, no weight.
+
+    A task module that checks its settings against the model says so with
+    ``problems_with_model(task, model_config, model_dir, load) -> problems``.
+    """
+    check = getattr(task_module(task.get("name")), "problems_with_model", None)
+    return check(task, model_config, Path(model_dir), load) if check is not None else []
+
+
 def run_task(job: TaskInput) -> Metrics:
     """Run ``job.task["name"]`` on the loaded model and return its metrics.
 
@@ -78,4 +89,5 @@ def run_task(job: TaskInput) -> Metrics:
     return task_module(job.task.get("name")).execute(job)
 
 
-__all__ = ["TASKS", "TaskInput", "check_task", "run_task", "task_file_problems", "task_module"]
+__all__ = ["TASKS", "TaskInput", "task_problems", "run_task", "task_file_problems", "task_model_problems",
+           "task_module"]

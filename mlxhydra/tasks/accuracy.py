@@ -13,7 +13,7 @@ from ..progress import progress
 from ..stats import wilson_interval  # the interval the summary figure draws, too
 from .common import Metrics, TaskInput, peak_memory_gb
 from .generation import Generation, generate_text
-from .prompts import PromptItem, check_chat, encode_prompt
+from .prompts import PromptItem, chat_problems, encode_prompt
 
 log = logging.getLogger("mlxhydra")
 
@@ -24,13 +24,13 @@ DEFAULT_DATA = "accuracy.jsonl"
 PREDICTIONS = "predictions.jsonl"
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=accuracy's settings."""
     c = SettingsCheck(task)
     c.integer("max_tokens")
     c.integer("num_samples", allow_negative_one=True)
     c.data_file()
-    check_chat(c)
+    c.problems += chat_problems(c.task)
     return c.problems
 
 

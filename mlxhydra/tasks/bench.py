@@ -20,7 +20,7 @@ RUNS_SHARDED = True
 KEYS = ("prompt_tps", "generation_tps", "peak_memory")
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=bench's settings."""
     c = SettingsCheck(task)
     for key in ("prompt_tokens", "generation_tokens", "trials", "prefill_step_size"):

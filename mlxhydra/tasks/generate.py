@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Dict, List
 
 from ..config.checks import SettingsCheck
@@ -16,17 +17,25 @@ from ..distributed.ranks import world
 from ..errors import TaskError
 from ..load.tokenizer import load_tokenizer
 from .common import Metrics, TaskInput
-from .draft import check_draft, load_draft_model
+from .draft import draft_problems, draft_vocabulary_problems, load_draft_model
 from .generation import (
     Generation,
-    check_sampling,
-    check_strings,
     generate_text,
     make_sampler_from,
+    sampling_problems,
     string_list,
+    string_list_problems,
 )
-from .kv_cache import check_bounded_cache, check_kv, kv_options, quantization_failure
-from .prompts import chat_template_text, check_prompts, encode_prompt, prompt_items, unescape
+from .kv_cache import kv_options, kv_problems, quantization_failure, require_servable_cache
+from .prompts import (
+    chat_template_text,
+    context_length,
+    encode_prompt,
+    prompt_items,
+    prompt_length_problems,
+    prompt_problems,
+    unescape,
+)
 
 log = logging.getLogger("mlxhydra")
 
@@ -40,18 +49,36 @@ FILE_ONLY = {"file_only": True}
 RUNS_SHARDED = True
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=generate's settings."""
     c = SettingsCheck(task)
     c.integer("max_tokens", allow_negative_one=True)
-    check_prompts(c)
-    check_sampling(c)
-    check_strings(c, "stop")
-    check_strings(c, "extra_eos_token")
+    c.problems += prompt_problems(c.task)
+    c.problems += sampling_problems(c.task)
+    c.problems += string_list_problems(c.task, "stop")
+    c.problems += string_list_problems(c.task, "extra_eos_token")
     c.boolean("stream")
-    check_kv(c)
-    check_draft(c)
+    c.problems += kv_problems(c.task)
+    c.problems += draft_problems(c.task)
     return c.problems
+
+
+def problems_with_model(task: Dict[str, Any], model_config: Dict[str, Any], model_dir: Path,
+                        load: Dict[str, Any]) -> List[str]:
+    """task=generate's sound settings against the model, before any weight is read.
+
+    The prompts must fit the model's context (:func:`~.prompts.prompt_length_problems`)
+    and a draft model must share its vocabulary (:func:`~.draft.draft_vocabulary_problems`).
+    A tokenizer that cannot be loaded is named where the tokenizer files are checked.
+    """
+    try:
+        tokenizer = load_tokenizer(model_dir, model_config,
+                                   chat_template=chat_template_text(task.get("chat_template")),
+                                   trust_remote_code=load.get("trust_remote_code") is True)
+    except TaskError:
+        return []
+    return (prompt_length_problems(task, tokenizer, context_length(model_config))
+            + draft_vocabulary_problems(task, tokenizer, model_config, load))
 
 
 def _print(text: str) -> None:
@@ -108,6 +135,7 @@ def execute(job: TaskInput) -> Metrics:
     import mlx.core as mx
 
     task = job.task
+    require_servable_cache(job.model, kv_options(task))  # before any token, whatever the prompt length
     tokenizer = load_tokenizer(job.model_dir, job.model_config,
                                chat_template=chat_template_text(task.get("chat_template")),
                                trust_remote_code=job.trust_remote_code)
@@ -116,7 +144,7 @@ def execute(job: TaskInput) -> Metrics:
     sampler, processors = make_sampler_from(task, tokenizer)
     # Under mlx.launch every rank generates; rank 0 alone prints and writes files.
     leads = world().leads
-    stream = task.get("stream", True) and leads
+    stream = task["stream"] and leads
     how = Generation(
         max_tokens=task["max_tokens"], sampler=sampler, logits_processors=processors,
         stop=[unescape(s) for s in string_list(task.get("stop")) or []],
@@ -124,11 +152,10 @@ def execute(job: TaskInput) -> Metrics:
         num_draft_tokens=task.get("num_draft_tokens") or 3,
         options={**kv_options(task), "prefill_step_size": task.get("prefill_step_size") or 2048},
     )
-    check_bounded_cache(job.model, how.options)
     extra: Dict[str, Any] = {}
     if task.get("draft_model") is not None:
         how.draft_model, extra["draft_model"] = load_draft_model(task["draft_model"], job.load,
-                                                                 tokenizer)
+                                                                 tokenizer, job.model)
         if "hub" in extra["draft_model"]:
             job.hub["task.draft_model"] = extra["draft_model"]["hub"]
     results = []

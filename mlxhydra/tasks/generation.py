@@ -12,8 +12,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from ..config.checks import SettingsCheck
 
 
-def check_sampling(c: SettingsCheck) -> None:
+def sampling_problems(task: Mapping[str, Any]) -> List[str]:
     """Sampling settings: temperature, top_p, min_p, top_k, XTC, repetition_penalty."""
+    c = SettingsCheck(task)
     c.number("temperature", 0.0, expected=">= 0", optional=True)
     c.number("top_p", 0.0, 1.0, expected="0..1 (0 or 1: off)", optional=True)
     c.number("min_p", 0.0, 1.0, expected="0..1", optional=True)
@@ -27,6 +28,7 @@ def check_sampling(c: SettingsCheck) -> None:
     c.number("repetition_penalty", 0.0, expected="> 0, or null (off)", optional=True)
     if penalty == 0 and type(penalty) in (int, float):  # mlx-lm divides by it
         c.fail("repetition_penalty", "> 0, or null (off)")
+    return c.problems
 
 
 def string_list(value: Any) -> Optional[List[str]]:
@@ -40,11 +42,13 @@ def string_list(value: Any) -> Optional[List[str]]:
     return None
 
 
-def check_strings(c: SettingsCheck, key: str) -> None:
+def string_list_problems(task: Mapping[str, Any], key: str) -> List[str]:
     """A setting that takes a non-empty string or a list of them."""
+    c = SettingsCheck(task)
     values = string_list(c.task.get(key))
     if values is None or any(not v for v in values):
         c.fail(key, "a non-empty string, a list of them, or []")
+    return c.problems
 
 
 def make_sampler_from(task: Mapping[str, Any], tokenizer=None):

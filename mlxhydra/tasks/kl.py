@@ -29,13 +29,13 @@ from ..progress import progress
 from ..record.atomic import atomic_directory, write_bytes_atomic
 from ..stats import report_text, summarize
 from .common import Metrics, TaskInput, peak_memory_gb
-from .kv_cache import ThroughCache, check_kv, uses_cache
-from .perplexity import check_eval_data, eval_data
+from .kv_cache import ThroughCache, kv_problems, uses_cache
+from .perplexity import eval_data, eval_data_problems
 from .reference import (
     build_reference,
     cache_key,
-    check_fingerprint,
     reference_problems,
+    require_same_weights,
     resolve_reference,
 )
 
@@ -50,12 +50,12 @@ CACHE_DTYPES = ("float32", "float16", "bfloat16")
 REPORT = "kl_report.txt"
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=kl's settings."""
     c = SettingsCheck(task)
-    check_eval_data(c)
-    check_kv(c)
-    c.choice("cache_dtype", CACHE_DTYPES, default="float32")
+    c.problems += eval_data_problems(c.task)
+    c.problems += kv_problems(c.task)
+    c.choice("cache_dtype", CACHE_DTYPES)
     c.boolean("cache")
     cache_dir = task.get("cache_dir")
     if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
@@ -178,8 +178,9 @@ def execute(job: TaskInput) -> Metrics:
 
     start = time.perf_counter()
     task = job.task
+    scored = ThroughCache(job.model, task) if uses_cache(task) else job.model  # its KV settings first
     batch_size = task["batch_size"]
-    dtype = task.get("cache_dtype") or "float32"
+    dtype = task["cache_dtype"]
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(task, tokenizer, job.model_dir)
     ref = resolve_reference(task.get("reference"), job.model_dir, job.load)
@@ -188,7 +189,7 @@ def execute(job: TaskInput) -> Metrics:
     world = ranks.world()
     if not world.leads:
         return follow_reference(job.model, ref, tokens, batch_size, job.load.get("shard"))
-    check_fingerprint(ref)
+    require_same_weights(ref)
     settings = {k: task.get(k) for k in ("sequence_length", "num_samples", "batch_size")}
     settings["cache_dtype"] = dtype
     if world.distributed:  # sums across ranks round differently from one process
@@ -197,7 +198,7 @@ def execute(job: TaskInput) -> Metrics:
     data_sha = file_sha256(path)
     tokens_sha = "sha256:" + hashlib.sha256(np.array(tokens).tobytes()).hexdigest()
     key = cache_key(ref, tokens_sha, data_sha, settings)
-    use_cache = bool(task.get("cache", True))
+    use_cache = task["cache"]
     cache_dir = Path(task.get("cache_dir") or default_cache_dir()).expanduser().absolute()
     scratch: Optional[tempfile.TemporaryDirectory] = None
     target = cache_dir / key[:32]
@@ -215,8 +216,7 @@ def execute(job: TaskInput) -> Metrics:
         del reference
         mx.clear_cache()
     try:
-        model = ThroughCache(job.model, task) if uses_cache(task) else job.model
-        out = summarize(compare(model, tokens, batch_size, target))
+        out = summarize(compare(scored, tokens, batch_size, target))
     finally:
         if scratch is not None:
             scratch.cleanup()

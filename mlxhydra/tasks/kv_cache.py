@@ -6,7 +6,7 @@ fills (:class:`ThroughCache`), so the cost of a quantized or bounded KV cache
 is measured on the same data as any other change.
 """
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..config.checks import SettingsCheck
 from ..errors import TaskError
@@ -15,15 +15,15 @@ KV_BITS = (2, 3, 4, 5, 6, 8)  # what mx.quantize (QuantizedKVCache) accepts
 KV_GROUP_SIZES = (32, 64, 128)
 
 
-def check_kv(c: SettingsCheck, step_key: Optional[str] = "prefill_step_size") -> None:
+def kv_problems(task: Mapping[str, Any], step_key: Optional[str] = "prefill_step_size") -> List[str]:
     """The KV-cache settings, and the tokens per model call (``step_key``)."""
-    task = c.task
+    c = SettingsCheck(task)
     if task.get("max_kv_size") is not None:
         c.integer("max_kv_size")
     bits = task.get("kv_bits")
     if bits is not None and (type(bits) is not int or bits not in KV_BITS):
         c.fail("kv_bits", f"one of {', '.join(map(str, KV_BITS))}, or null (no KV-cache quantization)")
-    c.choice("kv_group_size", KV_GROUP_SIZES, default=64)
+    c.choice("kv_group_size", KV_GROUP_SIZES)
     c.integer("quantized_kv_start", minimum=0)
     if step_key is not None:
         c.integer(step_key)
@@ -32,6 +32,7 @@ def check_kv(c: SettingsCheck, step_key: Optional[str] = "prefill_step_size") ->
             "task.kv_bits and task.max_kv_size: mlx-lm cannot quantize a rotating KV cache "
             "(RotatingKVCache); set only one of them"
         )
+    return c.problems
 
 
 def kv_options(task: Mapping[str, Any]) -> Dict[str, Any]:
@@ -39,8 +40,8 @@ def kv_options(task: Mapping[str, Any]) -> Dict[str, Any]:
     return {
         "max_kv_size": task.get("max_kv_size"),
         "kv_bits": task.get("kv_bits"),
-        "kv_group_size": task.get("kv_group_size", 64),
-        "quantized_kv_start": task.get("quantized_kv_start", 0),
+        "kv_group_size": task["kv_group_size"],
+        "quantized_kv_start": task["quantized_kv_start"],
     }
 
 
@@ -49,11 +50,13 @@ def uses_cache(task: Mapping[str, Any]) -> bool:
     return task.get("kv_bits") is not None or task.get("max_kv_size") is not None
 
 
-def quantization_failure(options: Mapping[str, Any], error: Exception) -> Optional[TaskError]:
+def quantization_failure(options: Mapping[str, Any], error: Exception,
+                         head_sizes: Sequence[int] = ()) -> Optional[TaskError]:
     """The one-line error for mlx-lm failing to quantize the KV cache, or None for other errors.
 
     mlx-lm cannot quantize a rotating cache (NotImplementedError), and
-    ``mx.quantize`` needs the head dimension divisible by the group size.
+    ``mx.quantize`` needs the head size (of keys and values: ``head_sizes``,
+    when known) to be a multiple of the group size.
     """
     if options.get("kv_bits") is None:
         return None
@@ -61,10 +64,52 @@ def quantization_failure(options: Mapping[str, Any], error: Exception) -> Option
     if isinstance(error, NotImplementedError):
         return TaskError(f"task.kv_bits={options['kv_bits']}: this model's KV cache cannot be "
                          f"quantized by mlx-lm ({detail})")
-    if isinstance(error, ValueError) and "quantize" in detail:
-        return TaskError(f"task.kv_group_size={options['kv_group_size']} does not fit this model's "
-                         f"KV cache (the head dimension must be a multiple of it): {detail}")
-    return None
+    if not (isinstance(error, ValueError) and "quantize" in detail):
+        return None
+    group = options["kv_group_size"]
+    if not head_sizes:
+        return TaskError(f"task.kv_group_size={group} does not fit this model's KV cache (the "
+                         f"head dimension must be a multiple of it): {detail}")
+    fitting = [g for g in KV_GROUP_SIZES if all(size % g == 0 for size in head_sizes)]
+    fix = (f"set task.kv_group_size={' or '.join(map(str, fitting))}" if fitting else
+           f"no group size mlx-lm takes ({', '.join(map(str, KV_GROUP_SIZES))}) divides it: set "
+           "task.kv_bits=null")
+    return TaskError(f"task.kv_group_size={group}: this model's KV cache has head size "
+                     f"{'/'.join(map(str, head_sizes))}, not a multiple of {group} (mx.quantize "
+                     f"quantizes each head's vectors in groups); {fix}")
+
+
+def require_servable_cache(model, options: Mapping[str, Any]) -> None:
+    """The KV settings must suit this model's cache, whether or not a run reaches
+    ``quantized_kv_start``: one rule for every task that takes them.
+
+    The model is called lazily on one token through mlx-lm's prompt cache (the
+    cache learns its shapes, nothing is computed) and each cache entry is
+    converted as ``maybe_quantize_kv_cache`` converts it: mlx-lm's and
+    ``mx.quantize``'s own conditions, checked before any token is computed.
+
+    Raises:
+        TaskError: ``max_kv_size`` for a model with its own cache, a cache mlx-lm
+            cannot quantize, or a head size that is not a multiple of ``kv_group_size``.
+    """
+    require_bounded_cache(model, options)
+    if options.get("kv_bits") is None:
+        return
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model, max_kv_size=options.get("max_kv_size"))
+    model(mx.array([[0]]), cache=cache)
+    for entry in cache:
+        if not hasattr(entry, "to_quantized"):
+            continue  # mlx-lm leaves such an entry as it is
+        try:
+            entry.to_quantized(group_size=options["kv_group_size"], bits=options["kv_bits"])
+        except (NotImplementedError, ValueError) as e:
+            sizes = sorted({a.shape[-1] for a in (getattr(entry, "keys", None),
+                                                  getattr(entry, "values", None))
+                            if hasattr(a, "shape")})
+            raise (quantization_failure(options, e, sizes) or e) from e
 
 
 def quantize_cache(cache, options: Mapping[str, Any]) -> None:
@@ -82,7 +127,7 @@ def quantize_cache(cache, options: Mapping[str, Any]) -> None:
         raise (quantization_failure(options, e) or e) from e
 
 
-def check_bounded_cache(model, options: Mapping[str, Any]) -> None:
+def require_bounded_cache(model, options: Mapping[str, Any]) -> None:
     """``max_kv_size`` works only for models without their own cache layout.
 
     mlx-lm's ``make_prompt_cache`` uses a model's ``make_cache`` when it has
@@ -113,7 +158,7 @@ class ThroughCache:
     def __init__(self, model, task: Mapping[str, Any], step_key: str = "prefill_step_size"):
         self.model = model
         self.options = kv_options(task)
-        check_bounded_cache(model, self.options)
+        require_servable_cache(model, self.options)
         self.step = int(task.get(step_key) or 1)
 
     def __call__(self, inputs):

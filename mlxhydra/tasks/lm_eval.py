@@ -63,12 +63,12 @@ def include_paths(value: Any) -> Optional[List[Path]]:
 
 def code_problems(task: Dict[str, Any], trust_remote_code: bool) -> List[str]:
     """Task YAMLs (``task.include_path``, ``task.tasks``) that name code, without consent
-    (:mod:`.lm_eval_code`); checked before :func:`check` lets lm-eval index them."""
+    (:mod:`.lm_eval_code`); checked before :func:`settings_problems` lets lm-eval index them."""
     return yaml_code(task_specs(task.get("tasks")), include_paths(task.get("include_path")),
                      trust_remote_code)
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=lm_eval's settings, the task names included."""
     c = SettingsCheck(task)
     specs = task_specs(task.get("tasks"))
@@ -240,7 +240,7 @@ def execute(job: TaskInput) -> Metrics:
     start = time.perf_counter()
     with _quiet_progress():
         loaded = results_io.load_tasks(manager, specs)
-        results_io.check_unsafe(loaded, bool(task.get("confirm_run_unsafe_code")))
+        results_io.require_unsafe_consent(loaded, bool(task.get("confirm_run_unsafe_code")))
         mx.random.seed(seed)  # as mlx_lm.evaluate: sampling, when a sampler is set
         tracker = EvaluationTracker(output_path=str(job.run_dir / results_io.OUTPUT_DIR / "results.json"))
         results = lm_eval.simple_evaluate(

@@ -106,7 +106,7 @@ def top_level(loaded: List[Dict[str, Any]]) -> list:
     return items
 
 
-def check_unsafe(loaded: List[Dict[str, Any]], confirmed: bool) -> None:
+def require_unsafe_consent(loaded: List[Dict[str, Any]], confirmed: bool) -> None:
     """Tasks that run code the model writes need ``task.confirm_run_unsafe_code=true``.
 
     Raises:

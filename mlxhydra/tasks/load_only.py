@@ -8,7 +8,7 @@ from .common import Metrics, TaskInput
 RUNS_SHARDED = True
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """task=load has no settings of its own."""
     return []
 

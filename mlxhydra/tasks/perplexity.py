@@ -6,13 +6,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 from ..config.checks import SettingsCheck
 from ..load.data_files import file_sha256, find_data, read_texts
 from ..load.tokenizer import load_tokenizer
 from .common import Metrics, TaskInput, peak_memory_gb, token_chunks
-from .kv_cache import ThroughCache, check_kv, uses_cache
+from .kv_cache import ThroughCache, kv_problems, uses_cache
 
 log = logging.getLogger("mlxhydra")
 
@@ -24,20 +24,22 @@ RUNS_SHARDED = True
 DEFAULT_DATA = "eval.txt"
 
 
-def check_eval_data(c: SettingsCheck) -> None:
+def eval_data_problems(task: Mapping[str, Any]) -> List[str]:
     """The data settings shared with task=kl."""
+    c = SettingsCheck(task)
     c.integer("sequence_length", minimum=2)
     c.integer("num_samples", allow_negative_one=True)
     c.integer("batch_size")
     c.boolean("lines")
     c.data_file()
+    return c.problems
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=perplexity's settings."""
     c = SettingsCheck(task)
-    check_eval_data(c)
-    check_kv(c)
+    c.problems += eval_data_problems(c.task)
+    c.problems += kv_problems(c.task)
     return c.problems
 
 
@@ -51,7 +53,7 @@ def eval_data(task: Dict[str, Any], tokenizer, model_dir: Path):
         TaskError: missing, empty or malformed data file.
     """
     path = find_data(task.get("data"), model_dir, DEFAULT_DATA, "task.data")
-    texts = read_texts(path, task.get("lines", False))
+    texts = read_texts(path, task["lines"])
     tokens = token_chunks(tokenizer, texts, task["sequence_length"], task["num_samples"], path)
     return tokens, path
 
@@ -90,9 +92,9 @@ def execute(job: TaskInput) -> Metrics:
         Metrics: perplexity, perplexity_stderr, tokens_evaluated, samples,
         sequence_length, tokens_per_second, seconds, peak_memory_gb, data, data_sha256.
     """
+    model = ThroughCache(job.model, job.task) if uses_cache(job.task) else job.model
     tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
     tokens, path = eval_data(job.task, tokenizer, job.model_dir)
-    model = ThroughCache(job.model, job.task) if uses_cache(job.task) else job.model
     out = compute_perplexity(model, tokens, job.task["batch_size"])
     out.update(
         samples=tokens.shape[0], sequence_length=tokens.shape[1],

@@ -10,11 +10,11 @@ response) when there is one, else as plain text.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..config.checks import SettingsCheck
 from ..errors import TaskError
-from ..load.data_files import read_jsonl
+from ..load.data_files import long_documents_allowed, read_jsonl, read_text
 
 JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -66,9 +66,9 @@ def read_prompt_file(value: str) -> List[PromptItem]:
             items = [_json_prompt(key, path, n, row) for n, row in read_jsonl(path, (), key)]
         else:
             items = [PromptItem(f"task.prompt_file line {n}", prompt=line)
-                     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                     for n, line in enumerate(read_text(path, key).splitlines(), 1)
                      if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise TaskError(f"{key}: {path} cannot be read ({e})") from e
     if not items:
         raise TaskError(f"{key}: {path} holds no prompts")
@@ -102,28 +102,29 @@ def prompt_items(task: Mapping[str, Any]) -> List[PromptItem]:
     return [PromptItem("task.prompt", prompt=unescape(prompt))]
 
 
-def check_chat(c: SettingsCheck) -> None:
+def chat_problems(task: Mapping[str, Any]) -> List[str]:
     """The chat settings shared with task=accuracy: chat, messages, system_prompt."""
-    task = c.task
-    c.choice("chat", ("auto", True, False), default="auto")
+    c = SettingsCheck(task)
+    c.choice("chat", ("auto", True, False))
     messages = task.get("messages")
     if messages is not None:
         problem = messages_problem(messages)
         if problem:
             c.problems.append(f"task.messages: {problem}")
-        elif task.get("chat", "auto") is False:
+        elif task["chat"] is False:
             c.problems.append("task.messages needs task.chat=auto or true (a chat template)")
         elif task.get("system_prompt") is not None and messages[0].get("role") == "system":
             c.problems.append("task.system_prompt and a system message in task.messages: give one")
     system = task.get("system_prompt")
     if system is not None and not isinstance(system, str):
         c.fail("system_prompt", "a string or null")
+    return c.problems
 
 
-def check_prompts(c: SettingsCheck) -> None:
+def prompt_problems(task: Mapping[str, Any]) -> List[str]:
     """Every prompt setting of task=generate (the prompt file is read now)."""
-    task = c.task
-    check_chat(c)
+    c = SettingsCheck(task)
+    c.problems += chat_problems(c.task)
     prompt = task.get("prompt")
     if task.get("messages") is None and task.get("prompt_file") is None and not (
         (isinstance(prompt, str) and prompt)
@@ -155,8 +156,9 @@ def check_prompts(c: SettingsCheck) -> None:
     if prefill is not None:
         if not isinstance(prefill, str):
             c.fail("prefill_response", "a string or null")
-        elif task.get("chat", "auto") is False:
+        elif task["chat"] is False:
             c.problems.append("task.prefill_response needs task.chat=auto or true (a chat template)")
+    return c.problems
 
 
 def looks_like_template(text: str) -> bool:
@@ -167,7 +169,7 @@ def chat_template_text(value: Optional[str]) -> Optional[str]:
     """The template of ``task.chat_template``: the text itself, or the file's contents."""
     if value is None or looks_like_template(value):
         return value
-    return Path(value).expanduser().read_text(encoding="utf-8")
+    return read_text(Path(value).expanduser().absolute(), f"task.chat_template={value}")
 
 
 def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[int]:
@@ -181,7 +183,7 @@ def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[
     Raises:
         TaskError: a chat template required but absent.
     """
-    chat, prefill = task.get("chat", "auto"), task.get("prefill_response")
+    chat, prefill = task["chat"], task.get("prefill_response")
     if item.messages is not None:
         use_chat = True
     else:
@@ -208,3 +210,65 @@ def encode_prompt(tokenizer, task: Mapping[str, Any], item: PromptItem) -> List[
         add_generation_prompt=prefill is None, **(task.get("chat_template_args") or {}),
     )
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def context_length(config: Mapping[str, Any]) -> Optional[Tuple[int, str]]:
+    """The model's context in tokens and where it comes from, or None when the config has none.
+
+    ``max_position_embeddings`` (or its ``text_config``'s), times ``rope_scaling.factor``
+    when the config extends it (YaRN, linear, dynamic scaling): a bound, never too small.
+    """
+    for prefix, node in (("model", config), ("model.text_config", config.get("text_config"))):
+        n = node.get("max_position_embeddings") if isinstance(node, Mapping) else None
+        if type(n) is not int or n < 1:
+            continue
+        scaling = node.get("rope_scaling")
+        factor = scaling.get("factor") if isinstance(scaling, Mapping) else None
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 1:
+            return int(n * factor), f"{prefix}.max_position_embeddings={n} x rope_scaling.factor={factor}"
+        return n, f"{prefix}.max_position_embeddings={n}"
+    return None
+
+
+def _longest_token(tokenizer) -> Optional[int]:
+    """The most characters one token of the vocabulary stands for (None: unknown)."""
+    try:
+        return max(map(len, tokenizer.get_vocab()), default=None)
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+
+
+def prompt_length_problems(task: Mapping[str, Any], tokenizer, context: Optional[Tuple[int, str]]) -> List[str]:
+    """Prompts longer than the model's context, each named (refused, never truncated).
+
+    A prompt with more characters than the context times the longest token of
+    the vocabulary cannot fit, and is refused before it is tokenized (a
+    many-megabyte prompt would take long to tokenize and for ever to run); the
+    others are refused when their tokens (through the chat template) are more
+    than the context.
+    """
+    if context is None:
+        return []
+    limit, origin = context
+    longest = _longest_token(tokenizer)
+    problems = []
+    for item in prompt_items(task):
+        where = item.source
+        if task.get("prompt_file") is not None:
+            where = where.replace("task.prompt_file", f"task.prompt_file={task['prompt_file']}", 1)
+        texts = [item.prompt] if item.messages is None else [m["content"] for m in item.messages]
+        chars = sum(map(len, texts))
+        if longest and chars > limit * longest and sum(len("".join(t.split())) for t in texts) > limit * longest:
+            problems.append(f"{where}: {chars} characters, more than the model's context of {limit} "
+                            f"tokens can hold ({origin}; no token is longer than {longest} "
+                            "characters): shorten it")
+            continue
+        try:
+            with long_documents_allowed():  # transformers' warning: the length is judged here
+                tokens = len(encode_prompt(tokenizer, task, item))
+        except TaskError:  # no chat template...: named when the task runs
+            continue
+        if tokens > limit:
+            problems.append(f"{where}: {tokens} tokens, more than the model's context of {limit} "
+                            f"tokens ({origin}): shorten it")
+    return problems

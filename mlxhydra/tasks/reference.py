@@ -175,7 +175,7 @@ def reference_problems(value: Any) -> List[str]:
     return [f"task.reference={value}: {path} {what} (expected a model or run directory)"]
 
 
-def check_fingerprint(ref: Reference) -> str:
+def require_same_weights(ref: Reference) -> str:
     """The reference's current weights fingerprint (a past run's recorded one must match).
 
     Raises:
@@ -224,7 +224,7 @@ def cache_key(ref: Reference, tokens_sha256: str, data_sha256: str, settings: Di
 
     content = {
         "version": CACHE_VERSION,
-        "weights": check_fingerprint(ref),
+        "weights": require_same_weights(ref),
         "config": ref.config,
         "quant": ref.quant,
         "dtype": ref.load.get("dtype"),

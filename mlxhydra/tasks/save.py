@@ -59,7 +59,7 @@ def target_problems(value: Any) -> List[str]:
     return []
 
 
-def check(task: Dict[str, Any]) -> List[str]:
+def settings_problems(task: Dict[str, Any]) -> List[str]:
     """Every problem of task=save's settings."""
     return target_problems(task.get("path"))
 
@@ -80,10 +80,10 @@ def execute(job: TaskInput) -> Metrics:
     from mlx_lm.utils import save_config, save_model
 
     from ..load.weight_files import (
-        require_sound_headers,
         combined_fingerprint,
         describe_files,
         find_weight_files,
+        require_sound_headers,
     )
 
     value = job.task.get("path")

@@ -16,10 +16,12 @@ the pickled callback.
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ..errors import FileSystemError
+from ..file_checks import exists, regular_file_problem
 from .tracked_job import TrackedJob, finite, sweep_artifacts, sweep_params
 from .tracker_callback import TrackerCallback, file_lock
 
@@ -30,6 +32,11 @@ DEFAULT_EXPERIMENT = "mlxhydra"
 SQLITE = "sqlite:///"
 # run.json status -> MLflow's run status
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+# The loggers whose lines quiet_mlflow holds back (MLflow's, its database's, HTTP retries).
+QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "urllib3.connectionpool")
+# MLflow's HTTP settings for the first request to a server (see bounded_http_retries).
+CHECK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # MLflow's log_batch limits per call.
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 MAX_PARAM = 6000
@@ -46,11 +53,75 @@ def sqlite_file(uri: str) -> Optional[Path]:
     return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's own log lines held back: its tracebacks of a failed store, its retries.
+
+    A tracker that fails is one warning (``mlflow: job not logged: ...``) and
+    ``tracking.mlflow.error`` in run.json, not pages of MLflow's logging.
+    """
+    import mlflow  # noqa: F401  (its import sets its loggers' levels: before ours)
+
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def check_sqlite_store(db: Path) -> None:
+    """Raise FileSystemError when the SQLite database cannot be written.
+
+    MLflow retries a database it cannot open 10 times over about 100 s and
+    fails a write only after logging its traceback; a write in a transaction
+    rolled back (milliseconds) finds a directory, a read-only file or
+    directory, or a file that is not a database at once.
+    """
+    import sqlite3
+
+    problem = regular_file_problem(db) if exists(db) else None
+    if problem:
+        raise FileSystemError(f"{db} {problem}: expected an SQLite database")
+    try:
+        connection = sqlite3.connect(db, timeout=30, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("CREATE TABLE mlxhydra_write_check (x)")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except sqlite3.Error as e:
+        raise FileSystemError(f"{db}: cannot be written: {e}") from e
+
+
+@contextmanager
+def bounded_http_retries() -> Iterator[None]:
+    """MLflow's HTTP retries bounded to a few seconds, unless the environment sets them.
+
+    MLflow retries a request that a server never answered 7 times (about 4
+    minutes); the first request to a server is its check, so a server down
+    costs seconds. Once it answered, MLflow's own retries apply.
+    """
+    saved = {name: os.environ.get(name) for name in CHECK_HTTP}
+    os.environ.update({name: value for name, value in CHECK_HTTP.items() if saved[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
 def open_store(uri: str, experiment: str) -> Tuple[Any, str]:
     """(MlflowClient, experiment id), creating the database and the experiment once.
 
     A SQLite store's tables and its experiment are created under a lock file
-    beside the database; its artifacts go to ``mlartifacts/`` beside it.
+    beside the database; its artifacts go to ``mlartifacts/`` beside it. A
+    server's first request is its check (:func:`bounded_http_retries`).
     """
     from mlflow.tracking import MlflowClient
 
@@ -59,7 +130,8 @@ def open_store(uri: str, experiment: str) -> Tuple[Any, str]:
         db.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(db.with_name(f".{db.name}.lock")) if db is not None else nullcontext():
         client = MlflowClient(tracking_uri=uri)  # creates or migrates the tables
-        found = client.get_experiment_by_name(experiment)
+        with bounded_http_retries() if uri.startswith(("http://", "https://")) else nullcontext():
+            found = client.get_experiment_by_name(experiment)
         if found is not None:
             return client, found.experiment_id
         location = (db.parent / "mlartifacts" / experiment).as_uri() if db is not None else None
@@ -116,8 +188,33 @@ class MlflowLogger(TrackerCallback):
         client, experiment_id = open_store(uri, settings.get("experiment") or DEFAULT_EXPERIMENT)
         return client, experiment_id, uri
 
+    @staticmethod
+    @contextmanager
+    def _checked(settings: Dict[str, Any], cwd: Optional[str] = None) -> Iterator[None]:
+        """A SQLite store checked before MLflow is imported (seconds), then MLflow quiet."""
+        db = sqlite_file(absolute_uri(settings.get("tracking_uri") or DEFAULT_URI, cwd))
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            check_sqlite_store(db)
+        with quiet_mlflow():
+            yield
+
     def start_sweep(self, settings: Dict[str, Any], sweep_dir: Path, hydra: Dict[str, Any],
                     previous: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        with self._checked(settings):
+            return self._start_sweep(settings, sweep_dir, hydra, previous)
+
+    def log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
+        with self._checked(settings, job.cwd):
+            return self._log_job(settings, job)
+
+    def end_sweep(self, settings: Dict[str, Any], sweep_dir: Path, summary: Dict[str, Any]) -> None:
+        if (self.sweep_state or {}).get("run_id"):
+            with self._checked(settings):
+                self._end_sweep(settings, sweep_dir, summary)
+
+    def _start_sweep(self, settings: Dict[str, Any], sweep_dir: Path, hydra: Dict[str, Any],
+                     previous: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
         client, experiment_id, uri = self._store(settings)
         if previous and previous.get("tracking_uri") == uri and previous.get("run_id"):
             client.update_run(previous["run_id"], status="RUNNING")  # a resumed sweep
@@ -130,7 +227,7 @@ class MlflowLogger(TrackerCallback):
         log.info("mlflow: sweep parent run %s in %s", run.info.run_id, uri)
         return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id}
 
-    def log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
+    def _log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
         client, experiment_id, uri = self._store(settings, job.cwd)
         parent = (self.sweep_state or {}).get("run_id")
         tags = {"mlxhydra.kind": "job"}
@@ -164,10 +261,8 @@ class MlflowLogger(TrackerCallback):
         for run in earlier:
             client.delete_run(run.info.run_id)
 
-    def end_sweep(self, settings: Dict[str, Any], sweep_dir: Path, summary: Dict[str, Any]) -> None:
+    def _end_sweep(self, settings: Dict[str, Any], sweep_dir: Path, summary: Dict[str, Any]) -> None:
         state = self.sweep_state or {}
-        if not state.get("run_id"):
-            return
         client, _, _ = self._store(settings)
         statuses = summary["statuses"]
         metrics = {"jobs": float(summary["jobs"]),
