@@ -414,3 +414,54 @@ def test_launch_refuses_more_ranks_than_cores_before_starting_any(tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert "task:\n  name: load" in ran.stdout  # the rank printed its config
     assert not (tmp_path / "outputs").exists()  # --cfg: no run
+
+
+def test_rank_reports_come_only_from_who_knows_the_runs_secret():
+    """Rank 0's report channel: a forged report (a JSON line from anyone, or a wrong key) ends
+    nothing and is named once in the log; a report that proves the shared secret is heard."""
+    import logging
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    import mlx.core as mx
+
+    from mlxhydra.distributed.reports import RankReports, send_report
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("mlxhydra").addHandler(handler)
+    try:
+        reports = RankReports(mx.distributed.init(), "127.0.0.1")  # rank 0 of 1: it listens
+        reports.size = 2  # as if rank 1 had joined
+        forged = {"status": "failed", "error": "forged", "rank": 1}
+        with socket.create_connection(("127.0.0.1", reports.port), timeout=10) as s:
+            s.sendall(json.dumps(forged).encode() + b"\n")
+            try:
+                while s.recv(4096):  # until rank 0 hangs up
+                    pass
+            except ConnectionResetError:  # with the line unread
+                pass
+        # the report in the channel's framing, without the handshake
+        framed = Connection(socket.create_connection(("127.0.0.1", reports.port), timeout=10).detach())
+        framed.send_bytes(json.dumps(forged).encode())
+        assert send_report("127.0.0.1", reports.port, bytes(32), forged, ack_wait=1) is False
+        deadline = time.monotonic() + 10
+        while reports.ignored < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        framed.close()
+        assert reports.first(0.2) is None and reports.ignored == 3
+        assert seen == ["rank reports: ignored a connection from 127.0.0.1: it did not prove the "
+                        "run's secret"]
+        real = {"status": "failed", "error": "rank 1's own error", "rank": 1}
+        acknowledged = []
+        sender = threading.Thread(target=lambda: acknowledged.append(
+            send_report("127.0.0.1", reports.port, reports._key, real, ack_wait=10)))
+        sender.start()
+        assert reports.first(10) == real
+        reports.acknowledge()
+        sender.join(10)
+        assert acknowledged == [True]
+    finally:
+        logging.getLogger("mlxhydra").removeHandler(handler)

@@ -247,11 +247,14 @@ def _replay_of_a_tampered_record(c: Ctx) -> None:
 
 
 def _replay_dropped_them(c: Ctx, result) -> None:
-    for dropped in ("+hydra.callbacks.evil._target_=os.mkdir (not an mlxhydra setting)",
-                    f"+model.note=${{oc.env:{SECRET_VAR}}} (an interpolation",
-                    "load.trust_remote_code=true (consent to run code is never taken from a record",
-                    "hydra/job_logging=none (a Hydra setting", "hydra.searchpath=[file:///tmp] (a Hydra"):
-        assert f"not re-applied from the record: {dropped}" in result.stderr, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "mlxhydra: replay: dropped recorded settings that are not re-applied: "
+        "+hydra.callbacks.evil._target_=os.mkdir (not an mlxhydra setting), "
+        f"+hydra.callbacks.evil.path={c['callback_marker']} (not an mlxhydra setting), "
+        f"+model.note=${{oc.env:{SECRET_VAR}}} (an interpolation), "
+        "load.trust_remote_code=true (consent to run code: give it to this command), "
+        "hydra/job_logging=none (a Hydra setting), hydra.searchpath=[file:///tmp] (a Hydra setting)"
+    ), result.stderr
     assert "replay matches" in result.stdout, result.stdout
 
 

@@ -219,8 +219,8 @@ def test_limit_and_num_fewshot_shape_the_prompts(tmp_path):
 @needs_lm_eval
 def test_unsafe_tasks_need_consent(tmp_path):
     (tmp_path / "tasks").mkdir()
-    yaml_text = (TASKS_DIR / "tiny_sums.yaml").read_text().replace(
-        "task: tiny_sums\n", "task: run_my_code\nunsafe_code: true\n")
+    # The shipped task included, not copied: a copy's !function would need load.trust_remote_code.
+    yaml_text = f"include: {TASKS_DIR / 'tiny_sums.yaml'}\ntask: run_my_code\nunsafe_code: true\n"
     (tmp_path / "tasks" / "run_my_code.yaml").write_text(yaml_text)
     args = ("task=lm_eval", "task.tasks=[run_my_code]", f"task.include_path={tmp_path / 'tasks'}",
             "task.limit=2")

@@ -33,14 +33,15 @@ def replays(ws):
 
 def test_replay_of_a_completed_run_matches_in_a_new_run_dir(workspace, tmp_path):
     ws, run = workspace["cwd"], workspace["run"]
-    before = set(replays(ws))
-    # Run from elsewhere: the relative model=./llama resolves against the recorded cwd.
+    # Run from elsewhere: the replay runs there, with model=./llama made the recorded model_dir.
     result = run_cli("replay", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    [new] = set(replays(ws)) - before
-    assert new != run and new.parent.parent == run.parent.parent  # outputs/runs/<date>/<time>_replay-<token>
+    [new] = replays(tmp_path)  # outputs/runs/<date>/<time>_replay-<token>, in the current directory
+    assert new != run and new.parent.parent == tmp_path / "outputs" / "runs"
+    assert result.stderr.splitlines()[0] == (f"mlxhydra: the run's working directory was {ws}: "
+                                             f"replaying in {tmp_path} with model={ws / 'llama'}")
     assert yaml.safe_load((new / ".hydra/overrides.yaml").read_text()) == \
-        ["model=./llama", "quant.bits=4", "seed=3"]
+        [f"model={ws / 'llama'}", "quant.bits=4", "seed=3"]
     record = read_run(new)
     assert record["status"] == "completed" and record["seed"] == 3
     assert record["model_dir"] == str(ws / "llama")
@@ -50,7 +51,7 @@ def test_replay_of_a_completed_run_matches_in_a_new_run_dir(workspace, tmp_path)
                   "versions.mlx", "versions.mlx-lm", "metrics"):
         assert rows[field] == "yes", result.stdout
     assert "replay matches" in result.stdout
-    assert not list(tmp_path.iterdir())  # nothing written in the caller's cwd
+    assert not replays(ws)  # nothing written in the recorded working directory
 
 
 def test_replay_with_different_metrics_fails_naming_the_field(workspace, tmp_path):

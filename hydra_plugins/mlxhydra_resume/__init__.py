@@ -30,7 +30,7 @@ class ResumeSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from mlxhydra.sweeps.resume import launch_jobs
 
-        return launch_jobs(self.launcher, self.sweep_dir, self.jobs)
+        return launch_jobs(self.launcher, self.sweep_dir, self.jobs, arguments)
 
 
 
@@ -41,8 +41,10 @@ class ResumeSearchSweeper(Sweeper):
     def __init__(self, sweep_dir: str, numbers: List[int], inner_target: str, **settings: Any) -> None:
         from hydra.utils import get_class
 
-        from mlxhydra.sweeps.resume_search import resumed_storage
+        from mlxhydra.sweeps.resume_search import OPTUNA_SWEEPER, resumed_storage
 
+        if inner_target != OPTUNA_SWEEPER:  # resume names it; never another class
+            raise ValueError(f"hydra.sweeper.inner_target={inner_target}: expected {OPTUNA_SWEEPER}")
         self.numbers = [int(n) for n in numbers]
         settings["n_trials"] = len(self.numbers)
         settings["storage"] = resumed_storage(sweep_dir, settings)

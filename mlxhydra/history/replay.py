@@ -1,12 +1,14 @@
 """``mlxhydra replay RUN_DIR [OVERRIDE ...]``: re-run a recorded run and check that it reproduces.
 
-The replay is the real ``python -m mlxhydra`` command run with the recorded
-task overrides (``.hydra/overrides.yaml``, so the seed too; a multirun job's own
-overrides) in the recorded working directory (``hydra.runtime.cwd``), so a
-relative ``model=./x`` names the same model. It lands in a NEW Hydra run
-directory, ``<recorded cwd>/outputs/runs/<date>/<time>_replay-<token>``; if the
-recorded cwd no longer exists it runs in the current directory with the model
-override rewritten to the recorded absolute ``model_dir``.
+The replay is the real ``python -m mlxhydra`` command (started as
+:mod:`.rerun` starts it: the installed package, which no working directory can
+shadow) run with the recorded task overrides (``.hydra/overrides.yaml``, so the
+seed too; a multirun job's own overrides) that :mod:`mlxhydra.config.recorded`
+lets through, in the current directory (or ``--cwd DIR``), never the recorded
+one. It lands in a NEW Hydra run directory,
+``outputs/runs/<date>/<time>_replay-<token>`` there; when that directory is not
+the recorded one, a relative ``model=./x`` is rewritten to the recorded
+absolute ``model_dir``.
 
 A Hugging Face id the original resolved (``model=org/name``, a draft model, a
 KL reference; run.json ``hub``) is pinned to the commit it resolved to
@@ -28,20 +30,28 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config.hub import pinned, split_hub_id
+from ..config.model_source import looks_like_path
 from ..config.overrides import parse_overrides
-from ..errors import Interrupted, RunDirError, one_line_message
-from ..file_checks import directory_problem, regular_file_problem
-from ..job.thread import interruption_handlers
+from ..config.recorded import consent_resets, dropped_line, hydra_overrides, own_overrides, quoted
+from ..errors import RunDirError, one_line_message
+from ..file_checks import regular_file_problem
 from ..record.run_dir import RunDir, require_run_dir
 from ..record.schema import same
 from .diff import ABSENT, NEEDED, differences, load_run, table
+from .rerun import (
+    add_rerun_options,
+    installed_command,
+    recorded_options_note,
+    rerun_cwd,
+    rerun_options,
+    run_forwarding_signals,
+)
 
 # Config keys that do not change a job's results (the multirun policy): shown, not checked.
 VOLATILE_CONFIG_KEYS: Tuple[str, ...] = ("sweep.",)
@@ -52,52 +62,10 @@ VOLATILE_METRIC = re.compile(r"(seconds|time|tps|per_second|memory|rss|elapsed|l
 REQUESTED_REVISION = re.compile(r"(^|\.)(model_)?hub\.revision$")
 # Tasks whose metrics are measurements: shown, never checked.
 NONDETERMINISTIC_TASKS = frozenset({"bench"})
+# A path that needs no quotes in an override.
+PLAIN_PATH = re.compile(r"[\w./+-]+")
 # Hydra overrides of the original that the replay replaces with its own (a new run directory).
 REPLACED_HYDRA = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.job.id", "hydra.job.num")
-# The only Hydra overrides re-applied from a record: they change where relative paths point.
-KEPT_HYDRA = ("hydra.job.chdir",)
-# The config's own keys (mlxhydra's groups and top-level settings): the only task overrides re-applied.
-OWN_KEYS = ("model", "patch", "quant", "load", "task", "seed", "sweep", "model_dir", "logger")
-# Consent to run a model directory's code is the replay command's, never the record's.
-CONSENT = "load.trust_remote_code"
-# Other consents to run code (lm-eval's unsafe tasks): never taken from a record either.
-OTHER_CONSENTS = ("task.confirm_run_unsafe_code",)
-
-
-def _root(key: str) -> str:
-    return re.split(r"[./@]", key, maxsplit=1)[0]
-
-
-def replayed_overrides(task: List[str], hydra: List[str]) -> Tuple[List[str], List[str]]:
-    """The recorded overrides a replay re-applies, and a note for each one it drops.
-
-    A record is data: task overrides outside mlxhydra's own settings, a value
-    holding an interpolation (``${oc.env:...}`` would be resolved again), the
-    recorded consent to run code, and Hydra overrides other than
-    :data:`KEPT_HYDRA` (callbacks, launchers, sweepers, logging, search path:
-    anything Hydra instantiates or imports) are not re-applied.
-    """
-    kept, dropped = [], []
-    for o in parse_overrides(task):
-        if _root(o.key) not in OWN_KEYS:
-            dropped.append(f"{o.text} (not an mlxhydra setting)")
-        elif o.key in (CONSENT, *OTHER_CONSENTS) or o.key.startswith(CONSENT + "."):
-            dropped.append(f"{o.text} (consent to run code is never taken from a record; "
-                           f"add {o.key}=true to the replay command)")
-        elif "${" in (o.value_text or ""):
-            dropped.append(f"{o.text} (an interpolation: recorded values are never resolved)")
-        else:
-            kept.append(o.text)
-    for text in hydra:
-        key = text.lstrip("+~").split("=", 1)[0]
-        if key.startswith(REPLACED_HYDRA):
-            continue
-        if key in KEPT_HYDRA and "${" not in text:
-            kept.append(text)
-        else:
-            dropped.append(f"{text} (a Hydra setting: what Hydra instantiates, launches or "
-                           "loads is never taken from a record)")
-    return kept, dropped
 
 
 def primary_config_options(hc: Dict[str, Any]) -> List[str]:
@@ -115,7 +83,7 @@ def primary_config_options(hc: Dict[str, Any]) -> List[str]:
 
 
 def recorded(run_dir: RunDir) -> Dict[str, Any]:
-    """The recorded cwd, model_dir, config options, trust flag, Hub ids and overrides of a run (as data).
+    """The recorded cwd, model_dir, config options, config, Hub ids and overrides of a run (as data).
 
     Raises:
         RunDirError: a file of the run directory that is damaged or of the wrong shape.
@@ -131,7 +99,6 @@ def recorded(run_dir: RunDir) -> Dict[str, Any]:
     hydra_overrides = _mapping(hc, "overrides", run_dir).get("hydra") or []
     if not isinstance(hydra_overrides, list) or not all(isinstance(o, str) for o in hydra_overrides):
         raise RunDirError(f"{run_dir.hydra}: hydra.overrides.hydra is not a list of strings")
-    load = config.get("load") if isinstance(config.get("load"), dict) else {}
     cwd = runtime.get("cwd") or record.get("cwd")
     hub = record.get("hub")
     return {
@@ -142,7 +109,7 @@ def recorded(run_dir: RunDir) -> Dict[str, Any]:
         "task": run_dir.read_overrides(),
         "hub": hub if isinstance(hub, dict) else {},
         "hydra": hydra_overrides,
-        "trusted": load.get("trust_remote_code") is True,
+        "config": config,
     }
 
 
@@ -160,13 +127,16 @@ def new_run_dir() -> str:
     return f"outputs/runs/{now:%Y-%m-%d}/{now:%H-%M-%S}_replay-{token}"
 
 
-def _absolute_model(overrides: List[str], model_dir: Optional[str]) -> List[str]:
-    """Rewrite a relative ``model=PATH`` override to the recorded absolute model_dir."""
+def _absolute_model(overrides: List[str], model_dir: Optional[str], hub: Dict[str, Any]) -> List[str]:
+    """Rewrite a relative ``model=PATH`` override to the recorded absolute model_dir
+    (a Hugging Face id, which run.json's ``hub`` names, and a preset name stay)."""
     out = []
     for o in parse_overrides(overrides):
         text = o.text
-        if o.key == "model" and model_dir and isinstance(o.value, str) and not os.path.isabs(o.value):
-            text = f"{o.prefix}model={model_dir}"
+        if o.key == "model" and model_dir and isinstance(o.value, str) and "model" not in hub \
+                and looks_like_path(o.value) and not os.path.isabs(os.path.expanduser(o.value)):
+            path = os.path.normpath(model_dir)
+            text = f"{o.prefix}model=" + (path if PLAIN_PATH.fullmatch(path) else quoted(path))
         out.append(text)
     return out
 
@@ -188,38 +158,40 @@ def pin_hub_ids(overrides: List[str], hub: Dict[str, Any]) -> List[str]:
     return out
 
 
-def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence[str] = ()
-                   ) -> Tuple[List[str], Path, Path, List[str]]:
-    """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``.
+def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence[str] = (),
+                   cwd: Optional[Path] = None) -> Tuple[List[str], Path, Path, List[str]]:
+    """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``; the first note is the
+    one line naming the recorded settings that are not re-applied.
 
     Args:
         extra: Overrides of the replay command itself, applied last (its consent,
             e.g. ``load.trust_remote_code=true``).
         options: ``--config-dir``/``--config-name`` of the replay command (the
-            recorded ones are only named in a note).
+            recorded ones are only named).
+        cwd: Where the replay runs (default: the current directory; never the recorded one).
     """
     rec = recorded(run_dir)
+    cwd = cwd or Path.cwd()
+    task, notes = rec["task"], []
+    if rec["cwd"] and os.path.realpath(rec["cwd"]) != os.path.realpath(cwd):
+        task = _absolute_model(task, rec["model_dir"], rec["hub"])
+        if task != rec["task"]:
+            notes.append(f"the run's working directory was {rec['cwd']}: replaying in {cwd} "
+                         f"with model={rec['model_dir']}")
     # Hub ids pinned first: a pin is recorded data too, and is filtered like the rest.
-    overrides, dropped = replayed_overrides(pin_hub_ids(rec["task"], rec["hub"]), rec["hydra"])
-    notes = [f"not re-applied from the record: {d}" for d in dropped]
-    if rec["options"] and not options:
-        notes.append(f"not re-applied from the record: {' '.join(rec['options'])} (YAML outside "
-                     "the record can instantiate code: pass these options to replay yourself)")
-    if rec["trusted"] and not any(o.key == CONSENT for o in parse_overrides(extra)):
-        overrides.append(f"{CONSENT}=false")
-        notes.append(f"the original ran with {CONSENT}=true; the replay does not, unless "
-                     f"you add {CONSENT}=true to the replay command")
-    if rec["cwd"] and directory_problem(rec["cwd"]) is None:
-        cwd = Path(rec["cwd"])
-    else:
-        cwd = Path.cwd()
-        overrides = _absolute_model(overrides, rec["model_dir"])
-        notes.append(f"recorded cwd {rec['cwd']} is gone: replaying in {cwd} "
-                     f"with model={rec['model_dir']}")
+    overrides, dropped = own_overrides(pin_hub_ids(task, rec["hub"]), str(cwd))
+    kept_hydra, dropped_hydra = hydra_overrides(rec["hydra"], replaced=REPLACED_HYDRA)
+    overrides += kept_hydra
+    dropped += dropped_hydra + (recorded_options_note(rec["options"]) if not options else [])
+    for reset in consent_resets(rec["config"], extra):
+        key = reset.split("=", 1)[0]
+        overrides.append(reset)
+        notes.append(f"the original ran with {key} set; the replay does not, unless you add "
+                     f"{key}=... to the replay command")
+    line = dropped_line("replay", dropped)
     out_dir = new_run_dir()
-    argv = [sys.executable, "-m", "mlxhydra", *options, *overrides, *extra,
-            f"hydra.run.dir={out_dir}"]
-    return argv, cwd, cwd / out_dir, notes
+    argv = installed_command(*options, *overrides, *extra, f"hydra.run.dir={out_dir}")
+    return argv, cwd, cwd / out_dir, ([line] if line else []) + notes
 
 
 def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]:
@@ -262,43 +234,23 @@ def compare(original: RunDir, replay: RunDir) -> List[Tuple[str, Any, Any, str]]
 INTERRUPTED_EXITS = {128 + s: signal.Signals(s).name for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
 
-def run_forwarding_signals(command: List[str], cwd: Path, stdout: Optional[int]) -> int:
-    """Run the replay; a SIGINT, SIGTERM or SIGHUP of replay is passed on to it.
-
-    The replayed command then records ``interrupted`` and exits 128 + the signal
-    number, which is returned (never a SIGKILL that would leave its record running).
-    """
-    with subprocess.Popen(command, cwd=cwd, stdout=stdout) as proc:
-        while True:
-            try:
-                with interruption_handlers():
-                    return proc.wait()
-            except (KeyboardInterrupt, Interrupted) as e:
-                signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-                if proc.poll() is None:
-                    proc.send_signal(signum)
-
-
 def main(argv: Sequence[str]) -> int:
     """``mlxhydra replay RUN_DIR``; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="mlxhydra replay",
-        description="Re-run a recorded run (its .hydra overrides, in its recorded cwd) into a "
-                    "new run directory and check that config, weights, versions and metrics match.",
+        description="Re-run a recorded run (its .hydra overrides, in the current directory) into "
+                    "a new run directory and check that config, weights, versions and metrics match.",
     )
     parser.add_argument("run_dir", help="a run directory, or a job directory of a multirun sweep")
     parser.add_argument("overrides", nargs="*",
                         help="overrides of this replay, applied last (e.g. load.trust_remote_code=true)")
-    parser.add_argument("--config-dir", help="Hydra's --config-dir for the replay (never taken "
-                        "from the record)")
-    parser.add_argument("--config-name", help="Hydra's --config-name for the replay")
+    add_rerun_options(parser)
     args = parser.parse_args(list(argv))
-    options = (["--config-dir", args.config_dir] if args.config_dir else []) + (
-        ["--config-name", args.config_name] if args.config_name else [])
     try:
         original = require_run_dir(args.run_dir, "replay", NEEDED)
         load_run(original)  # every file compared afterwards is read once now: damage stops here
-        command, cwd, out_dir, notes = replay_command(original, args.overrides, options)
+        command, cwd, out_dir, notes = replay_command(original, args.overrides, rerun_options(args),
+                                                      rerun_cwd(args.cwd))
     except (RunDirError, OSError) as e:
         sys.stderr.write(f"mlxhydra: {one_line_message(e)}\n")
         return 2

@@ -134,7 +134,8 @@ def validate(cfg: DictConfig) -> Settings:
         problems += model_problems(spec.method, plain("model", {}),
                                    model_dir if isinstance(model_dir, str) else None)
     task = plain("task", {})
-    problems += _mapping("task", task) or task_problems(task)
+    trusted = isinstance(load, dict) and load.get("trust_remote_code") is True
+    problems += _mapping("task", task) or task_problems(task, trusted)
     if isinstance(task, dict) and task.get("name") in TASKS:
         problems += unknown_key_problems("task", task, task["name"])
     if isinstance(load, dict) and isinstance(task, dict):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from ..config.overrides import override_texts
+from ..config.recorded import own_overrides
 from ..errors import RunDirError
 from ..record.run_dir import SweepDir, read_yaml
 from ..record.schema import read_record
@@ -33,11 +34,14 @@ FINISHED = ("completed", "failed")
 # Hydra overrides of the original search that resume sets itself.
 REPLACED = ("hydra.mode", "hydra.sweep.dir", "hydra.sweeper.n_trials", "hydra.sweeper._target_")
 RESUME_SWEEPER = "hydra_plugins.mlxhydra_resume.ResumeSearchSweeper"
+# The only sweeper a search is resumed with: a recorded _target_ is never imported.
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
 
 def is_search(hc: Dict[str, Any]) -> bool:
     """True for a sweep run by hydra-optuna-sweeper."""
-    return str((hc.get("sweeper") or {}).get("_target_", "")).endswith("OptunaSweeper")
+    sweeper = hc.get("sweeper")
+    return isinstance(sweeper, dict) and sweeper.get("_target_") == OPTUNA_SWEEPER
 
 
 def search_space(hc: Dict[str, Any]) -> Dict[str, Any]:
@@ -47,7 +51,9 @@ def search_space(hc: Dict[str, Any]) -> Dict[str, Any]:
     params = (hc.get("sweeper") or {}).get("params") or {}
     texts = [f"{k}={v}" for k, v in params.items()]
     texts += [str(o) for o in (hc.get("overrides") or {}).get("task") or []]
-    distributions, _fixed = _upstream.optuna_params_from_overrides(texts)
+    # What a record may give: never a consent to run code searched over, nor other settings.
+    kept, _dropped = own_overrides(texts)
+    distributions, _fixed = _upstream.optuna_params_from_overrides(kept)
     return distributions
 
 
@@ -91,8 +97,9 @@ def search_jobs(sweep: SweepDir, statuses: Dict[int, str], n_trials: int
 
 
 def search_command_overrides(sweep: SweepDir, plan: Dict[str, Any], statuses: Dict[int, str]
-                             ) -> Tuple[List[int], List[str], Dict[int, List[str]]]:
-    """(job numbers to run, the resumed command's extra Hydra overrides, overrides of known jobs)."""
+                             ) -> Tuple[List[int], List[str], Dict[int, List[str]], List[str]]:
+    """(job numbers to run, the resumed command's extra Hydra overrides, overrides of known jobs
+    (what a record may give), ``"TEXT (reason)"`` of each of their overrides left out)."""
     sweeper = (plan.get("hydra") or {}).get("sweeper") or {}
     if isinstance(sweeper.get("direction"), (list, tuple)):
         raise RunDirError(f"{sweep.path}: resume supports single-objective searches")
@@ -100,8 +107,13 @@ def search_command_overrides(sweep: SweepDir, plan: Dict[str, Any], statuses: Di
     where = "'" + str(sweep.path.resolve()).replace("\\", "\\\\").replace("'", "\\'") + "'"
     overrides = [f"hydra.sweeper._target_={RESUME_SWEEPER}", f"+hydra.sweeper.sweep_dir={where}",
                  f"+hydra.sweeper.numbers=[{','.join(str(n) for n in numbers)}]",
-                 f"+hydra.sweeper.inner_target={sweeper.get('_target_')}"]
-    return numbers, overrides, {n: unfinished[n] for n in numbers if n in unfinished}
+                 f"+hydra.sweeper.inner_target={OPTUNA_SWEEPER}"]
+    known, dropped = {}, []
+    for n in numbers:
+        if n in unfinished:
+            known[n], left_out = own_overrides(unfinished[n])
+            dropped += left_out
+    return numbers, overrides, known, dropped
 
 
 def resumed_storage(sweep_dir: str, settings: Dict[str, Any]) -> Any:

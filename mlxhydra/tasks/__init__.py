@@ -1,7 +1,8 @@
 """Experiments on the loaded model (``task=<name>``), one module each.
 
 Each task module exposes ``settings_problems(task) -> problems`` (its settings, checked
-by the validate stage before any weight is read) and ``execute(job) ->
+by the validate stage before any weight is read; a module whose task files can run code
+also has ``code_problems(task, trust_remote_code)``, checked first) and ``execute(job) ->
 metrics`` (with a :class:`~mlxhydra.tasks.common.TaskInput`); :data:`TASKS`
 maps ``task.name`` to the module. The job writes the returned metrics to
 ``metrics.json`` and into ``run.json``.
@@ -40,13 +41,20 @@ def task_module(name: Any) -> ModuleType:
     return import_module(f"{__name__}.{TASKS[name]}")
 
 
-def task_problems(task: Dict[str, Any]) -> List[str]:
-    """Every problem of a task's settings (its name included)."""
+def task_problems(task: Dict[str, Any], trust_remote_code: bool = False) -> List[str]:
+    """Every problem of a task's settings (its name included).
+
+    Args:
+        trust_remote_code: This command's ``load.trust_remote_code``: task files that
+            run code (lm-eval's ``!function``) are refused without it, before they are read.
+    """
     try:
         module = task_module(task.get("name"))
     except ConfigError as e:
         return e.problems
-    return module.settings_problems(task)
+    code = getattr(module, "code_problems", None)
+    problems = code(task, trust_remote_code) if code is not None else []
+    return problems or module.settings_problems(task)
 
 
 def task_file_problems(task: Dict[str, Any], model_dir: Path, trust_remote_code: bool) -> List[str]:

@@ -24,6 +24,7 @@ from ..config.checks import SettingsCheck
 from ..errors import TaskError
 from ..load.tokenizer import load_tokenizer
 from .common import Metrics, TaskInput, peak_memory_gb
+from .lm_eval_code import code_problems as yaml_code
 
 log = logging.getLogger("mlxhydra")
 
@@ -58,6 +59,13 @@ def include_paths(value: Any) -> Optional[List[Path]]:
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
         return None
     return [Path(p).expanduser().absolute() for p in paths]
+
+
+def code_problems(task: Dict[str, Any], trust_remote_code: bool) -> List[str]:
+    """Task YAMLs (``task.include_path``, ``task.tasks``) that name code, without consent
+    (:mod:`.lm_eval_code`); checked before :func:`settings_problems` lets lm-eval index them."""
+    return yaml_code(task_specs(task.get("tasks")), include_paths(task.get("include_path")),
+                     trust_remote_code)
 
 
 def settings_problems(task: Dict[str, Any]) -> List[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..config.hub import is_hub_id, resolve_hub_id
+from ..config.recorded import CONSENT
 from ..errors import ConfigError, HubError, MlxhydraError, TaskError
 from ..file_checks import directory_problem, regular_file_problem
 from ..load.settings import load_problems
@@ -16,6 +17,8 @@ from ..record.run_dir import RunDir
 log = logging.getLogger("mlxhydra")
 
 CACHE_VERSION = 1
+# The load settings that let code run (consent, classes to import): this command's, never a record's.
+LOAD_CONSENT = tuple(key.split(".", 1)[1] for key in CONSENT if key.startswith("load."))
 
 
 @dataclass
@@ -73,8 +76,9 @@ def _from_run(path: Path, current: Dict[str, Any]) -> Reference:
         saved_load = saved.get("load") if isinstance(saved.get("load"), dict) else {}
         # Only settings that shape the weights: consent to run code (a model_file, a class
         # to import) is this command's alone, never the record's.
-        load = {k: saved_load.get(k) for k in ("strict", "dtype", "fingerprint", "adapter_path", "fuse")}
-        load.update({k: current.get(k) for k in ("trust_remote_code", "model_class", "args_class")})
+        load = {k: saved_load.get(k) for k in ("strict", "dtype", "fingerprint", "adapter_path", "fuse")
+                if k not in LOAD_CONSENT}
+        load.update({k: current.get(k) for k in LOAD_CONSENT})
         # run.json's model_dir is the path as used; config.yaml's is escaped text (\${...})
         model_dir = Path(str(record.get("model_dir") or saved.get("model_dir") or ""))
         config = run_dir.read_model_config() or saved.get("model")
@@ -130,8 +134,7 @@ def resolve_reference(value: Optional[str], model_dir: Path, load: Dict[str, Any
     Raises:
         TaskError: a path that is neither a model directory nor a run directory.
     """
-    keep = {k: load.get(k) for k in ("strict", "trust_remote_code", "model_class", "args_class",
-                                     "fingerprint")}
+    keep = {k: load.get(k) for k in ("strict", *LOAD_CONSENT, "fingerprint")}
     if value is None:
         return Reference("default", model_dir, model_dir, _model_dir_config(model_dir), None, keep)
     problems = reference_problems(value)
