@@ -51,6 +51,7 @@ def failed_sweep(tmp_path_factory):
     return proc, sweep
 
 
+@pytest.mark.xdist_group("failed_sweep")  # on one worker: the fixture is built once
 def test_every_job_runs_and_failures_do_not_stop_the_sweep(failed_sweep):
     proc, sweep = failed_sweep
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -77,6 +78,7 @@ def test_every_job_runs_and_failures_do_not_stop_the_sweep(failed_sweep):
     assert runs[0]["weights_fingerprint"] == runs[1]["weights_fingerprint"]
 
 
+@pytest.mark.xdist_group("failed_sweep")
 def test_summary_has_one_row_per_job(failed_sweep):
     _, sweep = failed_sweep
     rows = read_csv(sweep / "summary.csv")
@@ -96,6 +98,7 @@ def test_summary_has_one_row_per_job(failed_sweep):
     assert not list(sweep.glob(".summary*"))  # no temporary files left
 
 
+@pytest.mark.xdist_group("failed_sweep")
 def test_summarize_rebuilds_the_summary(failed_sweep, tmp_path):
     _, sweep = failed_sweep
     copy = tmp_path / "copy"
@@ -110,6 +113,7 @@ def test_summarize_rebuilds_the_summary(failed_sweep, tmp_path):
     assert (copy / "summary.png").is_file() and (copy / "summary.md").is_file()
 
 
+@pytest.mark.xdist_group("failed_sweep")
 def test_summarize_a_partial_sweep(failed_sweep, tmp_path):
     """Still running (run.json says running) and not started (no directory) jobs."""
     _, sweep = failed_sweep
