@@ -19,6 +19,19 @@ from helpers.random_models import BASE, build  # noqa: E402
 EMBEDDED_TINY = Path(importlib.util.find_spec("mlxhydra").origin).parent / "models" / "tiny"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per CPU this process may use, at most 4
+    (many tests start processes of their own). PYTEST_XDIST_AUTO_NUM_WORKERS still decides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
 def make_model(directory: Path, model_type: str = "llama", **kwargs) -> Path:
     """Build a random model (see tests/helpers/random_models.py) and return its directory.
 

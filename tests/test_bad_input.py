@@ -28,7 +28,7 @@ import pytest
 from conftest import make_model, read_run, run_cli, run_dirs
 from helpers.privileges import privileges_dropped
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bad_input")]  # one worker: fixtures built once
 
 NON_ASCII_NAME = "mödèl dír ü 日本"
 PARALLEL = 4

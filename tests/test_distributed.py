@@ -20,6 +20,10 @@ from conftest import EMBEDDED_TINY, ROOT, make_model, read_run, run_cli, run_dir
 
 from mlxhydra.distributed.launch import find_mlx_launch, free_ports
 
+# One worker runs them all: the models fixture is built once, and two launches never race for
+# free ports.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 TOKENS = [[1, 5, 9, 20, 3, 17, 42, 8, 0, 63, 11, 12]]  # helpers/sharded_logits.py's
 LAYERS = dict(vocab_size=64, num_hidden_layers=4, intermediate_size=256)  # the layers dominate
 

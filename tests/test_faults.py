@@ -62,6 +62,7 @@ def wait_for_loading(cwd: Path, proc: subprocess.Popen, timeout: float = 240) ->
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.xdist_group("slow_model")  # on one worker: the fixture is built once
 def test_signal_while_loading_records_interrupted(slow_model, tmp_path, signum, code):
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)

@@ -30,7 +30,7 @@ import yaml
 
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile")]  # one worker: fixtures built once
 
 SECRET = "hostile-s3cr3t-4e1d"
 SECRET_VAR = "MLXHYDRA_HOSTILE_SECRET"

@@ -69,6 +69,7 @@ def test_shipped_task_data_are_the_heldout_problems():
 
 # ---------------------------------------------------------------------------- settings
 
+@pytest.mark.slow
 @needs_lm_eval
 def test_bad_settings_are_each_named_before_loading():
     bad = {"name": "lm_eval", "tasks": [], "num_fewshot": -1, "limit": 1.5, "batch_size": 0,
@@ -155,6 +156,7 @@ def test_loglikelihood_is_the_sum_of_the_models_log_probabilities(bits, tmp_path
 
 # ---------------------------------------------------------------------------- scores
 
+@pytest.mark.slow
 @needs_lm_eval
 def test_same_scores_as_mlx_lm_evaluate(tmp_path, monkeypatch):
     """mlx_lm.evaluate's own entry point and task=lm_eval: the same results on the same model."""
@@ -179,6 +181,7 @@ def test_same_scores_as_mlx_lm_evaluate(tmp_path, monkeypatch):
         (theirs["tiny_sums"]["exact_match,none"] + theirs["tiny_sums_mc"]["acc,none"]) / 2)
 
 
+@pytest.mark.slow
 @needs_lm_eval
 def test_two_bit_scores_below_float(tmp_path):
     common = ("task=lm_eval", "task.limit=100")

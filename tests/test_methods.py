@@ -154,6 +154,7 @@ def test_gptq_block_by_block_equals_whole_model(tmp_path, model_type):
     assert config["quantization"] == entry
 
 
+@pytest.mark.slow
 def test_gptq_on_a_bfloat16_model_sums_its_hessians_in_float32():
     """hessian_dtype=model is mlx-lm's GPTQ bit for bit; float32 (the default) loses far less."""
     from mlx_lm.quant.gptq import gptq_quantize
@@ -188,6 +189,7 @@ def kl_to_float(model, reference, rows):
     return mx.mean(mx.sum(mx.exp(ref) * (ref - lp), axis=-1)).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, extra", [
     ("rtn", {}), ("awq", {"awq": {"n_grid": 3}}), ("gptq", {}),
     ("dwq", {"dwq": {"learning_rate": 1e-4, "batch_size": 2, "num_valid_samples": 2}}),

@@ -81,6 +81,7 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("props") / "model"
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(config=JSON_OBJECTS)
 def test_compose_without_overrides_returns_config_json_exactly(scratch, config):
@@ -149,6 +150,7 @@ def work_llama(tmp_path_factory, base_llama) -> Path:
     return directory
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     replaced=st.dictionaries(st.sampled_from(REQUIRED), JUNK, max_size=3),

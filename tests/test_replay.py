@@ -31,6 +31,7 @@ def replays(ws):
     return sorted((ws / "outputs" / "runs").glob("*/*_replay-*"))
 
 
+@pytest.mark.xdist_group("replay_workspace")  # on one worker: the fixture is built once
 def test_replay_of_a_completed_run_matches_in_a_new_run_dir(workspace, tmp_path):
     ws, run = workspace["cwd"], workspace["run"]
     # Run from elsewhere: the replay runs there, with model=./llama made the recorded model_dir.
@@ -54,6 +55,7 @@ def test_replay_of_a_completed_run_matches_in_a_new_run_dir(workspace, tmp_path)
     assert not replays(ws)  # nothing written in the recorded working directory
 
 
+@pytest.mark.xdist_group("replay_workspace")
 def test_replay_with_different_metrics_fails_naming_the_field(workspace, tmp_path):
     tampered = tmp_path / "tampered"
     shutil.copytree(workspace["run"], tampered)
@@ -68,6 +70,7 @@ def test_replay_with_different_metrics_fails_naming_the_field(workspace, tmp_pat
     assert "does NOT match: metrics.perplexity" in result.stdout
 
 
+@pytest.mark.xdist_group("replay_workspace")
 def test_replay_that_fails_exits_non_zero(workspace, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(workspace["run"], broken)
@@ -88,6 +91,7 @@ def test_not_a_run_directory_is_a_one_line_error(tmp_path, command):
     )
 
 
+@pytest.mark.xdist_group("replay_workspace")
 def test_diff_of_different_bits_shows_only_what_differs(workspace, tmp_path):
     job4, job8 = workspace["jobs"]
     result = run_cli("diff", str(job4), str(job8), cwd=tmp_path)
@@ -103,6 +107,7 @@ def test_diff_of_different_bits_shows_only_what_differs(workspace, tmp_path):
     assert (run_cli("diff", "--exit-code", str(job4), str(job8), cwd=tmp_path).returncode == 1)
 
 
+@pytest.mark.xdist_group("replay_workspace")
 def test_diff_of_a_run_with_itself_and_with_the_same_job_of_a_sweep(workspace, tmp_path):
     run = workspace["run"]
     result = run_cli("diff", "--exit-code", str(run), str(run), cwd=tmp_path)

@@ -80,6 +80,7 @@ def _has_mlflow():
     return importlib.util.find_spec("mlflow") is not None
 
 
+@pytest.mark.xdist_group("killed_and_resumed")  # on one worker: the fixture is built once
 def test_the_table_of_runs(killed_and_resumed):
     cwd, sweep, before, _, _, _ = killed_and_resumed
     assert before.returncode == 0, before.stderr
@@ -137,6 +138,7 @@ def test_where_compares_whole_values_never_prefixes(tmp_path, capsys):
     assert names("quantization.source=run") == []
 
 
+@pytest.mark.xdist_group("killed_and_resumed")
 def test_resume_runs_only_what_did_not_complete(killed_and_resumed):
     cwd, sweep, _, records, resumed, _ = killed_and_resumed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -162,6 +164,7 @@ def test_resume_runs_only_what_did_not_complete(killed_and_resumed):
     assert again.returncode == 0 and "nothing to resume: all 4 jobs" in again.stdout, again.stdout
 
 
+@pytest.mark.xdist_group("killed_and_resumed")
 def test_runs_are_named_by_latest_and_by_prefix(killed_and_resumed):
     cwd, sweep, _, _, resumed, _ = killed_and_resumed
     assert resumed.stdout.splitlines()[-1] == f"sweep directory: {sweep.relative_to(cwd)}"
@@ -184,6 +187,7 @@ def test_runs_are_named_by_latest_and_by_prefix(killed_and_resumed):
     assert f"is a sweep; name one of its jobs (latest/{jobs[0].name})" in sweep_itself.stderr
 
 
+@pytest.mark.xdist_group("killed_and_resumed")
 def test_the_tracker_covers_the_resumed_sweep(killed_and_resumed):
     cwd, sweep, _, _, _, tracked = killed_and_resumed
     if not tracked:
@@ -204,6 +208,7 @@ def test_the_tracker_covers_the_resumed_sweep(killed_and_resumed):
         assert child.data.metrics["kl_mean"] == record["metrics"]["kl_mean"]
 
 
+@pytest.mark.xdist_group("killed_and_resumed")
 def test_the_summary_figure(killed_and_resumed):
     """Checked through matplotlib's objects: scale, error bars, labels, budget, best, Pareto front."""
     import matplotlib.pyplot as plt

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
+from test_tasks import task
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,7 @@ def failed_sweep(tmp_path_factory):
     return proc, sweep
 
 
+@pytest.mark.xdist_group("failed_sweep")  # on one worker: the fixture is built once
 def test_every_job_runs_and_failures_do_not_stop_the_sweep(failed_sweep):
     proc, sweep = failed_sweep
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -76,6 +79,7 @@ def test_every_job_runs_and_failures_do_not_stop_the_sweep(failed_sweep):
     assert runs[0]["weights_fingerprint"] == runs[1]["weights_fingerprint"]
 
 
+@pytest.mark.xdist_group("failed_sweep")
 def test_summary_has_one_row_per_job(failed_sweep):
     _, sweep = failed_sweep
     rows = read_csv(sweep / "summary.csv")
@@ -95,6 +99,7 @@ def test_summary_has_one_row_per_job(failed_sweep):
     assert not list(sweep.glob(".summary*"))  # no temporary files left
 
 
+@pytest.mark.xdist_group("failed_sweep")
 def test_summarize_rebuilds_the_summary(failed_sweep, tmp_path):
     _, sweep = failed_sweep
     copy = tmp_path / "copy"
@@ -109,6 +114,7 @@ def test_summarize_rebuilds_the_summary(failed_sweep, tmp_path):
     assert (copy / "summary.png").is_file() and (copy / "summary.md").is_file()
 
 
+@pytest.mark.xdist_group("failed_sweep")
 def test_summarize_a_partial_sweep(failed_sweep, tmp_path):
     """Still running (run.json says running) and not started (no directory) jobs."""
     _, sweep = failed_sweep
@@ -302,13 +308,10 @@ def test_sweep_over_two_model_directories_gives_each_job_its_own_weights(tmp_pat
     assert [r["model_dir"] for r in jobs] == [str(tmp_path / n) for n in ("a", "b", "a", "a")]
     assert [r["weights_cache"] for r in jobs] == ["miss", "miss", "miss", "hit"]  # one model kept
 
-    single, seen = {}, set(run_dirs(tmp_path))
-    for name in ("a", "b"):
-        proc = run_cli(f"model=./{name}", "task=save", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        [run] = set(run_dirs(tmp_path)) - seen
-        seen.add(run)
-        single[name] = read_run(run)["metrics"]["weights_fingerprint"]
+    single = {}
+    for name in ("a", "b"):  # a single run of each, with the job's own stages in this process
+        metrics, _ = task(tmp_path / name, tmp_path / "single" / name, "task=save")
+        single[name] = metrics["weights_fingerprint"]
         # mlx-lm saves what it read: the saved weights are the source's bytes.
         source = combined_fingerprint(describe_files(find_weight_files(tmp_path / name), "full"))
         assert single[name] == source

@@ -49,6 +49,7 @@ def runs_of(client):
     return experiment, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+@pytest.mark.xdist_group("tracked")  # on one worker: the fixture is built once
 def test_single_run_in_mlflow(tracked):
     cwd, client, _ = tracked
     (run_dir,) = [p.parent for p in (cwd / "outputs" / "runs").rglob("run.json")]
@@ -79,6 +80,7 @@ def test_single_run_in_mlflow(tracked):
     assert local.read_text() == (run_dir / "model_config.json").read_text()
 
 
+@pytest.mark.xdist_group("tracked")
 def test_sweeps_have_a_parent_run_with_nested_jobs(tracked):
     cwd, client, _ = tracked
     experiment, runs = runs_of(client)
@@ -111,6 +113,7 @@ def test_sweeps_have_a_parent_run_with_nested_jobs(tracked):
     assert len(runs) == 5
 
 
+@pytest.mark.xdist_group("tracked")
 def test_tensorboard_event_files_read_back(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -131,6 +134,7 @@ def test_tensorboard_event_files_read_back(tracked):
     assert [line[4:] for line in text.splitlines()] == (run_dir / ".hydra" / "config.yaml").read_text().splitlines()
 
 
+@pytest.mark.xdist_group("tracked")
 def test_csv_has_every_job(tracked):
     cwd, _, _ = tracked
     with open(cwd / "outputs" / "tracking.csv", newline="") as f:

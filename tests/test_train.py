@@ -17,6 +17,7 @@ TINY = ROOT / "mlxhydra" / "models" / "tiny"
 SMALL = dict(train_tiny.CONFIG, num_hidden_layers=1, intermediate_size=128)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss():
     model, losses = train_tiny.train(SMALL, steps=30, batch_size=8, seq_len=32, lr=3e-3,
                                      warmup=5, log=None)
@@ -97,6 +98,7 @@ def test_shipped_eval_files_are_heldout():
     assert 2_000 < len(text) < 20_000
 
 
+@pytest.mark.slow
 def test_shipped_model_answers_arithmetic():
     """The shipped weights are trained: at least 60% exact match on the held-out problems
     (chance is ~0.1%), and the documentation's examples are answered right.
