@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import EMBEDDED_TINY, ROOT, make_model, read_run, run_cli, run_dirs
 
+from mlxhydra.config.declared import shipped_defaults
 from mlxhydra.distributed.launch import find_mlx_launch, free_ports
 
 # One worker runs them all: the models fixture is built once, and two launches never race for
@@ -186,7 +187,8 @@ def test_pipeline_kl_of_a_model_with_itself_is_zero(models, tmp_path):
     assert run["metrics"]["kl_mean"] == pytest.approx(0.0, abs=1e-6)
     assert run["metrics"]["top1_agreement"] == 1.0
     assert run["metrics"]["perplexity"] == pytest.approx(single_process_perplexity(
-        models["deepseek_v3"], {"sequence_length": 32, "num_samples": 4}), rel=1e-5)
+        models["deepseek_v3"], {**shipped_defaults("task", "kl"), "sequence_length": 32, "num_samples": 4}),
+        rel=1e-5)
     cached = [p for p in files_under(tmp_path / "outputs" / ".cache") if p.endswith(".safetensors")]
     assert len(cached) == 1  # 4 samples in one batch, written once (by rank 0)
     ranks = run["distributed"]["ranks"]
