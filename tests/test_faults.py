@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_model, read_run, run_cli, run_dirs
+from conftest import default_signals, make_model, read_run, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,7 @@ def test_signal_while_loading_records_interrupted(slow_model, tmp_path, signum, 
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlxhydra", f"model={slow_model}", "quant.bits=4"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_signals,  # a runner started in the background ignores SIGINT
     )
     try:
         run_dir = wait_for_loading(tmp_path, proc)

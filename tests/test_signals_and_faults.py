@@ -22,7 +22,7 @@ from typing import Callable, List
 
 import pytest
 
-from conftest import EMBEDDED_TINY, ROOT, make_model, read_run, run_dirs
+from conftest import EMBEDDED_TINY, ROOT, default_signals, make_model, read_run, run_dirs
 from helpers.privileges import privileges_dropped
 from test_faults import wait_for_loading  # run.json says running and lists the weight files
 
@@ -38,12 +38,6 @@ def env_with(**extra) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(HELPERS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
-
-
-def default_signals() -> None:
-    """In the child: the signals' default dispositions (a test run under nohup ignores SIGHUP)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
 
 
 def start(args: List[str], cwd: Path, prefix: List[str] = (), **extra) -> subprocess.Popen:
