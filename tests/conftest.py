@@ -1,11 +1,16 @@
 """Shared fixtures: small models built with mlx-lm's own classes, and the real CLI."""
 
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,14 +57,91 @@ def llama_dir(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
             module: str = "mlxhydra") -> subprocess.CompletedProcess:
-    """Run ``python -m mlxhydra ARGS`` for real in ``cwd``; output captured as text."""
+    """Run ``python -m mlxhydra ARGS`` for real in ``cwd``; output captured as text.
+
+    The command runs in a process of its own: a fork of tests/helpers/forkserver.py, which has
+    the heavy imports done, or a fresh interpreter where a fork would differ from one (and
+    always with MLXHYDRA_TEST_FORK=0).
+    """
     full_env = dict(os.environ)
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
+    if os.environ.get("MLXHYDRA_TEST_FORK", "1") != "0":
+        result = FORK_SERVER.run(module, list(args), cwd=Path(cwd), env=full_env, timeout=timeout)
+        if result is not None:
+            return result
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+class ForkServer:
+    """This process's fork server (tests/helpers/forkserver.py), started on first use."""
+
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+        self.socket_path: str | None = None
+        self.lock = threading.Lock()
+        self.cpu_s = 0.0  # the CPU seconds of the commands it ran (a profile's children miss them)
+
+    def start(self) -> None:
+        directory = tempfile.mkdtemp(prefix="mlxhydra-forkserver-")
+        self.socket_path = os.path.join(directory, "socket")
+        env = dict(os.environ)
+        env.pop("HYDRA_FULL_ERROR", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "helpers.forkserver", self.socket_path], cwd=ROOT / "tests",
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if self.process.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"the fork server did not start (exit {self.process.wait()})")
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.stdin.close()  # the server exits when its stdin closes
+            self.process.wait(timeout=30)
+        shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
+
+    def run(self, module: str, args: list, cwd: Path, env: dict,
+            timeout: float) -> subprocess.CompletedProcess | None:
+        """The command's result, or None where the server refused it (run it fresh)."""
+        with self.lock:
+            if self.process is None:
+                self.start()
+        out_dir = tempfile.mkdtemp(prefix="mlxhydra-cli-")
+        paths = {name: os.path.join(out_dir, name) for name in ("stdout", "stderr")}
+        request = {"module": module, "args": args, "cwd": str(cwd), "env": env, **paths}
+        argv = [sys.executable, "-m", module, *args]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(self.socket_path)
+                conn.sendall(json.dumps(request).encode() + b"\n")
+                replies = conn.makefile("r")
+                reply = json.loads(replies.readline())
+                if "fallback" in reply:
+                    return None
+                conn.settimeout(timeout)
+                try:
+                    line = replies.readline()
+                except BaseException as stopped:  # the timeout, or the test run interrupted
+                    os.kill(reply["pid"], signal.SIGKILL)
+                    if not isinstance(stopped, socket.timeout):
+                        raise
+                    conn.settimeout(None)
+                    replies.readline()
+                    output = {n: Path(p).read_text() for n, p in paths.items()}
+                    raise subprocess.TimeoutExpired(argv, timeout, output["stdout"], output["stderr"])
+            output = {n: Path(p).read_text() for n, p in paths.items()}
+            ended = json.loads(line)
+            self.cpu_s += ended["cpu_s"]
+            return subprocess.CompletedProcess(argv, ended["returncode"],
+                                               output["stdout"], output["stderr"])
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+FORK_SERVER = ForkServer()
 
 
 def run_dirs(cwd: Path) -> list[Path]:
