@@ -1,7 +1,8 @@
 """The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
 ``mlxhydra replay|diff|summarize|runs|resume|launch ARGS`` run a subcommand;
-``--version`` prints versions; anything else is Hydra's command line
+``--version`` prints versions; ``-sc query=bash`` is the shell asking for
+completions (:mod:`mlxhydra.completion`); anything else is Hydra's command line
 (:mod:`mlxhydra.command`): ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
 """
 

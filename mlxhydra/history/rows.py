@@ -93,7 +93,8 @@ def override_columns(overrides: Sequence[ParsedOverride]) -> Dict[str, Any]:
     it (a quoted string unquoted); a list, dict, sweep or unparsable value as typed."""
     columns = {}
     for o in overrides:
-        plain = o.parsed and not o.is_sweep and (o.value is None or isinstance(o.value, (str, int, float)))
+        scalar = o.value is None or isinstance(o.value, (str, int, float))  # bool is an int
+        plain = o.parsed and not o.is_sweep and scalar
         columns[OVERRIDES + o.key] = o.value if plain else o.value_text
     return columns
 
