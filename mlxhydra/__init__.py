@@ -6,6 +6,7 @@ Public API (imported on first use, so ``import mlxhydra`` stays light):
 - ``load_model(path, model_config=None, *, quant=None, strict=True, lazy=False,
   trust_remote_code=False) -> (model, config)``
 - ``compose(overrides) -> DictConfig``
+- ``runs(outputs="outputs") -> list[dict]`` (the rows of ``mlxhydra runs --json``)
 
 The code follows the pipeline, one layer a package (docs/architecture.md):
 ``config/`` (compose and check the config), ``load/`` (build and load the
@@ -14,12 +15,13 @@ model), ``tasks/`` (experiments on it), ``job/`` (one recorded job),
 """
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "load_model", "compose", "__version__"]
+__all__ = ["load_config", "load_model", "compose", "runs", "__version__"]
 
 _API = {
     "load_config": "mlxhydra.load.model_config",
     "load_model": "mlxhydra.load.loader",
     "compose": "mlxhydra.config.composition",
+    "runs": "mlxhydra.history.rows",
 }
 
 

@@ -1,7 +1,8 @@
 """The ``mlxhydra`` command: subcommands, or Hydra running the job pipeline.
 
 ``mlxhydra replay|diff|summarize|runs|resume|launch ARGS`` run a subcommand;
-``--version`` prints versions; anything else is Hydra's command line
+``--version`` prints versions; ``-sc query=bash`` is the shell asking for
+completions (:mod:`mlxhydra.completion`); anything else is Hydra's command line
 (:mod:`mlxhydra.command`): ``mlxhydra model=./llama quant.bits=4 [-m] ...``.
 """
 
@@ -112,27 +113,10 @@ def print_version() -> None:
         print(f"  {name} {version}")
 
 
-def complete_subcommands(args: Sequence[str]) -> None:
-    """Shell completion (``-sc query=bash``): offer the subcommands for the first word.
-
-    Hydra completes overrides and then prints its own candidates; these come
-    first. ``eval "$(mlxhydra -sc install=bash)"`` installs the completion.
-    """
-    if not any(a.startswith("query=") for a in args):
-        return
-    words = os.environ.get("COMP_LINE", "").split(" ")
-    while words and not words[0].endswith("mlxhydra"):  # "python -m mlxhydra ..."
-        words.pop(0)
-    if len(words) == 2:  # completing the first word after the program
-        matches = [name for name in SUBCOMMANDS if name.startswith(words[1])]
-        if matches:
-            sys.stdout.write(" ".join(matches) + " ")
-            sys.stdout.flush()
-
-
 def main() -> None:
     """Entry point of ``python -m mlxhydra`` and the ``mlxhydra`` script."""
     from .command import run_hydra
+    from .completion import complete, completion_query
     from .distributed.launch import exit_status_kept, restore_user_tmpdir
     from .job.thread import abandoned
     from .record.atomic import remove_unfinished
@@ -153,8 +137,9 @@ def main() -> None:
     if args and args[0] in ("--version", "-V"):
         print_version()
         sys.exit(0)
-    if "-sc" in args or "--shell-completion" in args:
-        complete_subcommands(args)
+    shell = completion_query(args)
+    if shell is not None:  # the shell asks what may follow the line typed so far
+        sys.exit(complete(shell, SUBCOMMANDS))
     if "${" in cwd:  # Hydra writes it into its config unescaped: it would be interpolated
         sys.stderr.write(f"mlxhydra: the working directory {cwd} contains '${{', which Hydra "
                          "reads as an interpolation: run from a directory without it\n")

@@ -338,7 +338,10 @@ def imported_modules(stderr: str) -> set:
 @pytest.mark.parametrize("args, env, shows", [
     (["--help"], {}, "model: tiny"),
     (["--cfg", "job"], {}, "model_dir: "),
-    (["-sc", "query=bash"], {"COMP_LINE": "mlxhydra model="}, "model=tiny"),
+    # HYDRA_COMP_DEBUG=1: completion keeps stderr (where -X importtime writes) open
+    (["-sc", "query=bash"], {"COMP_LINE": "mlxhydra model=", "HYDRA_COMP_DEBUG": "1"}, "model=tiny"),
+    (["-sc", "query=bash"], {"COMP_LINE": "mlxhydra replay x model=", "HYDRA_COMP_DEBUG": "1"},
+     "model=tiny"),
 ])
 def test_help_cfg_and_completion_stay_light(tmp_path, args, env, shows):
     result = run_cli(*args, cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1", **env})

@@ -5,92 +5,22 @@ time, status, model, quantization, task, the task's headline metric, bits
 per weight and the directory. ``--where key=value`` filters (on a column, a
 task override such as ``quant.bits``, or any run.json field such as
 ``quantization.source``), ``--sort`` orders, ``--last N`` keeps the newest,
-``--json`` prints the rows as JSON.
+``--json`` and ``--csv`` print the rows as data (:mod:`mlxhydra.history.rows`).
 """
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..config.overrides import override_texts
 from ..errors import RunDirError
-from ..record.latest import OUTPUTS, all_run_dirs, find_run, shown
-from ..record.run_dir import RunDir
-from ..record.schema import MAIN_METRIC, flatten
+from ..record.latest import OUTPUTS, shown
+from ..record.schema import flatten
 from .diff import table
+from .rows import collect_rows, find_root, headline, is_number, to_csv, to_json
 
 COLUMNS = ("time", "status", "model", "quant", "task", "metric", "bits_per_weight", "dir")
 SORT_KEYS = (f"a column ({', '.join(COLUMNS)}), an override such as quant.bits, or a run.json "
              "field such as metrics.kl_mean")
-
-
-def quant_label(record: Dict[str, Any]) -> str:
-    """``none``, ``4bit g64``, ``mxfp4``, the preset or recipe name, or ``pre-quantized 4bit``."""
-    choices = record.get("choices") or {}
-    quant = record.get("quantization") or {}
-    source = quant.get("source")
-    if source == "pre-quantized":
-        bits = (quant.get("settings") or {}).get("bits")
-        return f"pre-quantized {bits}bit" if bits else "pre-quantized"
-    if source == "runtime":
-        if choices.get("quant") not in (None, "none"):
-            return str(choices["quant"])
-        if quant.get("recipe"):
-            return str(quant["recipe"])
-        default = quant.get("default") or {}
-        mode = default.get("mode") or "affine"
-        label = f"{default.get('bits')}bit g{default.get('group_size')}"
-        return label if mode == "affine" else f"{mode} {label}"
-    if source == "none":
-        return "none"
-    return str(choices.get("quant") or "")
-
-
-def headline(record: Dict[str, Any]) -> Optional[tuple]:
-    """(name, value) of the task's headline metric, or None."""
-    task = (record.get("choices") or {}).get("task")
-    name = MAIN_METRIC.get(task)
-    value = (record.get("metrics") or {}).get(name) if name else None
-    return (name, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def model_label(record: Dict[str, Any]) -> str:
-    choice = (record.get("choices") or {}).get("model") or record.get("model_dir") or ""
-    return Path(str(choice)).name if "/" in str(choice) else str(choice)
-
-
-def row_of(run_dir: RunDir) -> Dict[str, Any]:
-    """One table row (with ``_record`` and ``_overrides`` kept for --where)."""
-    try:
-        record = dict(run_dir.read_record())
-    except RunDirError as e:
-        record = {"status": "unreadable", "error": str(e)}
-    quant = record.get("quantization") or {}
-    metric = headline(record)
-    return {
-        "time": str(record.get("started") or "")[:19].replace("T", " "),
-        "status": record.get("status", "unknown"),
-        "model": model_label(record),
-        "quant": quant_label(record),
-        "task": (record.get("choices") or {}).get("task") or "",
-        "metric": f"{metric[0]}={metric[1]:.6g}" if metric else "",
-        "bits_per_weight": quant.get("bits_per_weight"),
-        "dir": shown(run_dir.path),
-        "run_dir": str(run_dir.path),
-        "job_num": record.get("job_num"),
-        "error": record.get("error"),
-        "_record": record,
-        "_overrides": override_texts(record.get("overrides") or []),
-    }
-
-
-def collect_rows(root: Path) -> List[Dict[str, Any]]:
-    """Rows of every run.json under ``root`` (single runs and sweep jobs), oldest first."""
-    rows = [row_of(RunDir(d)) for d in all_run_dirs(root)]
-    rows.sort(key=lambda r: (r["time"], r["dir"]))
-    return rows
 
 
 def value_of(row: Dict[str, Any], key: str) -> Any:
@@ -135,17 +65,19 @@ def usage_problem(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
-def sort_key(key: str):
-    def k(row):
-        value = value_of(row, key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (0, value, "")
-        return (1 if value is not None else 2, 0, str(value))
-    return k
+def sorted_rows(rows: List[Dict[str, Any]], key: str, descending: bool) -> List[Dict[str, Any]]:
+    """Rows ordered by ``key`` (numbers as numbers, before text); rows without the key come last
+    either way, in the order they had (a failed run has no metric: it is not the best one)."""
+    def order(value: Any) -> tuple:
+        return (0, value, "") if is_number(value) else (1, 0, str(value))
+
+    values = [(value_of(r, key), r) for r in rows]
+    present = sorted((p for p in values if p[0] is not None), key=lambda p: order(p[0]),
+                     reverse=descending)
+    return [r for _, r in present] + [r for value, r in values if value is None]
 
 
-def main(argv: Sequence[str]) -> int:
-    """``mlxhydra runs [DIR] [--where K=V]... [--sort KEY] [--last N] [--json]``; the exit status."""
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlxhydra runs",
                                 description="One table of the single runs and sweep jobs under DIR.")
     p.add_argument("dir", nargs="?", default=OUTPUTS,
@@ -159,7 +91,34 @@ def main(argv: Sequence[str]) -> int:
                         "--sort=-KEY or --reverse for descending)")
     p.add_argument("--reverse", action="store_true", help="descending order")
     p.add_argument("--last", type=int, default=None, metavar="N", help="only the N newest rows")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--json", action="store_true",
+                      help="print the rows as a JSON list of objects (every metric and override)")
+    data.add_argument("--csv", action="store_true",
+                      help="print the rows as CSV (every metric and override)")
+    return p
+
+
+def print_table(rows: List[Dict[str, Any]], where: Sequence[str], root_shown: str) -> None:
+    """The table for people: :data:`COLUMNS`, then the count of rows by status."""
+    if not rows:
+        print(f"no runs under {root_shown}" + (" matching " + " and ".join(where) if where else ""))
+        return
+    cells = [[r[c] if r[c] not in (None, "") else "-" for c in COLUMNS] for r in rows]
+    for c in cells:
+        bpw = c[COLUMNS.index("bits_per_weight")]
+        c[COLUMNS.index("bits_per_weight")] = f"{bpw:.3f}" if isinstance(bpw, float) else bpw
+    print(table(COLUMNS, cells))
+    counts: Dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def main(argv: Sequence[str]) -> int:
+    """``mlxhydra runs [DIR] [--where K=V]... [--sort KEY] [--last N] [--json|--csv]``; the exit
+    status."""
+    p = arg_parser()
     args = p.parse_args(list(argv))
     for condition in args.where:
         if "=" not in condition or condition.startswith(("=", "!=")):
@@ -169,12 +128,9 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"mlxhydra runs: {problem}\n")
         return 2
     try:
-        root = Path(args.dir) if args.dir == OUTPUTS else find_run(args.dir)
+        root = find_root(args.dir)
     except RunDirError as e:
         sys.stderr.write(f"mlxhydra: runs {e}\n")
-        return 2
-    if not root.is_dir():
-        sys.stderr.write(f"mlxhydra: runs {args.dir}: no such directory\n")
         return 2
     rows = collect_rows(root)
     key = args.sort.lstrip("-")
@@ -185,22 +141,9 @@ def main(argv: Sequence[str]) -> int:
     rows = [r for r in rows if all(matches(r, c) for c in args.where)]
     if args.last is not None:
         rows = rows[-args.last:]
-    descending = args.sort.startswith("-") != args.reverse
-    rows.sort(key=sort_key(key), reverse=descending)
-    if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
-                         indent=2, default=str))
-        return 0
-    if not rows:
-        print(f"no runs under {shown(root)}" + (" matching " + " and ".join(args.where) if args.where else ""))
-        return 0
-    cells = [[r[c] if r[c] not in (None, "") else "-" for c in COLUMNS] for r in rows]
-    for c in cells:
-        bpw = c[COLUMNS.index("bits_per_weight")]
-        c[COLUMNS.index("bits_per_weight")] = f"{bpw:.3f}" if isinstance(bpw, float) else bpw
-    print(table(COLUMNS, cells))
-    counts: Dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(f"\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    rows = sorted_rows(rows, key, descending=args.sort.startswith("-") != args.reverse)
+    if args.json or args.csv:
+        sys.stdout.write(to_json(rows) + "\n" if args.json else to_csv(rows))
+    else:
+        print_table(rows, args.where, shown(root))
     return 0
