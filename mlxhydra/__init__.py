@@ -24,9 +24,8 @@ model), ``tasks/`` (experiments on it), ``job/`` (one recorded job),
 ``history/`` and ``sweeps/`` (reading runs back, multiruns), ``tracking/``.
 """
 
+import sys
 from types import ModuleType
-
-from . import load as _load_package  # light: the subpackage's __init__ is its docstring
 
 __version__ = "0.1.0"
 __all__ = ["load", "run", "load_config", "load_model", "compose", "__version__"]
@@ -62,7 +61,30 @@ class _CallablePackage(ModuleType):
         return inspect.signature(load)
 
 
-_load_package.__class__ = _CallablePackage
+class _Package(ModuleType):
+    """This package: its ``load`` attribute is the subpackage made callable, imported on first use
+    (``import mlxhydra`` imports nothing more)."""
+
+    @property
+    def load(self):
+        if "load" not in self.__dict__:
+            from importlib import import_module
+
+            import_module("mlxhydra.load")  # the import system sets the attribute: see the setter
+        return self.__dict__["load"]
+
+    @load.setter
+    def load(self, value):
+        if type(value) is ModuleType and value.__name__ == f"{__name__}.load":
+            value.__class__ = _CallablePackage
+        self.__dict__["load"] = value
+
+    @load.deleter
+    def load(self):
+        del self.__dict__["load"]
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

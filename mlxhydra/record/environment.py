@@ -2,7 +2,6 @@
 
 import platform
 import resource
-import shlex
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -26,6 +25,8 @@ _called_as: List[str] = []
 
 def command_line() -> str:
     """The command a record names: this process's command line, shell-quoted, or the API call."""
+    import shlex  # here: the --help path imports this module
+
     if _called_as:
         return _called_as[-1]
     return shlex.join(getattr(sys, "orig_argv", sys.argv))
