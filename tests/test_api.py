@@ -201,9 +201,10 @@ def test_mlxhydra_load_is_both_the_function_and_the_package(tmp_path):
     assert inspect.signature(mlxhydra.load) == inspect.signature(api.load)
     assert list(inspect.signature(mlx_lm_load).parameters)[1:] == [
         p for p in inspect.signature(api.load).parameters if p != "overrides"][1:]
-    # import mlxhydra stays light: none of the API's dependencies is imported
+    # import mlxhydra stays light: none of the API's dependencies, none of its own modules
     out = subprocess.run([sys.executable, "-c", "import sys, mlxhydra; print(sorted(m for m in sys.modules "
-                          "if m.split('.')[0] in ('mlx', 'mlx_lm', 'hydra', 'omegaconf', 'transformers')))"],
+                          "if m.startswith('mlxhydra.') or m.split('.')[0] in "
+                          "('mlx', 'mlx_lm', 'hydra', 'omegaconf', 'transformers')))"],
                          capture_output=True, text=True, cwd=tmp_path, check=True)
     assert out.stdout.strip() == "[]"
 
