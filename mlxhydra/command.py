@@ -20,6 +20,7 @@ class JobFunction:
         self.started_at = started_at
         self.pid = os.getpid()
         self.called = False  # from the first call on, the job keeps its own record
+        self.run_dir: Optional[Path] = None  # a single run's directory, once Hydra made it
 
     def __call__(self, cfg: DictConfig) -> Optional[float]:
         from hydra.core.hydra_config import HydraConfig
@@ -30,7 +31,8 @@ class JobFunction:
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.RUN:
-            mark_latest(Path(hc.runtime.output_dir), "run", Path(hc.runtime.cwd))
+            self.run_dir = Path(hc.runtime.output_dir)
+            mark_latest(self.run_dir, "run", Path(hc.runtime.cwd))
         compose = None
         # The first job of this process (a launcher's worker has its own clock)
         # is timed from the command's start: Hydra composed it meanwhile.
@@ -108,6 +110,7 @@ class _Command:
         if ranks.world().leads:
             run_dir = record_early_failure(error, self.args, self.started)
             if run_dir is not None:
+                self.job.run_dir = run_dir
                 mark_latest(run_dir, "run")
         elif error is not None:  # another rank of a distributed run: rank 0 records its cause
             report_failure(error)
@@ -117,6 +120,15 @@ class _Command:
 
         Also makes the arguments Hydra's: model= paths quoted, ``sys.argv`` set.
         """
+        from .errors import ConfigError
+
+        error = self.refused()
+        if error is None:
+            return None
+        return f"mlxhydra: {error}" if isinstance(error, ConfigError) else str(error)
+
+    def refused(self) -> Optional[Exception]:
+        """The error that stops the command line before Hydra runs (recorded), or None; see refusal."""
         from .config.model_source import require_model_path
         from .config.overrides import (
             group_choice_problems,
@@ -141,7 +153,7 @@ class _Command:
                 raise ConfigError(missing)
         except (OverrideSyntaxError, ModelDirError, ConfigError) as e:
             self.record_if_no_job(e)
-            return f"mlxhydra: {e}" if isinstance(e, ConfigError) else str(e)
+            return e
         return None
 
     def join_world(self) -> Optional[str]:
@@ -169,10 +181,33 @@ class _Command:
             sys.argv[1:] = self.args + ranks.FOLLOWER_OVERRIDES
         return None
 
-    def run(self) -> int:
-        """Run Hydra with the job function; every way it ends is one line and an exit status."""
+    def hydra_main(self):
         import hydra
 
+        return hydra.main(config_path="pkg://mlxhydra.conf", config_name="config",
+                          version_base="1.3")(self.job)
+
+    def run_raising(self) -> None:
+        """Run Hydra with the job function and raise what ends it (the Python API's way).
+
+        A failure before the job is recorded as the command records it; Hydra's
+        exits become errors (``HYDRA_FULL_ERROR=1`` while it runs).
+        """
+        from .errors import RefusedBeforeRun
+        from .job.thread import interruption_handlers
+
+        with interruption_handlers(), errors_reported_here(True):
+            try:
+                self.hydra_main()()
+            except RefusedBeforeRun as e:
+                self.record_if_no_job(e.error)
+                raise e.error from None
+            except BaseException as e:
+                self.record_if_no_job(e)
+                raise
+
+    def run(self) -> int:
+        """Run Hydra with the job function; every way it ends is one line and an exit status."""
         from .errors import (
             Interrupted,
             RefusedBeforeRun,
@@ -185,8 +220,7 @@ class _Command:
         from .job.thread import interruption_handlers
         from .sweeps.policy import skipped_summary, summarize_interrupted_sweep
 
-        main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config",
-                          version_base="1.3")(self.job)
+        main = self.hydra_main()
         # Signals while composing are recorded as during the job.
         with interruption_handlers(), errors_reported_here(not self.full_error):
             try:

@@ -168,6 +168,7 @@ def describe_os_error(error: OSError, path: object = None) -> str:
 
 # Lines of OmegaConf's and Hydra's messages that repeat what the first line says.
 _DETAIL_LINES = ("full_key:", "object_type=", "reference_type=", "    ")
+_SEARCH_PATH = "\nConfig search path:"  # Hydra's list of config sources after a missing option
 
 
 def one_line_message(error: BaseException) -> str:
@@ -180,10 +181,11 @@ def one_line_message(error: BaseException) -> str:
     """
     from omegaconf.errors import OmegaConfBaseException
 
-    if isinstance(error, OSError) and not isinstance(error, MlxhydraError):
+    # Hydra's "Could not find 'model/x'" is an OSError too: its text, not a path, says what is wrong.
+    if isinstance(error, OSError) and not isinstance(error, (MlxhydraError, CompactHydraException)):
         return describe_os_error(error)
     if isinstance(error, CompactHydraException):
-        text = str(error)
+        text = str(error).split(_SEARCH_PATH)[0]  # the options are listed before it
         if isinstance(error.__cause__, OmegaConfBaseException):
             text += "\n" + str(error.__cause__)
     else:

@@ -28,7 +28,7 @@ LAYERS: List[List[str]] = [
     ["mlxhydra.history"],
     ["mlxhydra.sweeps"],
     ["mlxhydra.tracking"],
-    ["mlxhydra.cli", "mlxhydra.command", "mlxhydra.completion", "mlxhydra.__main__", "mlxhydra"],
+    ["mlxhydra.cli", "mlxhydra.command", "mlxhydra.completion", "mlxhydra.api", "mlxhydra.__main__", "mlxhydra"],
 ]
 MAX_LINES = 350
 

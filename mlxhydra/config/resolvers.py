@@ -6,16 +6,24 @@ import secrets
 
 from omegaconf import OmegaConf
 
-# One token per process: hydra resolves the run directory more than once and
+# One token per command: hydra resolves the run directory more than once and
 # every resolution must name the same folder, while two processes started in
-# the same second must not share one.
+# the same second must not share one (nor two runs of the Python API: see renew_run_token).
 _RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(3)}"
 _UNSAFE = re.compile(r"[^\w.=,+-]+")  # \w: letters and digits of any script, and _
 MAX_NAME = 120
 
 
 def run_token() -> str:
-    """A short name part that is unique to this process."""
+    """A short name part that is unique to this process (to this run of the Python API)."""
+    return _RUN_TOKEN
+
+
+def renew_run_token() -> str:
+    """A new token for the next run of this process: ``mlxhydra.run()`` twice in one second
+    must name two run directories."""
+    global _RUN_TOKEN
+    _RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(3)}"
     return _RUN_TOKEN
 
 

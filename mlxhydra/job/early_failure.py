@@ -11,7 +11,6 @@ have used.
 """
 
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -104,7 +103,7 @@ def record_early_failure(
         data.update(
             stage=STAGE,
             run_dir=str(run_dir.path),
-            command=shlex.join(getattr(sys, "orig_argv", sys.argv)),
+            command=environment.command_line(),
             overrides=overrides,
             job_num=None,
             cwd=os.getcwd(),

@@ -8,8 +8,6 @@ interrupted), ``model_config.json`` and ``metrics.json``.
 
 import logging
 import random
-import shlex
-import sys
 import threading
 import time
 from pathlib import Path
@@ -121,7 +119,7 @@ def _hydra_fields(hc: Any) -> Dict[str, Any]:
     from omegaconf import OmegaConf
 
     return {
-        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        "command": environment.command_line(),
         # resolve=False: the overrides as typed (``${oc.env:X}`` stays text, never a value).
         "overrides": OmegaConf.to_container(hc.overrides.task, resolve=False),
         "job_num": hc.job.get("num"),

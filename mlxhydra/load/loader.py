@@ -273,10 +273,12 @@ def load_model(
     lazy: bool = False,
     trust_remote_code: bool = False,
 ) -> Tuple[nn.Module, dict]:
-    """Load a model directory as ``mlx_lm.utils.load_model`` does.
+    """Load a model directory (or a Hugging Face id) as ``mlx_lm.utils.load_model`` does.
 
     Args:
-        path: The model directory.
+        path: The model directory, or a Hugging Face id ``org/name[@REVISION]`` when no
+            file or directory of that name exists here (resolved as ``mlx_lm.load`` does:
+            the Hugging Face cache, downloading when needed; see :mod:`mlxhydra.config.hub`).
         model_config: Merged on top of config.json with ``dict.update`` (shallow,
             as in mlx-lm).
         quant: Runtime quantization, e.g. ``{"bits": 4, "group_size": 64}``; with
@@ -293,10 +295,15 @@ def load_model(
     Raises:
         FileNotFoundError: the directory, its config.json or its weights are missing.
         ValueError: bad config or weights (ConfigError, WeightsError).
+        HubError: a Hugging Face id that cannot be resolved (one line naming it and what to do).
     """
+    from ..config.hub import is_hub_id, resolve_hub_id
+
     settings = LoadSettings.from_groups(
         {"strict": strict, "lazy": lazy, "trust_remote_code": trust_remote_code}, quant)
     model_dir = Path(path).expanduser()
+    if is_hub_id(str(path)):
+        model_dir = resolve_hub_id(str(path)).path
     config = load_config(model_dir)
     if model_config is not None:
         config.update(model_config)

@@ -1,8 +1,8 @@
 """Runtime quantization of float weights, layer by layer while they are read."""
 
-import functools
 import logging
 import os
+import threading
 from typing import Any, Callable, Dict, List, Optional
 
 import mlx.core as mx
@@ -27,10 +27,17 @@ def quantize_streams() -> list:
     return [mx.default_stream(mx.cpu)] + _extra_cpu_streams(max(1, min(cores or 1, MAX_CPU_STREAMS)) - 1)
 
 
-@functools.lru_cache(maxsize=None)
+_per_thread = threading.local()
+
+
 def _extra_cpu_streams(count: int) -> list:
-    # Created once per process: a stream is a thread that lives as long as the process.
-    return [mx.new_stream(mx.cpu) for _ in range(count)]
+    # Created once per Python thread: a stream is a thread that lives as long as the process, and
+    # MLX lets only the thread that made it use it (the Python API loads on the caller's thread,
+    # a job runs on the job thread).
+    made = _per_thread.__dict__.setdefault("streams", {})
+    if count not in made:
+        made[count] = [mx.new_stream(mx.cpu) for _ in range(count)]
+    return made[count]
 
 
 def quantizable_paths(model: nn.Module) -> List[str]:

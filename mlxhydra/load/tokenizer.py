@@ -3,7 +3,7 @@ shape, no code without consent), then loaded with mlx-lm as ``mlx_lm.load`` does
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..config.model_source import read_json_object
 from ..errors import TaskError
@@ -56,26 +56,12 @@ def has_tokenizer(model_dir: Path) -> bool:
             or bool(list(model_dir.glob("*.tiktoken"))))
 
 
-def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
-                   chat_template: Optional[str] = None, *, trust_remote_code: bool = False):
-    """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
-
-    Args:
-        model_dir: The model directory.
-        config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
-        chat_template: A Jinja chat template that replaces the tokenizer's (passed
-            as mlx-lm's server passes ``--chat-template``).
-        trust_remote_code: This command's ``load.trust_remote_code``, handed to
-            transformers (which never asks again, and never runs code without it).
-
-    Returns:
-        mlx-lm's ``TokenizerWrapper``.
+def require_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> None:
+    """Check a model directory's tokenizer files before any weight is read.
 
     Raises:
-        TaskError: the directory has no tokenizer, or it cannot be read.
+        TaskError: the directory has no tokenizer, or its files cannot serve (every problem).
     """
-    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
-
     model_dir = Path(model_dir)
     if not has_tokenizer(model_dir):
         raise TaskError(
@@ -85,9 +71,37 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
     problems = tokenizer_problems(model_dir, trust_remote_code)
     if problems:
         raise TaskError("; ".join(problems))
+
+
+def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
+                   chat_template: Optional[str] = None, *, trust_remote_code: bool = False,
+                   tokenizer_config: Optional[Mapping[str, Any]] = None):
+    """Load the model directory's tokenizer with mlx-lm, as ``mlx_lm.load`` does.
+
+    Args:
+        model_dir: The model directory.
+        config: The model config; its ``eos_token_id`` is passed on as mlx-lm does.
+        chat_template: A Jinja chat template that replaces the tokenizer's (passed
+            as mlx-lm's server passes ``--chat-template``).
+        trust_remote_code: This command's ``load.trust_remote_code``, handed to
+            transformers (which never asks again, and never runs code without it).
+        tokenizer_config: Extra settings for transformers' tokenizer, as
+            ``mlx_lm.load(tokenizer_config=...)`` passes them (``eos_token``...);
+            its ``trust_remote_code`` gives way to ``trust_remote_code``.
+
+    Returns:
+        mlx-lm's ``TokenizerWrapper``.
+
+    Raises:
+        TaskError: the directory has no tokenizer, or it cannot be loaded.
+    """
+    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+    model_dir = Path(model_dir)
+    require_tokenizer(model_dir, trust_remote_code)
     eos = (config or {}).get("eos_token_id")
     try:
-        extra: Dict[str, Any] = {"trust_remote_code": bool(trust_remote_code)}
+        extra: Dict[str, Any] = {**(tokenizer_config or {}), "trust_remote_code": bool(trust_remote_code)}
         if chat_template is not None:
             extra["chat_template"] = chat_template
         return mlx_load_tokenizer(model_dir, extra, eos_token_ids=eos)

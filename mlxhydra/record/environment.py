@@ -4,10 +4,11 @@ import platform
 import resource
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 PACKAGES = ("mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra")
 
@@ -15,6 +16,30 @@ PACKAGES = ("mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra")
 def now() -> str:
     """The current time, ISO 8601 with the UTC offset."""
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+
+
+# What records name as the command while ``mlxhydra.run()`` runs a job: its call, since the
+# process's own command line (a notebook's kernel) says nothing about the run.
+_called_as: List[str] = []
+
+
+def command_line() -> str:
+    """The command a record names: this process's command line, shell-quoted, or the API call."""
+    import shlex  # here: the --help path imports this module
+
+    if _called_as:
+        return _called_as[-1]
+    return shlex.join(getattr(sys, "orig_argv", sys.argv))
+
+
+@contextmanager
+def called_as(call: str) -> Iterator[None]:
+    """Records made meanwhile name ``call`` (``mlxhydra.run('model=./llama')``) as their command."""
+    _called_as.append(call)
+    try:
+        yield
+    finally:
+        _called_as.pop()
 
 
 def versions() -> Dict[str, Optional[str]]:
