@@ -13,7 +13,6 @@ model), ``tasks/`` (experiments on it), ``job/`` (one recorded job),
 ``history/`` and ``sweeps/`` (reading runs back, multiruns), ``tracking/``.
 """
 
-__version__ = "0.1.0"
 __all__ = ["load_config", "load_model", "compose", "__version__"]
 
 _API = {
@@ -23,7 +22,18 @@ _API = {
 }
 
 
+# The version is written once, in pyproject.toml; a source tree that is not installed has none.
+UNINSTALLED_VERSION = "0+unknown"
+
+
 def __getattr__(name):
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            return metadata.version("mlxhydra")
+        except metadata.PackageNotFoundError:
+            return UNINSTALLED_VERSION
     if name in _API:
         from importlib import import_module
 
