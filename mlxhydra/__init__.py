@@ -28,7 +28,6 @@ model), ``tasks/`` (experiments on it), ``job/`` (one recorded job),
 import sys
 from types import ModuleType
 
-__version__ = "0.1.0"
 __all__ = ["load", "run", "runs", "load_config", "load_model", "compose", "__version__"]
 
 # name -> the module that defines it, imported on first use.
@@ -89,7 +88,18 @@ class _Package(ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
+# The version is written once, in pyproject.toml; a source tree that is not installed has none.
+UNINSTALLED_VERSION = "0+unknown"
+
+
 def __getattr__(name):
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            return metadata.version("mlxhydra")
+        except metadata.PackageNotFoundError:
+            return UNINSTALLED_VERSION
     if name in _API:
         from importlib import import_module
 

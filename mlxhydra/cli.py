@@ -101,10 +101,13 @@ def print_version() -> None:
 
     from .record.environment import versions
 
+    from . import __version__
+
     found = versions()
-    print(f"mlxhydra {found.pop('mlxhydra', None)}")
+    found.pop("mlxhydra", None)
+    print(f"mlxhydra {__version__}")
     for name, version in found.items():
-        print(f"  {name} {version}")
+        print(f"  {name} {'not installed' if version is None else version}")
     for name in OPTIONAL_PACKAGES:
         try:
             version = metadata.version(name)

@@ -21,6 +21,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers, conftest
 
 from helpers.random_models import BASE, build  # noqa: E402
 
+# MLflow's own environment picks the store of logger=mlflow: the suite's runs go where each test
+# says, never to a tracking server the developer's shell names.
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+    os.environ.pop(_name, None)
+
 # The installed package's copy: a non-editable install serves model=tiny from site-packages.
 EMBEDDED_TINY = Path(importlib.util.find_spec("mlxhydra").origin).parent / "models" / "tiny"
 

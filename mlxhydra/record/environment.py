@@ -10,7 +10,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-PACKAGES = ("mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra")
+# The packages whose version can change a result: the model's code and kernels (mlx, mlx-lm),
+# the config (hydra-core, omegaconf), tokenization (transformers, tokenizers), the weights
+# read (safetensors, huggingface-hub's snapshots), the arithmetic of tasks (numpy) and
+# lm-evaluation-harness's tasks and scoring (lm-eval). One not installed is recorded as None.
+PACKAGES = ("mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra", "transformers", "tokenizers",
+            "numpy", "huggingface-hub", "safetensors", "lm-eval")
 
 
 def now() -> str:

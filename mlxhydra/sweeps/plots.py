@@ -28,6 +28,19 @@ LOG_SCALE = ("kl_", "delta_p", "ln_perplexity_ratio")
 SPEED = "generation_tps"
 
 
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure of its own: no pyplot, no backend chosen.
+
+    pyplot's state (its current figure, the process's backend) belongs to the
+    caller: a notebook that writes a sweep's summary keeps its inline plots.
+    The Figure renders with matplotlib's Agg canvas when saved as PNG, and is
+    freed with its last reference (pyplot never held it).
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def _number(v: Any) -> Optional[float]:
     try:
         x = float(v)
@@ -110,11 +123,6 @@ def figure(rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
         metric: the metric to plot.
         sweep: the sweep policy (``objective``, ``max_bits_per_weight``, ``penalty``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sweep = sweep or {}
 
     def y_of(r):
@@ -124,7 +132,7 @@ def figure(rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
     if not done:
         return None
     if metric == "bits_per_weight" or any(_number(r.get("bits_per_weight")) is None for r in done):
-        return _figure_by_key(plt, done, keys, metric, y_of)
+        return _figure_by_key(done, keys, metric, y_of)
     budget = _number(sweep.get("max_bits_per_weight"))
     penalty = _number(sweep.get("penalty"))
     # label with the swept values that differ between the plotted jobs (not task=kl on each)
@@ -144,7 +152,8 @@ def figure(rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
         if scored:
             best = min(scored, key=lambda i: points[i]["objective"])
     speed = _speed_pairs(rows, keys, metric, y_of)
-    fig, axes = plt.subplots(1, 2 if speed else 1, figsize=(12 if speed else 7.5, 5), squeeze=False)
+    fig = new_figure(figsize=(12 if speed else 7.5, 5))
+    axes = fig.subplots(1, 2 if speed else 1, squeeze=False)
     ax = axes[0][0]
     plot_against_bits(ax, points, metric, budget=budget, best=best)
     ax.set_title(f"{metric} against bits per weight ({len(done)} completed of {len(rows)} jobs)")
@@ -180,10 +189,11 @@ def _plot_speed(ax, pairs, metric) -> None:
     ax.grid(True, alpha=0.3, which="both")
 
 
-def _figure_by_key(plt, done, keys, metric, y_of):
+def _figure_by_key(done, keys, metric, y_of):
     """The metric against the swept numeric key (when there are no bits per weight to plot against)."""
     numeric = [k for k in keys if all(_number(r["_overrides"].get(k)) is not None for r in done)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = new_figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     if numeric:
         x_key = max(numeric, key=lambda k: len({r["_overrides"][k] for r in done}))
         others = [k for k in keys if k != x_key]
@@ -211,13 +221,10 @@ def _figure_by_key(plt, done, keys, metric, y_of):
 def plot(path: Path, rows: List[Dict[str, Any]], keys: Sequence[str], metric: str,
          sweep: Optional[Dict[str, Any]] = None) -> bool:
     """Write the summary figure to ``path`` (PNG, atomically); False when nothing to plot."""
-    import matplotlib.pyplot as plt
-
     fig = figure(rows, keys, metric, sweep)
     if fig is None:
         return False
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return True

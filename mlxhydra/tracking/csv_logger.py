@@ -17,7 +17,6 @@ from typing import Any, Dict
 from .tracked_job import TrackedJob
 from .tracker_callback import TrackerCallback
 
-DEFAULT_PATH = "outputs/tracking.csv"
 COLUMNS = ("time", "run_dir", "job", "status", "kind", "name", "step", "value")
 
 
@@ -44,7 +43,7 @@ class CsvLogger(TrackerCallback):
     name = "csv"
 
     def log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
-        path = Path(settings.get("path") or DEFAULT_PATH)
+        path = Path(settings["path"])  # the shipped default filled in (logger_settings)
         if not path.is_absolute():  # relative to where the command ran (hydra.job.chdir aside)
             path = Path(job.cwd or os.getcwd()) / path
         buf = io.StringIO()

@@ -1,8 +1,11 @@
 """``logger=mlflow``: one MLflow run per job, nested under a parent run per sweep.
 
-The default store is SQLite under ``outputs/`` (``sqlite:///outputs/mlflow.db``,
-artifacts in ``outputs/mlartifacts``); ``logger.mlflow.tracking_uri`` points
-at a team server instead. Each job's run gets the params, metrics (per step
+The store and experiment are ``logger.mlflow.tracking_uri`` and
+``logger.mlflow.experiment``; ``conf/logger/mlflow.yaml`` makes them MLflow's
+own environment (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``), else the
+embedded SQLite store under ``outputs/`` (artifacts in ``outputs/mlartifacts``)
+and ``mlxhydra``. What a record says is the URI used, its password masked
+(:func:`redacted_uri`). Each job's run gets the params, metrics (per step
 where the task has steps), tags and artifacts of :mod:`.tracked_job`.
 
 Concurrency: MLflow creates (migrates) a new SQLite database on first use
@@ -20,16 +23,15 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import FileSystemError
+from ..config.loggers import logger_problems
+from ..errors import ConfigError, FileSystemError
 from ..file_checks import exists, regular_file_problem
+from .store_uri import absolute_uri, redacted_text, redacted_uri, sqlite_file
 from .tracked_job import TrackedJob, finite, sweep_artifacts, sweep_params
 from .tracker_callback import TrackerCallback, file_lock
 
 log = logging.getLogger("mlxhydra")
 
-DEFAULT_URI = "sqlite:///outputs/mlflow.db"
-DEFAULT_EXPERIMENT = "mlxhydra"
-SQLITE = "sqlite:///"
 # run.json status -> MLflow's run status
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 # The loggers whose lines quiet_mlflow holds back (MLflow's, its database's, HTTP retries).
@@ -37,20 +39,11 @@ QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "urllib3.connectionpo
 # MLflow's HTTP settings for the first request to a server (see bounded_http_retries).
 CHECK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow's setting that stops it printing a run's link (its server URL) when the run ends.
+NO_LINKS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 # MLflow's log_batch limits per call.
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 MAX_PARAM = 6000
-
-
-def absolute_uri(uri: str, cwd: Optional[str] = None) -> str:
-    """A relative SQLite path made absolute (workers may run elsewhere); other URIs as given."""
-    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
-        return SQLITE + str(Path(cwd or os.getcwd(), uri[len(SQLITE):]).resolve())
-    return uri
-
-
-def sqlite_file(uri: str) -> Optional[Path]:
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
 @contextmanager
@@ -99,21 +92,26 @@ def check_sqlite_store(db: Path) -> None:
 
 
 @contextmanager
-def bounded_http_retries() -> Iterator[None]:
-    """MLflow's HTTP retries bounded to a few seconds, unless the environment sets them.
-
-    MLflow retries a request that a server never answered 7 times (about 4
-    minutes); the first request to a server is its check, so a server down
-    costs seconds. Once it answered, MLflow's own retries apply.
-    """
-    saved = {name: os.environ.get(name) for name in CHECK_HTTP}
-    os.environ.update({name: value for name, value in CHECK_HTTP.items() if saved[name] is None})
+def environment_defaults(values: Dict[str, str]) -> Iterator[None]:
+    """MLflow's settings ``values`` in the environment for a while, unless the user set them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if saved[name] is None})
     try:
         yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
+
+
+def bounded_http_retries():
+    """MLflow's HTTP retries bounded to a few seconds, unless the environment sets them.
+
+    MLflow retries a request that a server never answered 7 times (about 4
+    minutes); the first request to a server is its check, so a server down
+    costs seconds. Once it answered, MLflow's own retries apply.
+    """
+    return environment_defaults(CHECK_HTTP)
 
 
 def open_store(uri: str, experiment: str) -> Tuple[Any, str]:
@@ -184,20 +182,32 @@ class MlflowLogger(TrackerCallback):
 
     @staticmethod
     def _store(settings: Dict[str, Any], cwd: Optional[str] = None) -> Tuple[Any, str, str]:
-        uri = absolute_uri(settings.get("tracking_uri") or DEFAULT_URI, cwd)
-        client, experiment_id = open_store(uri, settings.get("experiment") or DEFAULT_EXPERIMENT)
-        return client, experiment_id, uri
+        """(client, experiment id, the URI as recorded)."""
+        uri = absolute_uri(settings["tracking_uri"], cwd)
+        client, experiment_id = open_store(uri, settings["experiment"])
+        return client, experiment_id, redacted_uri(uri)
 
     @staticmethod
     @contextmanager
     def _checked(settings: Dict[str, Any], cwd: Optional[str] = None) -> Iterator[None]:
-        """A SQLite store checked before MLflow is imported (seconds), then MLflow quiet."""
-        db = sqlite_file(absolute_uri(settings.get("tracking_uri") or DEFAULT_URI, cwd))
+        """The settings and a SQLite store checked before MLflow is imported (seconds), then
+        MLflow quiet. (A job that failed on its settings is still logged: MLflow would take an
+        empty URI for its own default store, in the working directory.)"""
+        problems = logger_problems({"mlflow": settings})
+        if problems:
+            raise ConfigError(problems)
+        db = sqlite_file(absolute_uri(settings["tracking_uri"], cwd))
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             check_sqlite_store(db)
-        with quiet_mlflow():
+        # MLflow prints each server run's link on stdout: not with the credentials a URI holds.
+        hidden = redacted_uri(settings["tracking_uri"]) != settings["tracking_uri"]
+        with quiet_mlflow(), environment_defaults(NO_LINKS if hidden else {}):
             yield
+
+    def redact(self, settings: Dict[str, Any], text: str) -> str:
+        """The store URI's secret masked (MLflow's errors name the URL they requested)."""
+        return redacted_text(text, str(settings.get("tracking_uri") or ""))
 
     def start_sweep(self, settings: Dict[str, Any], sweep_dir: Path, hydra: Dict[str, Any],
                     previous: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -225,7 +235,8 @@ class MlflowLogger(TrackerCallback):
                                       "mlxhydra.kind": "sweep"})
         log_values(client, run.info.run_id, sweep_params(hydra), {}, {})
         log.info("mlflow: sweep parent run %s in %s", run.info.run_id, uri)
-        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id}
+        return {"tracking_uri": uri, "experiment": settings["experiment"],
+                "experiment_id": experiment_id, "run_id": run.info.run_id}
 
     def _log_job(self, settings: Dict[str, Any], job: TrackedJob) -> Dict[str, Any]:
         client, experiment_id, uri = self._store(settings, job.cwd)
@@ -247,7 +258,8 @@ class MlflowLogger(TrackerCallback):
         finally:  # a half-logged run still ends, marked as its job
             client.set_terminated(run_id, STATUS.get(job.status, "FAILED"),
                                   end_time=int((job.ended or time.time()) * 1000))
-        return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
+        return {"tracking_uri": uri, "experiment": settings["experiment"],
+                "experiment_id": experiment_id, "run_id": run_id}
 
     @staticmethod
     def _supersede(client: Any, experiment_id: str, parent: str, job: TrackedJob) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ..config.loggers import completed_logger_settings
 from ..record.atomic import read_json, write_json_atomic
 from ..record.run_dir import RunDir, SweepDir
 from ..record.schema import read_record, write_record
@@ -50,9 +51,10 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def logger_settings(config: DictConfig, name: str) -> Dict[str, Any]:
-    """The resolved ``logger.<name>`` node of a composed config ({} when absent)."""
+    """The resolved ``logger.<name>`` node of a composed config, its missing keys as shipped."""
     node = OmegaConf.select(config, f"logger.{name}")
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    given = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    return completed_logger_settings(name, given if isinstance(given, dict) else {})
 
 
 def record_tracking(run_dir: Path, name: str, info: Dict[str, Any]) -> None:
@@ -104,15 +106,24 @@ class TrackerCallback(Callback):
     def end_sweep(self, settings: Dict[str, Any], sweep_dir: Path, summary: Dict[str, Any]) -> None:
         """Close the sweep's entry with its summary."""
 
+    def redact(self, settings: Dict[str, Any], text: str) -> str:
+        """``text`` (an error's) without the secrets ``settings`` hold (a password in a URI)."""
+        return text
+
+    def _problem(self, settings: Dict[str, Any], error: Exception) -> str:
+        """An error as the one line the log and run.json show."""
+        return self.redact(settings, " ".join(f"{type(error).__name__}: {error}".split()))[:500]
+
     # Hydra's hooks --------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = SweepDir(Path(str(config.hydra.sweep.dir)))
+        settings: Dict[str, Any] = {}
         try:
+            settings = logger_settings(config, self.name)
             saved = read_json(sweep.tracking) if sweep.tracking.is_file() else {}
             hydra = OmegaConf.to_container(config.hydra, resolve=False)
-            state = self.start_sweep(logger_settings(config, self.name), sweep.path, hydra,
-                                     saved.get(self.name))
+            state = self.start_sweep(settings, sweep.path, hydra, saved.get(self.name))
             if state is not None:
                 sweep.path.mkdir(parents=True, exist_ok=True)
                 with file_lock(sweep.path / ".tracking.lock"):
@@ -120,13 +131,13 @@ class TrackerCallback(Callback):
                     write_json_atomic(sweep.tracking, {**saved, self.name: state})
             self.sweep_state = state
         except Exception as e:
-            log.warning("%s: the sweep is not tracked: %s", self.name, e)
+            log.warning("%s: the sweep is not tracked: %s", self.name, self._problem(settings, e))
 
     def _log_and_record(self, settings: Dict[str, Any], run_dir: Path) -> None:
         try:
             info = self.log_job(settings, read_tracked_job(run_dir))
         except Exception as e:
-            message = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+            message = self._problem(settings, e)
             log.warning("%s: job not logged: %s", self.name, message)
             info = {"error": message}
         record_tracking(run_dir, self.name, info)
@@ -152,6 +163,7 @@ class TrackerCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        settings: Dict[str, Any] = {}
         try:
             settings = logger_settings(config, self.name)
             self.log_untracked_jobs(settings, sweep_dir)
@@ -163,4 +175,4 @@ class TrackerCallback(Callback):
                 statuses[r["status"]] = statuses.get(r["status"], 0) + 1
             self.end_sweep(settings, sweep_dir, {"jobs": len(rows), "statuses": statuses})
         except Exception as e:
-            log.warning("%s: the sweep's end is not tracked: %s", self.name, e)
+            log.warning("%s: the sweep's end is not tracked: %s", self.name, self._problem(settings, e))
