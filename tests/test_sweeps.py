@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
+from helpers.progress_lines import progress_lines
 from test_tasks import task
 
 pytestmark = pytest.mark.slow
@@ -178,6 +179,13 @@ def test_joblib_launcher_two_workers(tmp_path):
     assert seen == set(expected)
     rows = read_csv(sweep / "summary.csv")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    # Each worker prints its job's line; k counts the jobs of every worker ended by then.
+    lines = sorted(progress_lines(proc.stdout))
+    assert [(ln.k, ln.n, ln.verb, ln.eta is None) for ln in lines] == [
+        (1, 4, "completed in", False), (2, 4, "completed in", False),
+        (3, 4, "completed in", False), (4, 4, "completed in", True)]
+    assert sorted(ln.overrides for ln in lines) == sorted(
+        f"quant.bits={b} quant.group_size={g}" for b in (2, 4) for g in (32, 64))
 
 
 def test_optuna_search_returns_the_objective(tmp_path):
@@ -197,6 +205,8 @@ def test_optuna_search_returns_the_objective(tmp_path):
     assert best["best_value"] == min(r["objective"] for r in runs)
     rows = read_csv(sweep / "summary.csv")
     assert "objective" in rows[0] and "quant.bits" in rows[0]
+    # N is the search's n_trials.
+    assert [(ln.k, ln.n) for ln in progress_lines(proc.stdout)] == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,

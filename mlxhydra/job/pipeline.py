@@ -270,6 +270,7 @@ def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optiona
         task=settings.task, seed=settings.seed, load=settings.load, model=model,
         model_config=report.model_config, model_dir=Path(settings.model_dir),
         run_dir=run_dir.path if run_dir is not None else Path.cwd(),
+        record=dict(record.data) if record is not None else {},
     )
     try:
         metrics = run_task(job)

@@ -175,7 +175,7 @@ def gptq_by_block(model: nn.Module, data: mx.array, gptq: Callable, bits: int, g
     entry.update(_fallback_outside(model, originals, fallback_bits, fallback_group_size))
     dtype = _float_dtype(originals[0])
     work = mx.float32 if float32_hessians else dtype
-    for i in progress(range(len(originals)), len(originals), "GPTQ blocks"):
+    for i in progress(range(len(originals)), len(originals), "GPTQ"):
         # The Hessians are sums of x^T x in the inputs' dtype: in float32 by default (mlx-lm's
         # own whole-model pass sums them in the model's dtype, which bfloat16 ruins).
         originals[i].set_dtype(work)

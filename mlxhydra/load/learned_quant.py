@@ -18,6 +18,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -141,7 +142,7 @@ def _gptq(model: nn.Module, config: dict, run: MethodRun) -> nn.Module:
         model, config["quantization"] = gptq_quantize(model, run.rows, *args, batch_size=s["batch_size"])
     else:
         config["quantization"] = gptq_by_block(model, run.rows, gptq_quantize, *args,
-                                               batch_size=s["batch_size"], progress=progress,
+                                               batch_size=s["batch_size"], progress=partial(progress, unit="blocks"),
                                                float32_hessians=s["hessian_dtype"] == "float32")
     return model
 

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
-from ..config.overrides import override_texts, parse_overrides
+from ..config.overrides import override_texts
 from ..errors import RunDirError, describe_os_error
 from ..file_checks import directory_problem
 from ..record.atomic import write_bytes_atomic
@@ -25,6 +25,7 @@ from ..record.schema import MAIN_METRIC, flatten
 from .columns import FIXED
 from .pareto import COLUMN as PARETO
 from .pareto import mark_front
+from .plan import job_plan
 
 log = logging.getLogger(__name__)
 # The metrics summary.md shows for each task (summary.csv has them all).
@@ -44,35 +45,17 @@ def sweep_plan(sweep: SweepDir, strict: bool = False) -> Tuple[List[str], Option
     Raises:
         RunDirError: (strict) a multirun.yaml that is not readable YAML of the expected shape.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from .. import _upstream
-
     try:
         plan = read_yaml(sweep.plan) or {}
         if not isinstance(plan, dict):
             raise RunDirError(f"{sweep.plan}: expected a mapping, found {type(plan).__name__}")
-        hydra = plan.get("hydra") or {}
-        task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
-        sweeper = hydra.get("sweeper") or {}
-        params = sweeper.get("params") or {}
-        # As Hydra's sweepers read them: the sweeper's params, then the command line (which wins).
-        texts = [f"{k}={v}" for k, v in params.items()] + task
-        keys = list(dict.fromkeys(o.key for o in parse_overrides(texts) if o.is_sweep))
+        return job_plan(plan.get("hydra") or {})
     except (RunDirError, AttributeError, TypeError) as e:  # an odd multirun.yaml
         if strict:
             raise RunDirError(f"{sweep.plan}: not a sweep plan ({e})") if not isinstance(
                 e, RunDirError) else e
         log.debug("cannot read the sweep plan in %s: %s", sweep.plan, e)
         return [], None
-    # Hydra's basic sweeper or mlxhydra's (sweeps/sweeper.py): the same plan of jobs.
-    if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "JobByJobSweeper")):
-        return keys, None
-    try:
-        parsed = OverridesParser.create().parse_overrides(texts)
-        return keys, _upstream.split_sweep_arguments(parsed, None)[0]
-    except Exception:  # an override the plan cannot expand: the jobs found still show
-        return keys, None
 
 
 def _metric_columns(metrics: Any) -> Dict[str, Any]:

@@ -63,7 +63,7 @@ def execute(job: TaskInput) -> Metrics:
     correct = 0
     predictions = job.run_dir / PREDICTIONS
     with open(predictions, "w", encoding="utf-8") as f:
-        for line, row in progress(rows, len(rows), "accuracy"):
+        for line, row in progress(rows, len(rows), "accuracy", unit="rows"):
             item = PromptItem(f"task.data line {line}", prompt=str(row["prompt"]))
             out = generate_text(job.model, tokenizer, encode_prompt(tokenizer, task, item), how)
             ok = out["text"].strip() == str(row["answer"]).strip()

@@ -59,7 +59,7 @@ def execute(job: TaskInput) -> Metrics:
 
     once()  # warm-up
     results = []
-    for _ in progress(range(trials), trials, "bench"):
+    for _ in progress(range(trials), trials, "bench", unit="trials"):
         tic = time.perf_counter()
         r = once()
         results.append({**{k: getattr(r, k) for k in KEYS}, "total_time": time.perf_counter() - tic,

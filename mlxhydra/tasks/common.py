@@ -30,6 +30,10 @@ class TaskInput:
     # Hugging Face ids the task resolves (task.draft_model, task.reference): the setting ->
     # its resolution (mlxhydra.config.hub.HubSnapshot.record()), recorded in run.json's "hub".
     hub: Dict[str, Any] = field(default_factory=dict)
+    # The job's run.json as it stands when the task starts (its command's overrides, versions,
+    # Hub resolution, quantization summary): empty without a record (another rank than 0, the
+    # Python API). task=save's model card tells where the model came from with it.
+    record: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def trust_remote_code(self) -> bool:

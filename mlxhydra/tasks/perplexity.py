@@ -3,7 +3,6 @@
 import contextlib
 import io
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
@@ -11,6 +10,7 @@ from typing import Any, Dict, List, Mapping
 from ..config.checks import SettingsCheck
 from ..load.data_files import file_sha256, find_data, read_texts
 from ..load.tokenizer import load_tokenizer
+from ..progress import progress, ticking
 from .common import Metrics, TaskInput, peak_memory_gb, token_chunks
 from .kv_cache import ThroughCache, kv_problems, uses_cache
 
@@ -61,8 +61,9 @@ def eval_data(task: Dict[str, Any], tokenizer, model_dir: Path):
 def compute_perplexity(model, tokens, batch_size: int) -> Dict[str, Any]:
     """mlx-lm's ``eval_ppl`` on token rows, timed.
 
-    Its per-batch progress lines go to stderr when that is a terminal and are
-    dropped otherwise.
+    Its raw ``Processed i/N batches`` prints are dropped: mlxhydra's progress
+    (a bar with an ETA on a terminal, else a log line a minute) counts the
+    batches instead (:func:`mlxhydra.progress.ticking`).
 
     Returns:
         perplexity, perplexity_stderr (delta method), tokens_evaluated,
@@ -70,10 +71,11 @@ def compute_perplexity(model, tokens, batch_size: int) -> Dict[str, Any]:
     """
     from mlx_lm.perplexity import eval_ppl
 
-    sink = sys.stderr if sys.stderr.isatty() else io.StringIO()
+    batches = -(-tokens.shape[0] // batch_size)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(sink):
-        ppl, se = eval_ppl(model, tokens, batch_size=batch_size)
+    with ticking(model, progress(range(batches), batches, "perplexity")) as counted, \
+            contextlib.redirect_stdout(io.StringIO()):
+        ppl, se = eval_ppl(counted, tokens, batch_size=batch_size)
     seconds = time.perf_counter() - start
     evaluated = tokens.shape[0] * (tokens.shape[1] - 1)
     return {

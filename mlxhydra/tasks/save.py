@@ -9,21 +9,25 @@ from typing import Any, Dict, List
 
 from ..errors import TaskError, WeightsError
 from ..file_checks import exists, first_non_directory, regular_file_problem, stat_path
+from ..load.tokenizer import has_tokenizer, load_tokenizer
 from ..record.atomic import atomic_directory
 from .common import Metrics, TaskInput
+from .model_card import write_model_card
 
 log = logging.getLogger("mlxhydra")
 
-# Copied from the source directory when present (tokenizer, generation settings, model
-# code, and the default data files of task=perplexity/kl/accuracy).
-COPIED = ("eval.txt", "accuracy.jsonl", "tokenizer.json", "tokenizer_config.json",
-          "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "chat_template.jinja",
-          "chat_template.json", "generation_config.json", "tiktoken.model")
-COPIED_GLOBS = ("*.tiktoken", "*.py")
+# The tokenizer's files are checked with the settings, before any weight is read.
+USES_TOKENIZER = True
+
+# Copied from the source directory when present, as mlx_lm.convert copies generation_config.json
+# and *.py (model code); and the default data files of task=perplexity/kl/accuracy. The tokenizer
+# is not copied: it is saved by its own save_pretrained, as mlx_lm.convert saves it.
+COPIED = ("eval.txt", "accuracy.jsonl", "generation_config.json")
+COPIED_GLOBS = ("*.py",)
 
 
 def copy_side_files(src: Path, dst: Path) -> List[str]:
-    """Copy the tokenizer and other non-weight files mlx-lm reads; returns their names.
+    """Copy the non-weight files above; returns their names.
 
     Only regular files are copied (a FIFO is never opened), contents only: the
     copies get the permissions of any new file (the umask), as mlx_lm.convert's do.
@@ -34,6 +38,20 @@ def copy_side_files(src: Path, dst: Path) -> List[str]:
     for name in names:
         shutil.copyfile(src / name, dst / name)
     return names
+
+
+def save_tokenizer(job: TaskInput, dst: Path) -> bool:
+    """Save the job's tokenizer (loaded as mlx_lm.load loads it) with its ``save_pretrained``.
+
+    Returns False, saving nothing, for a model directory without a tokenizer
+    (``mlx_lm.load`` then needs one added to the saved directory).
+    """
+    if not has_tokenizer(job.model_dir):
+        log.warning("save: %s has no tokenizer; the saved model has none either", job.model_dir)
+        return False
+    tokenizer = load_tokenizer(job.model_dir, job.model_config, trust_remote_code=job.trust_remote_code)
+    tokenizer.save_pretrained(str(dst))
+    return True
 
 
 def target_problems(value: Any) -> List[str]:
@@ -65,14 +83,16 @@ def settings_problems(task: Dict[str, Any]) -> List[str]:
 
 
 def execute(job: TaskInput) -> Metrics:
-    """Save the model with mlx-lm's ``save_model``/``save_config`` and copy the tokenizer.
+    """Write what ``mlx_lm.convert`` writes: the weights and config.json (mlx-lm's ``save_model``,
+    ``save_config``), the tokenizer (its ``save_pretrained``), README.md (a model card) and the
+    side files; see :func:`~mlxhydra.tasks.model_card.write_model_card`.
 
     Everything is written into a temporary directory next to the target, which
     is renamed into place at the end: on error no partial directory is left.
 
     Returns:
         Metrics: path, bytes, files, weights_fingerprint, quantization (the
-        config's entry or None).
+        config's entry or None), tokenizer (whether one was saved).
 
     Raises:
         TaskError: the target exists (or appeared while saving).
@@ -94,9 +114,11 @@ def execute(job: TaskInput) -> Metrics:
     config = job.model_config
     try:
         with atomic_directory(target) as tmp:
+            tokenizer = save_tokenizer(job, tmp)  # a tokenizer that cannot load: before the weights
             save_model(tmp, job.model)
             save_config(copy.deepcopy(config), tmp / "config.json")
             copy_side_files(job.model_dir, tmp)
+            write_model_card(tmp, target.name, job.model_dir, config, job.record)
             require_sound_headers(find_weight_files(tmp))  # whole files, before they are the target
     except FileExistsError:
         raise TaskError(f"task.path={target}: appeared while saving; refusing to overwrite it") from None
@@ -114,6 +136,7 @@ def execute(job: TaskInput) -> Metrics:
         "files": files,
         "weights_fingerprint": combined_fingerprint(described),
         "quantization": config.get("quantization"),
+        "tokenizer": tokenizer,
     }
     log.info("save: wrote %s (%d files, %.1f MB)", target, len(files), metrics["bytes"] / 1e6)
     return metrics
