@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EMBEDDED_TINY, make_model, read_run, run_cli, run_dirs
+from conftest import EMBEDDED_TINY, make_model, read_run, run_cli
 from helpers.progress_lines import progress_lines
 from test_tasks import task
 
