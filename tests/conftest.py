@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # tiny_data, train_tiny
 sys.path.insert(0, str(ROOT / "tests"))  # helpers, conftest
 
+from helpers.forkserver import runtime_only  # noqa: E402
 from helpers.random_models import BASE, build  # noqa: E402
 
 # MLflow's own environment picks the store of logger=mlflow: the suite's runs go where each test
@@ -72,7 +73,8 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
     if os.environ.get("MLXHYDRA_TEST_FORK", "1") != "0":
-        result = FORK_SERVER.run(module, list(args), cwd=Path(cwd), env=full_env, timeout=timeout)
+        result = fork_server_for(full_env).run(module, list(args), cwd=Path(cwd), env=full_env,
+                                               timeout=timeout)
         if result is not None:
             return result
     return subprocess.run(
@@ -82,31 +84,33 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
 
 
 class ForkServer:
-    """This process's fork server (tests/helpers/forkserver.py), started on first use."""
+    """A fork server (tests/helpers/forkserver.py) for one environment, started on first use."""
 
-    def __init__(self):
+    cpu_s = 0.0  # the CPU seconds of the commands all servers ran (a profile's children miss them)
+
+    def __init__(self, env: dict):
+        self.env = env
         self.process: subprocess.Popen | None = None
         self.socket_path: str | None = None
         self.lock = threading.Lock()
-        self.cpu_s = 0.0  # the CPU seconds of the commands it ran (a profile's children miss them)
 
     def start(self) -> None:
         directory = tempfile.mkdtemp(prefix="mlxhydra-forkserver-")
         self.socket_path = os.path.join(directory, "socket")
-        env = dict(os.environ)
-        env.pop("HYDRA_FULL_ERROR", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "helpers.forkserver", self.socket_path], cwd=ROOT / "tests",
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if self.process.stdout.readline() != b"ready\n":
             raise RuntimeError(f"the fork server did not start (exit {self.process.wait()})")
+        atexit.register(shutil.rmtree, directory, True)
         atexit.register(self.stop)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """The server stops once the commands it runs have ended."""
         if self.process and self.process.poll() is None:
-            self.process.stdin.close()  # the server exits when its stdin closes
-            self.process.wait(timeout=30)
-        shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
+            self.process.stdin.close()
+            if wait:
+                self.process.wait(timeout=300)
 
     def run(self, module: str, args: list, cwd: Path, env: dict,
             timeout: float) -> subprocess.CompletedProcess | None:
@@ -120,11 +124,17 @@ class ForkServer:
         argv = [sys.executable, "-m", module, *args]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.connect(self.socket_path)
+                try:
+                    conn.connect(self.socket_path)
+                except OSError:  # stopped meanwhile (fork_server_for keeps a few)
+                    return None
                 conn.sendall(json.dumps(request).encode() + b"\n")
                 replies = conn.makefile("r")
                 reply = json.loads(replies.readline())
                 if "fallback" in reply:
+                    if os.environ.get("MLXHYDRA_TEST_FORK_LOG"):  # which commands ran fresh, and why
+                        with open(os.environ["MLXHYDRA_TEST_FORK_LOG"], "a") as log:
+                            log.write(json.dumps({"args": args, "why": reply["fallback"]}) + "\n")
                     return None
                 conn.settimeout(timeout)
                 try:
@@ -139,14 +149,28 @@ class ForkServer:
                     raise subprocess.TimeoutExpired(argv, timeout, output["stdout"], output["stderr"])
             output = {n: Path(p).read_text() for n, p in paths.items()}
             ended = json.loads(line)
-            self.cpu_s += ended["cpu_s"]
+            ForkServer.cpu_s += ended["cpu_s"]
             return subprocess.CompletedProcess(argv, ended["returncode"],
                                                output["stdout"], output["stderr"])
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
-FORK_SERVER = ForkServer()
+# One server per environment as the interpreter sees it at start-up (variables read at import
+# time, such as HF_HOME, differ between tests): the most recent few stay up.
+FORK_SERVERS: dict = {}
+FORK_SERVERS_KEPT = 4
+_fork_servers_lock = threading.Lock()
+
+
+def fork_server_for(env: dict) -> ForkServer:
+    key = tuple(sorted((k, v) for k, v in env.items() if not runtime_only(k)))
+    with _fork_servers_lock:
+        server = FORK_SERVERS.pop(key, None) or ForkServer(env)
+        FORK_SERVERS[key] = server  # the most recently used last
+        while len(FORK_SERVERS) > FORK_SERVERS_KEPT:
+            FORK_SERVERS.pop(next(iter(FORK_SERVERS))).stop(wait=False)
+    return server
 
 
 def run_dirs(cwd: Path) -> list[Path]:

@@ -80,7 +80,8 @@ def _read_request(conn: socket.socket) -> dict:
 
 
 def serve(path: str) -> dict:
-    """Serve until the parent closes our stdin; returns only in a forked child, its request."""
+    """Serve until the parent closes our stdin and the commands running then have ended;
+    returns only in a forked child, its request."""
     server_env = dict(os.environ)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -92,8 +93,10 @@ def serve(path: str) -> dict:
     while True:
         for key, _ in selector.select():
             if key.data == "parent":
-                if not os.read(sys.stdin.fileno(), 1):
-                    sys.exit(0)
+                if not os.read(sys.stdin.fileno(), 1):  # told to stop: once its commands ended
+                    selector.unregister(sys.stdin)
+                    selector.unregister(server)
+                    server.close()
             elif key.data == "accept":
                 conn, _ = server.accept()
                 request = _read_request(conn)
@@ -119,6 +122,8 @@ def serve(path: str) -> dict:
                 _send(conn, {"returncode": os.waitstatus_to_exitcode(status),
                              "cpu_s": usage.ru_utime + usage.ru_stime})
                 conn.close()
+        if not selector.get_map():  # stopped, and no command left running
+            sys.exit(0)
 
 
 def become(request: dict) -> None:
