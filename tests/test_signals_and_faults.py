@@ -142,6 +142,51 @@ def test_ctrl_c_twice_during_a_sweep_writes_the_tables_and_says_the_figure_was_s
     assert stderr.strip().splitlines()[-1] == "mlxhydra: interrupted by SIGINT"
 
 
+
+def _two_job_sweep(root: Path) -> Path:
+    """A sweep of two kl jobs, as their run.json files say (what the summary reads)."""
+    import json
+
+    import yaml
+
+    for job, (bits, kl) in enumerate(((2, 0.24), (8, 4e-5))):
+        job_dir = root / f"{job}_quant.bits={bits}"
+        job_dir.mkdir(parents=True)
+        (job_dir / "run.json").write_text(json.dumps({
+            "status": "completed", "overrides": [f"quant.bits={bits}"], "choices": {"task": "kl"},
+            "metrics": {"kl_mean": kl}}))
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["quant.bits=2,8"]},
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}}))
+    return root
+
+
+@pytest.mark.parametrize("when", ["before_the_summary", "while_the_job_recorded", "none"])
+def test_a_second_signal_never_costs_the_tables(tmp_path, monkeypatch, when):
+    """However early the second Ctrl-C lands (here: before the summary's own imports, or while
+    the job recorded the first), summary.csv and summary.md are written and only the figure is
+    skipped; without a second signal the figure is drawn."""
+    from mlxhydra.sweeps import policy
+
+    sweep = _two_job_sweep(tmp_path / "sweep")
+    real = policy.summarize
+
+    def signalled_first(*args, **kwargs):
+        if when == "before_the_summary":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python runs the handler at once, between two bytecodes
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(policy, "summarize", signalled_first)
+    monkeypatch.setattr(policy, "_active", {})
+    policy._summarize_stopped(sweep, None, again=when == "while_the_job_recorded")
+    assert (sweep / "summary.csv").read_text().splitlines()[0].startswith("job,")
+    assert (sweep / "summary.md").is_file()
+    assert (sweep / "summary.png").exists() is (when == "none")
+    assert policy.skipped_summary() == (None if when == "none" else sweep)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 # --- permissions that bite ------------------------------------------------------------------
 
 @pytest.fixture

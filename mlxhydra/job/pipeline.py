@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -184,10 +184,13 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
                 stop=rank_ends.stopped_elsewhere(checked)))
         except (KeyboardInterrupt, Interrupted) as e:
             message = interruption_message(e)
-            with signals_held():
+            again: List[int] = []  # signals during the write: this interruption goes on
+            with signals_held(again):
                 unrecorded = _finish(record or open_record, "interrupted", error=message)
             if unrecorded:
                 log.error("%s; %s", message, unrecorded)
+            if again:
+                e.interrupted_again = True  # Ctrl-C twice: a sweep's summary skips its figure
             raise
         except BaseException as e:
             error = _user_error(e)

@@ -132,16 +132,20 @@ def interruption_handlers() -> Iterator[None]:
 
 
 @contextmanager
-def signals_held() -> Iterator[None]:
+def signals_held(collect: Optional[List[int]] = None) -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP while a record is written; raise the first one after.
 
     A second signal during the write of ``interrupted`` must not leave the
     record half-updated.
+
+    Args:
+        collect: Where the held signals go instead of being raised (the caller is already
+            handling an interruption, and only notes that another came).
     """
-    pending: List[int] = []
+    pending: List[int] = [] if collect is None else collect
     with _handlers((signal.SIGINT, *HANDLED), lambda signum, _frame: pending.append(signum)):
         yield
-    if pending:
+    if pending and collect is None:
         if pending[0] == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(pending[0])

@@ -16,9 +16,9 @@
 
 import logging
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, Optional
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -64,19 +64,39 @@ def summarize(sweep_dir: Path, objective: Optional[str] = None,
 _active: Dict[str, Any] = {}
 
 
-def _summarize_stopped(sweep_dir: Path, objective: Optional[str]) -> None:
+def _summarize_stopped(sweep_dir: Path, objective: Optional[str], again: bool = False) -> None:
     """The summary of a sweep a signal stopped: the tables always, the figure unless a second signal.
 
-    Signals are held while summary.csv and summary.md are written (a fraction
-    of a second); Ctrl-C twice means "stop now", so a second signal after them
-    skips summary.png (a second or more, matplotlib included; see
+    Signals are held from here until summary.csv and summary.md are written (a
+    fraction of a second); Ctrl-C twice means "stop now", so a second signal
+    (``again``: one that came while the job recorded the first) skips
+    summary.png (a second or more, matplotlib included; see
     :func:`skipped_summary`) and the first signal goes on ending the command.
     """
     _active["summarized"] = True
+    held: List[int] = []
+    hold = signals_held(held)
+    hold.__enter__()  # before the summary's imports: a second signal must wait for the tables
+    released = False
+
+    @contextmanager
+    def tables_then_figure() -> Iterator[None]:
+        nonlocal released
+        try:
+            yield
+        finally:
+            released = True
+            hold.__exit__(None, None, None)
+        if again or held:
+            raise KeyboardInterrupt  # skips the figure; caught below
+
     try:
-        summarize(sweep_dir, objective, tables_held=signals_held)
+        summarize(sweep_dir, objective, tables_held=tables_then_figure)
     except (KeyboardInterrupt, Interrupted):
         _active["skipped"] = Path(sweep_dir)
+    finally:
+        if not released:
+            hold.__exit__(None, None, None)
 
 
 def skipped_summary() -> Optional[Path]:
@@ -191,9 +211,10 @@ def run_swept_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> O
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         metrics = run_job(cfg, compose_seconds)
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, Interrupted) as e:
         if multirun:  # the callback's on_multirun_end will not run
-            _summarize_stopped(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"))
+            _summarize_stopped(Path(hc.sweep.dir), _sweep_settings(cfg).get("objective"),
+                               again=getattr(e, "interrupted_again", False))
         raise
     except Exception as e:
         if not multirun:
