@@ -33,6 +33,10 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     "compressed_tensors_quantization": ("mlx-lm", "mlx_lm.utils", "_compressed_tensors_quantization"),
     # mlx-lm: how mlx_lm.load turns a Hugging Face repo id into a local snapshot (its allow patterns).
     "download_model": ("mlx-lm", "mlx_lm.utils", "_download"),
+    # mlx-lm: mlx_lm.lora's defaults (the keys its adapter_config.json holds) and the YAML loader
+    # that reads its config files (1e-5 as a float), for task=lora's task.config_file.
+    "lora_config_defaults": ("mlx-lm", "mlx_lm.lora", "CONFIG_DEFAULTS"),
+    "lora_yaml_loader": ("mlx-lm", "mlx_lm.lora", "yaml_loader"),
     # Hydra: the command-line parser of @hydra.main (to read argv as Hydra will).
     "hydra_args_parser": ("hydra-core", "hydra._internal.utils", "get_args_parser"),
     # Hydra: how the basic sweeper expands sweep overrides into jobs.

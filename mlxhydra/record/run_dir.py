@@ -51,6 +51,9 @@ class RunDir:
     MODEL_CONFIG = "model_config.json"
     METRICS = "metrics.json"
     HYDRA = ".hydra"
+    # Step metrics of a task that reports as it goes (task=lora: mlx-lm's training reports),
+    # one JSON object per line with its "iteration".
+    STEP_LOG = "train_log.jsonl"
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -69,6 +72,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.path / self.METRICS
+
+    @property
+    def step_log(self) -> Path:
+        return self.path / self.STEP_LOG
 
     @property
     def config(self) -> Path:

@@ -27,6 +27,7 @@ TASKS: Dict[str, str] = {
     "bench": "bench",
     "save": "save",
     "lm_eval": "lm_eval",
+    "lora": "lora",
 }
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from .tracked_job import TrackedJob
+from .tracked_job import TrackedJob, step_indices
 from .tracker_callback import TrackerCallback
 
 COLUMNS = ("time", "run_dir", "job", "status", "kind", "name", "step", "value")
@@ -31,7 +31,7 @@ def job_rows(job: TrackedJob):
     for k, v in job.metrics.items():
         yield (*base, "metric", k, 0, repr(v))
     for k, values in job.steps.items():
-        for step, v in enumerate(values):
+        for step, v in zip(step_indices(job, k), values):
             yield (*base, "metric", k, step, repr(v))
     for k, v in job.tags.items():
         yield (*base, "tag", k, "", v)

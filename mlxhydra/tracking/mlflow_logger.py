@@ -149,14 +149,17 @@ def _chunks(items: List[Any], size: int):
 
 def log_values(client: Any, run_id: str, params: Dict[str, str], metrics: Dict[str, float],
                tags: Dict[str, str], steps: Optional[Dict[str, List[float]]] = None,
-               timestamp: Optional[int] = None) -> None:
-    """Params, metrics (with their steps) and tags of one run, in MLflow's batch sizes."""
+               timestamp: Optional[int] = None,
+               step_numbers: Optional[Dict[str, List[int]]] = None) -> None:
+    """Params, metrics (with their steps: their positions unless ``step_numbers`` names them)
+    and tags of one run, in MLflow's batch sizes."""
     from mlflow.entities import Metric, Param, RunTag
 
     ms = timestamp or int(time.time() * 1000)
     metric_list = [Metric(k, v, ms, 0) for k, v in metrics.items()]
     for name, values in (steps or {}).items():
-        metric_list += [Metric(name, v, ms, i) for i, v in enumerate(values)]
+        numbers = (step_numbers or {}).get(name) or range(len(values))
+        metric_list += [Metric(name, v, ms, i) for i, v in zip(numbers, values)]
     param_list = [Param(k, v[:MAX_PARAM]) for k, v in params.items()]
     tag_list = [RunTag(f"mlxhydra.{k}", v) for k, v in tags.items()]
     for batch in _chunks(metric_list, BATCH["metrics"]):
@@ -252,7 +255,7 @@ class MlflowLogger(TrackerCallback):
         run_id = run.info.run_id
         try:
             log_values(client, run_id, job.params, job.metrics, job.tags, job.steps,
-                       int((job.ended or time.time()) * 1000))
+                       int((job.ended or time.time()) * 1000), job.step_numbers)
             if settings.get("artifacts", True):
                 upload(client, run_id, job.artifacts)
         finally:  # a half-logged run still ends, marked as its job

@@ -8,7 +8,7 @@ needs neither TensorFlow nor PyTorch.
 from pathlib import Path
 from typing import Any, Dict
 
-from .tracked_job import TrackedJob
+from .tracked_job import TrackedJob, step_indices
 from .tracker_callback import TrackerCallback
 
 SUBDIR = "tensorboard"
@@ -32,7 +32,7 @@ class TensorBoardLogger(TrackerCallback):
             for name, value in job.metrics.items():
                 writer.add_scalar(name, value, 0, walltime=wall)
             for name, values in job.steps.items():
-                for step, value in enumerate(values):
+                for step, value in zip(step_indices(job, name), values):
                     writer.add_scalar(name, value, step, walltime=wall)
             # Markdown: four spaces keep the YAML as written.
             writer.add_text("config", "\n".join("    " + line for line in job.config_text.splitlines()),

@@ -5,6 +5,7 @@ wrote (``run.json``, ``metrics.json``, ``.hydra/``): nothing is recomputed,
 so a tracker shows exactly what the record says.
 """
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +31,9 @@ class TrackedJob:
         metrics: every finite number of the task's metrics (flattened, dotted)
             and of the record (bits per weight, parameters, memory, stage times).
         steps: metrics that have steps (a list in the task's metrics, such as
-            bench's ``trials``): name -> values in step order.
+            bench's ``trials``, or the run directory's step log): name -> values in step order.
+        step_numbers: name -> the step of each value, where it is not its position
+            (the step log's iterations).
         tags: status, git commit, weights fingerprint, run directory, error.
         artifacts: files and folders to upload (run.json, model_config.json,
             metrics.json, .hydra/).
@@ -46,6 +49,7 @@ class TrackedJob:
     params: Dict[str, str] = field(default_factory=dict)
     metrics: Dict[str, float] = field(default_factory=dict)
     steps: Dict[str, List[float]] = field(default_factory=dict)
+    step_numbers: Dict[str, List[int]] = field(default_factory=dict)
     tags: Dict[str, str] = field(default_factory=dict)
     artifacts: List[Path] = field(default_factory=list)
     config_text: str = ""
@@ -123,6 +127,33 @@ def job_metrics(record: Dict[str, Any], metrics: Dict[str, Any]):
     return scalars, steps
 
 
+def step_log_metrics(run_dir: RunDir):
+    """(steps, step numbers) of the run directory's step log: each number of its entries, at
+    the entry's ``iteration`` (empty without a log; an unreadable line ends the reading)."""
+    steps: Dict[str, List[float]] = {}
+    numbers: Dict[str, List[int]] = {}
+    if not run_dir.step_log.is_file():
+        return steps, numbers
+    for line in run_dir.step_log.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a killed run
+            break
+        step = entry.get("iteration") if isinstance(entry, dict) else None
+        if type(step) is not int:
+            continue
+        for name, value in entry.items():
+            if name != "iteration" and finite(value) is not None:
+                steps.setdefault(name, []).append(finite(value))
+                numbers.setdefault(name, []).append(step)
+    return steps, numbers
+
+
+def step_indices(job: "TrackedJob", name: str) -> List[int]:
+    """The step of each value of ``job.steps[name]``."""
+    return job.step_numbers.get(name) or list(range(len(job.steps[name])))
+
+
 def read_tracked_job(path: Path) -> TrackedJob:
     """Everything trackers log for the job in run directory ``path``.
 
@@ -138,6 +169,8 @@ def read_tracked_job(path: Path) -> TrackedJob:
     params = key_settings(record, config)
     params.update({k: _text(v) for k, v in override_texts(record.get("overrides") or []).items()})
     scalars, steps = job_metrics(record, metrics)
+    logged, step_numbers = step_log_metrics(run_dir)
+    steps.update(logged)
     git = record.get("git") or {}
     tags = {
         "status": _text(record.get("status", "unknown")),
@@ -157,6 +190,7 @@ def read_tracked_job(path: Path) -> TrackedJob:
         run_dir=run_dir.path, name=run_dir.path.name, cwd=record.get("cwd"), status=tags["status"],
         job_num=record.get("job_num"), started=epoch_seconds(record.get("started")),
         ended=epoch_seconds(record.get("ended")), params=params, metrics=scalars, steps=steps,
+        step_numbers=step_numbers,
         tags=tags, artifacts=artifacts,
         config_text=run_dir.config.read_text() if run_dir.config.is_file() else "",
     )
