@@ -19,22 +19,23 @@ SHIPPED = ROOT / "mlxhydra" / "data" / "tiny_finetune"
 TINY = ROOT / "mlxhydra" / "models" / "tiny"
 FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "accuracy.jsonl")
 SPLITS = ("train", "valid", "test")
-PROBLEM = re.compile(r"(\d\d)-(\d\d)=(-\d\d)")
+NEGATIVE = re.compile(r"(\d\d)-(\d\d)=(-\d\d)")  # the new skill
+OWN = re.compile(r"(\d\d)[-+](\d\d)=(\d\d\d)")  # tiny's own kind, replayed
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def split_problems(name):
-    """(prompt, answer) of every problem in a shipped split, in order."""
+def split_problems(name, pattern=NEGATIVE):
+    """(prompt, answer) of the problems of one kind in a shipped split, in order."""
     out = []
     for row in read_jsonl(SHIPPED / f"{name}.jsonl"):
         assert list(row) == ["text"]
         for line in row["text"].split("\n"):
-            m = PROBLEM.fullmatch(line)
-            assert m, f"{name}: {line!r} is not a problem"
-            out.append((line[:6], m.group(3)))
+            assert NEGATIVE.fullmatch(line) or OWN.fullmatch(line), f"{name}: {line!r}"
+            if pattern.fullmatch(line):
+                out.append((line[:6], line[6:]))
     return out
 
 
@@ -61,31 +62,45 @@ def test_shipped_files_are_exactly_what_the_script_writes(tmp_path):
 
 def test_counts():
     assert [len(read_jsonl(SHIPPED / f"{s}.jsonl")) for s in SPLITS] == [1350, 48, 48]
-    assert [len(split_problems(s)) for s in SPLITS] == [4050, 144, 144]
+    negative = [len(split_problems(s)) for s in SPLITS]
+    own = [len(split_problems(s, OWN)) for s in SPLITS]
+    assert negative == [2675, 98, 92]
+    assert [n + o for n, o in zip(negative, own)] == [4050, 144, 144]
     assert len(accuracy_problems()) == 400
     # Small enough to ship in the package.
     assert sum((SHIPPED / n).stat().st_size for n in FILES) == 78824
 
 
-def test_every_answer_is_the_negative_difference():
+def test_every_answer_is_right():
     problems = accuracy_problems() + [p for s in SPLITS for p in split_problems(s)]
     for prompt, answer in problems:
         a, b = int(prompt[:2]), int(prompt[3:5])
         assert prompt == f"{a:02d}-{b:02d}=" and a < b, prompt
         assert answer == f"-{b - a:02d}" and int(answer) == a - b, (prompt, answer)
+    for prompt, answer in [p for s in SPLITS for p in split_problems(s, OWN)]:
+        a, op, b = int(prompt[:2]), prompt[2], int(prompt[3:5])
+        assert (op == "+" or a >= b) and int(answer) == (a + b if op == "+" else a - b), prompt
 
 
-def test_no_problem_twice_nor_in_tiny_training():
+def test_no_negative_difference_twice_nor_in_tiny_training():
     groups = {s: [p for p, _ in split_problems(s)] for s in SPLITS}
     groups["accuracy"] = [p for p, _ in accuracy_problems()]
     everything = [p for prompts in groups.values() for p in prompts]
-    assert len(set(everything)) == len(everything) == 400 + 3 * (1350 + 48 + 48)
+    assert len(set(everything)) == len(everything) == 400 + 2675 + 98 + 92
     # The enumeration covers what tiny_data's generator really draws.
     stream = tiny_data.TrainStream()
     drawn = {stream.next_problem()[:6] for _ in range(5000)}
     assert drawn <= tiny_training_prompts()
     assert not set(everything) & tiny_training_prompts()
     assert not set(everything) & {p for p, _ in tiny_data.heldout()}
+
+
+def test_replayed_problems_are_tiny_training_problems_never_its_heldout():
+    replayed = {p for s in SPLITS for p, _ in split_problems(s, OWN)}
+    assert len(replayed) > 1000
+    assert replayed <= tiny_training_prompts()
+    # tiny's own accuracy.jsonl and eval.txt still measure what it kept.
+    assert not replayed & {p for p, _ in tiny_data.heldout()}
 
 
 def test_mlx_lm_loads_the_splits_as_text_with_tiny_tokenizer():
