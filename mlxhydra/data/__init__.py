@@ -1,1 +1,1 @@
-"""Data files shipped with mlxhydra (calibration text of the embedded model)."""
+"""Data files shipped with mlxhydra: the embedded model's calibration text and fine-tuning demo."""
