@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # tiny_data, train_tiny
 sys.path.insert(0, str(ROOT / "tests"))  # helpers, conftest
 
-from helpers.forkserver import runtime_only  # noqa: E402
+from helpers.forkserver import needs_fresh_interpreter, runtime_only  # noqa: E402
 from helpers.random_models import BASE, build  # noqa: E402
 
 # MLflow's own environment picks the store of logger=mlflow: the suite's runs go where each test
@@ -72,7 +72,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
     full_env = dict(os.environ)
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
-    if os.environ.get("MLXHYDRA_TEST_FORK", "1") != "0":
+    if os.environ.get("MLXHYDRA_TEST_FORK", "1") != "0" and not needs_fresh_interpreter(full_env):
         result = fork_server_for(full_env).run(module, list(args), cwd=Path(cwd), env=full_env,
                                                timeout=timeout)
         if result is not None:

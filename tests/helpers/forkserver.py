@@ -9,8 +9,10 @@ of its own, so exits, atexit handlers, threads and signals behave as in a fresh 
 
 What a fork cannot reproduce is refused, and the caller (tests/conftest.py ``run_cli``) then
 starts a fresh interpreter: an environment that differs in a variable read at import time (any
-variable outside ``RUNTIME_ENV``), and a working directory holding a module that shadows one
-already imported (``python -m`` puts the working directory first on ``sys.path``).
+variable outside ``RUNTIME_ENV``; tests/conftest.py starts a server per such environment), a
+start-up option that watches the imports (``FRESH_ONLY_ENV``, e.g. PYTHONPROFILEIMPORTTIME), and
+a working directory holding a module that shadows one already imported (``python -m`` puts the
+working directory first on ``sys.path``).
 
 Protocol, over a Unix socket, one connection per command, JSON lines:
 client → ``{"module", "args", "cwd", "env", "stdout", "stderr"}`` (stdout/stderr: file paths);
@@ -32,12 +34,21 @@ import warnings
 # server's environment in these only.
 RUNTIME_ENV = ("HYDRA_FULL_ERROR", "COMP_LINE", "COMP_POINT", "MLXHYDRA_", "MLFLOW_")
 
+# Interpreter start-up options that watch the imports: a fork has done them already.
+FRESH_ONLY_ENV = ("PYTHONPROFILEIMPORTTIME", "PYTHONVERBOSE", "PYTHONTRACEMALLOC", "PYTHONDEVMODE",
+                  "PYTHONWARNINGS", "PYTHONSTARTUP", "PYTHONINSPECT")
+
 PRELOAD = ("mlxhydra.cli", "mlxhydra.command", "mlxhydra.job.pipeline", "mlx_lm.utils",
            "mlx_lm.generate")
 
 
 def runtime_only(name: str) -> bool:
     return name.startswith(RUNTIME_ENV)
+
+
+def needs_fresh_interpreter(env: dict) -> list:
+    """The start-up options in ``env`` that only a fresh interpreter honours."""
+    return [name for name in FRESH_ONLY_ENV if env.get(name)]
 
 
 def env_differences(request_env: dict, server_env: dict) -> list:
@@ -100,7 +111,8 @@ def serve(path: str) -> dict:
             elif key.data == "accept":
                 conn, _ = server.accept()
                 request = _read_request(conn)
-                refused = env_differences(request["env"], server_env) or shadowing(request["cwd"])
+                refused = (needs_fresh_interpreter(request["env"])
+                           or env_differences(request["env"], server_env) or shadowing(request["cwd"]))
                 if refused:
                     _send(conn, {"fallback": refused})
                     conn.close()
