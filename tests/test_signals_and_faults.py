@@ -179,12 +179,18 @@ def test_a_second_signal_never_costs_the_tables(tmp_path, monkeypatch, when):
 
     monkeypatch.setattr(policy, "summarize", signalled_first)
     monkeypatch.setattr(policy, "_active", {})
-    policy._summarize_stopped(sweep, None, again=when == "while_the_job_recorded")
+    # Python's own Ctrl-C handler, also where the test run ignores SIGINT (started in the background)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        policy._summarize_stopped(sweep, None, again=when == "while_the_job_recorded")
+        restored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (sweep / "summary.csv").read_text().splitlines()[0].startswith("job,")
     assert (sweep / "summary.md").is_file()
     assert (sweep / "summary.png").exists() is (when == "none")
     assert policy.skipped_summary() == (None if when == "none" else sweep)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert restored is signal.default_int_handler  # the summary's handlers are gone
 
 
 # --- permissions that bite ------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The embedded model's fine-tuning demo data (scripts/tiny_finetune_data.py, mlxhydra/data/tiny_finetune/)."""
 
+import importlib.util
 import json
 import re
 import sys
@@ -130,7 +131,10 @@ def test_packaged_and_found_by_the_data_resolver():
     data_dir = ROOT / "mlxhydra" / "data"
     packaged = {p for pattern in patterns for p in data_dir.glob(pattern)}
     assert {SHIPPED / n for n in FILES} <= packaged
-    assert Path(data_file("tiny_finetune")) == SHIPPED
+    # The installed package's copy (a non-editable install serves it from site-packages).
+    installed = Path(importlib.util.find_spec("mlxhydra").origin).parent / "data" / "tiny_finetune"
+    assert Path(data_file("tiny_finetune")) == installed
+    assert {n: (installed / n).read_bytes() for n in FILES} == {n: (SHIPPED / n).read_bytes() for n in FILES}
 
 
 def test_accuracy_file_reads_as_task_accuracy_data():
