@@ -144,14 +144,14 @@ class ForkServer:
                     if not isinstance(stopped, socket.timeout):
                         raise
                     conn.settimeout(None)
-                    replies.readline()
-                    output = {n: Path(p).read_text() for n, p in paths.items()}
-                    raise subprocess.TimeoutExpired(argv, timeout, output["stdout"], output["stderr"])
-            output = {n: Path(p).read_text() for n, p in paths.items()}
+                    line = None  # killed: its output so far goes with the timeout
+                    conn.makefile("r").readline()  # its end (a timed-out reader reads no more)
+            stdout, stderr = (Path(paths[n]).read_text() for n in ("stdout", "stderr"))
+            if line is None:
+                raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
             ended = json.loads(line)
             ForkServer.cpu_s += ended["cpu_s"]
-            return subprocess.CompletedProcess(argv, ended["returncode"],
-                                               output["stdout"], output["stderr"])
+            return subprocess.CompletedProcess(argv, ended["returncode"], stdout, stderr)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
