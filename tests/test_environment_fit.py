@@ -13,10 +13,10 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
 from conftest import ROOT
+from helpers.summary_sweeps import two_job_kl_sweep
 
 ENV_URI, ENV_EXPERIMENT = "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"
 RECORDED_PACKAGES = ["python", "mlx", "mlx-lm", "hydra-core", "omegaconf", "mlxhydra", "transformers",
@@ -254,20 +254,6 @@ def test_the_version_is_written_once_in_pyproject():
 
 # --- figures -------------------------------------------------------------------------------
 
-def _sweep(root: Path) -> Path:
-    """A sweep of two kl jobs, as their run.json files say (what the summary reads)."""
-    for job, (bits, bpw, kl) in enumerate(((2, 3.06, 0.24), (8, 9.04, 4e-5))):
-        job_dir = root / f"{job}_quant.bits={bits}"
-        job_dir.mkdir(parents=True)
-        (job_dir / "run.json").write_text(json.dumps({
-            "status": "completed", "overrides": [f"quant.bits={bits}"], "choices": {"task": "kl"},
-            "quantization": {"bits_per_weight": bpw}, "metrics": {"kl_mean": kl, "kl_mean_stderr": kl / 10}}))
-    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
-        "overrides": {"task": ["quant.bits=2,8"]},
-        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}}))
-    return root
-
-
 def test_a_summary_leaves_the_callers_pyplot_alone(tmp_path):
     """A notebook's backend (inline there; svg here) and figures are its own: writing a sweep's
     summary draws on a Figure of its own."""
@@ -279,7 +265,7 @@ def test_a_summary_leaves_the_callers_pyplot_alone(tmp_path):
     before = matplotlib.get_backend()
     plt.switch_backend("svg")
     try:
-        written = write_summary(_sweep(tmp_path / "sweep"))
+        written = write_summary(two_job_kl_sweep(tmp_path / "sweep"))
         assert matplotlib.get_backend() == "svg"
         assert plt.get_fignums() == []
     finally:

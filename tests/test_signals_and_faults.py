@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import pytest
 
 from conftest import EMBEDDED_TINY, ROOT, default_signals, make_model, read_run, run_dirs
 from helpers.privileges import privileges_dropped
+from helpers.summary_sweeps import two_job_kl_sweep
 from test_faults import wait_for_loading  # run.json says running and lists the weight files
 
 pytestmark = pytest.mark.slow
@@ -97,68 +98,53 @@ def test_sigkill_soon_after_sigterm_finds_the_record_written(tmp_path):
     assert (record["status"], record["error"]) == ("interrupted", "interrupted by SIGTERM")
 
 
-def test_an_interrupted_sweep_writes_its_summary(tmp_path):
-    proc = start(["-m", "seed=0,1,2", SLOW], tmp_path)
+def interrupt_sweep(cwd: Path, *signals: int) -> Tuple[subprocess.Popen, str, Path]:
+    """A 3-job sweep of the slow model, sent ``signals`` 0.05 s apart once its first job loads;
+    the process, its stderr and the sweep directory."""
+    proc = start(["-m", "seed=0,1,2", SLOW], cwd)
     try:
-        wait_for_loading(tmp_path, proc)
+        wait_for_loading(cwd, proc)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
+        for n, signum in enumerate(signals):
+            if n:
+                time.sleep(0.05)  # the summary's figure alone takes longer (matplotlib's import)
+            proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    [sweep] = (cwd / "outputs" / "multirun").glob("*/*")
+    return proc, stderr, sweep
+
+
+def summary_statuses(sweep: Path) -> List[Tuple[str, str, str]]:
+    """summary.csv's first three columns (job, seed, status), one tuple a job."""
+    rows = [line.split(",") for line in (sweep / "summary.csv").read_text().splitlines()[1:]]
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+FIRST_INTERRUPTED = [("0", "0", "interrupted"), ("1", "1", "missing"), ("2", "2", "missing")]
+
+
+def test_an_interrupted_sweep_writes_its_summary(tmp_path):
+    proc, stderr, sweep = interrupt_sweep(tmp_path, signal.SIGTERM)
     assert proc.returncode == 143, stderr
     assert_clean(stderr)
-    [summary] = (tmp_path / "outputs" / "multirun").glob("*/*/summary.csv")
-    rows = [line.split(",") for line in summary.read_text().splitlines()[1:]]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("0", "0", "interrupted"), ("1", "1", "missing"),
-                                                 ("2", "2", "missing")]
+    assert summary_statuses(sweep) == FIRST_INTERRUPTED
 
 
 def test_ctrl_c_twice_during_a_sweep_writes_the_tables_and_says_the_figure_was_skipped(tmp_path):
     """The second SIGINT lands while the first is handled (record, summary): the tables are
     written all the same, and one line says summary.png was skipped and how to draw it."""
-    proc = start(["-m", "seed=0,1,2", SLOW], tmp_path)
-    try:
-        wait_for_loading(tmp_path, proc)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)  # the summary's figure alone takes longer (matplotlib's import)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, stderr, sweep = interrupt_sweep(tmp_path, signal.SIGINT, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert_clean(stderr)
-    [sweep] = (tmp_path / "outputs" / "multirun").glob("*/*")
-    rows = [line.split(",") for line in (sweep / "summary.csv").read_text().splitlines()[1:]]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("0", "0", "interrupted"), ("1", "1", "missing"),
-                                                 ("2", "2", "missing")]
+    assert summary_statuses(sweep) == FIRST_INTERRUPTED
     assert (sweep / "summary.md").is_file() and not list(sweep.glob(".summary*"))
     said = [line for line in stderr.splitlines() if "summary" in line]
     assert said == ["mlxhydra: summary.png skipped (interrupted again); draw it with: "
                     f"mlxhydra summarize {sweep.relative_to(tmp_path)}"], stderr
     assert stderr.strip().splitlines()[-1] == "mlxhydra: interrupted by SIGINT"
-
-
-
-def _two_job_sweep(root: Path) -> Path:
-    """A sweep of two kl jobs, as their run.json files say (what the summary reads)."""
-    import json
-
-    import yaml
-
-    for job, (bits, kl) in enumerate(((2, 0.24), (8, 4e-5))):
-        job_dir = root / f"{job}_quant.bits={bits}"
-        job_dir.mkdir(parents=True)
-        (job_dir / "run.json").write_text(json.dumps({
-            "status": "completed", "overrides": [f"quant.bits={bits}"], "choices": {"task": "kl"},
-            "metrics": {"kl_mean": kl}}))
-    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
-        "overrides": {"task": ["quant.bits=2,8"]},
-        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}}))
-    return root
 
 
 @pytest.mark.parametrize("when", ["before_the_summary", "while_the_job_recorded", "none"])
@@ -168,7 +154,7 @@ def test_a_second_signal_never_costs_the_tables(tmp_path, monkeypatch, when):
     skipped; without a second signal the figure is drawn."""
     from mlxhydra.sweeps import policy
 
-    sweep = _two_job_sweep(tmp_path / "sweep")
+    sweep = two_job_kl_sweep(tmp_path / "sweep")
     real = policy.summarize
 
     def signalled_first(*args, **kwargs):
