@@ -9,6 +9,7 @@ from conftest import run_cli
 
 from mlxhydra.config.resolvers import data_file
 from mlxhydra.sweeps.pareto import mark_front
+from mlxhydra.sweeps.ranking import mark_ranks
 from mlxhydra.sweeps.search_space import RULE_SETS
 
 
@@ -62,6 +63,27 @@ def test_a_tie_in_quality_at_more_bits_is_off_the_front(metric, good, worse):
         assert {r["bits_per_weight"]: r["pareto"] for r in rows} == {4.5: True, 8.5: False, 2.5: True}
 
 
+@pytest.mark.parametrize("metric, values, ranks", [
+    ("final_val_loss", [0.5, 0.25, 0.5, 0.75], [2, 1, 2, 4]),  # lower is better; a tie shares
+    ("accuracy", [0.5, 0.25, 0.5, 0.75], [2, 4, 2, 1]),  # higher is better
+])
+def test_completed_jobs_are_ranked_by_the_metric(metric, values, ranks):
+    rows = [{"status": "completed", "_metrics": {metric: v}} for v in values]
+    rows += [{"status": "failed", "_metrics": {metric: 0.0}},  # a failed job is not ranked
+             {"status": "completed", "_metrics": {metric: float("nan")}},
+             {"status": "completed", "_metrics": {}}]
+    assert mark_ranks(rows, metric)
+    assert [r.get("rank") for r in rows] == ranks + [None, None, None]
+
+
+def test_nothing_is_ranked_by_size_or_with_one_job():
+    assert not mark_ranks([{"status": "completed", "bits_per_weight": b, "_metrics": {}}
+                           for b in (4.5, 8.5)], "bits_per_weight")
+    one = [{"status": "completed", "_metrics": {"kl_mean": 0.1}},
+           {"status": "failed", "_metrics": {"kl_mean": 0.2}}]
+    assert not mark_ranks(one, "kl_mean") and all("rank" not in r for r in one)
+
+
 @pytest.mark.slow
 def test_quant_study_sweeps_methods_and_marks_the_front(tmp_path):
     r = run_cli("+experiment=quant_study", "quant.method=rtn,gptq", "quant.bits=2,8",
@@ -78,7 +100,8 @@ def test_quant_study_sweeps_methods_and_marks_the_front(tmp_path):
     kl = {(x["quant.method"], x["quant.bits"]): float(x["kl_mean"]) for x in rows}
     assert kl["rtn", "2"] > kl["rtn", "8"] and kl["gptq", "2"] > kl["gptq", "8"]
     md = (sweep / "summary.md").read_text()
-    assert "| pareto |" in md and " ± " in md and "kl_mean_stderr" not in md
+    assert "| pareto | rank |" in md and " ± " in md and "kl_mean_stderr" not in md
+    assert [int(x["rank"]) for x in rows] == [1 + sum(k < p[1] for _, k in points) for p in points]
     assert (sweep / "summary.png").stat().st_size > 0
     job = json.loads(next(sweep.glob("2_*/run.json")).read_text())
     assert job["quantization"]["calibration"]["data"] == data_file("tiny_calibration.txt")

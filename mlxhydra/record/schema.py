@@ -316,4 +316,4 @@ def same(a: Any, b: Any) -> bool:
 # and the runs table shows.
 MAIN_METRIC = {"load": "bits_per_weight", "kl": "kl_mean", "perplexity": "perplexity",
                "accuracy": "accuracy", "generate": "generation_tps", "bench": "generation_tps",
-               "save": "bits_per_weight", "lm_eval": "score"}
+               "save": "bits_per_weight", "lm_eval": "score", "lora": "final_val_loss"}

@@ -26,6 +26,8 @@ from .columns import FIXED
 from .pareto import COLUMN as PARETO
 from .pareto import mark_front
 from .plan import job_plan
+from .ranking import COLUMN as RANK
+from .ranking import mark_ranks
 
 log = logging.getLogger(__name__)
 # The metrics summary.md shows for each task (summary.csv has them all).
@@ -33,7 +35,8 @@ HEADLINE = {"kl": ["kl_mean", "kl_mean_stderr", "top1_agreement", "perplexity_ra
             "perplexity": ["perplexity", "perplexity_stderr"],
             "accuracy": ["accuracy", "correct", "total"],
             "generate": ["generation_tps"], "bench": ["prompt_tps", "generation_tps", "peak_memory_gb"],
-            "lm_eval": ["score", "score_stderr"]}
+            "lm_eval": ["score", "score_stderr"],
+            "lora": ["final_val_loss", "final_train_loss", "tokens_per_second"]}
 # Columns summary.md shows only when their values differ between jobs (measurements never).
 SHOWN_WHEN_VARYING = ["parameters"]
 TAIL = ["error", "run_dir"]
@@ -144,6 +147,8 @@ def table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> Tuple[List[str], L
         fixed.append("objective")
     if any(PARETO in r for r in rows):
         fixed.append(PARETO)
+    if any(RANK in r for r in rows):
+        fixed.append(RANK)
     fixed += FIXED[2:]
     metric_names = [m if m not in fixed and m not in TAIL else f"metrics.{m}" for m in metric_cols]
     columns = fixed + metric_names + TAIL
@@ -151,7 +156,7 @@ def table(rows: List[Dict[str, Any]], keys: Sequence[str]) -> Tuple[List[str], L
     for r in rows:
         values = {**{k: r["_overrides"].get(k) for k in keys},
                   **{n: r["_metrics"].get(m) for n, m in zip(metric_names, metric_cols)},
-                  **{k: r.get(k) for k in FIXED + TAIL + ["objective", PARETO]}}
+                  **{k: r.get(k) for k in FIXED + TAIL + ["objective", PARETO, RANK]}}
         cells.append([values.get(c) for c in columns])
     return columns, cells
 
@@ -250,13 +255,14 @@ def write_summary(sweep_dir: Path, objective: Optional[str] = None, strict: bool
         rows, keys = collect(sweep.path, strict)
         metric = main_metric(rows, objective)
         mark_front(rows, metric)
+        mark_ranks(rows, metric)
         columns, cells = table(rows, keys)
         write_bytes_atomic(csv_file, to_csv(columns, cells).encode())
         headline = [metric, f"{metric}_stderr"]
         for task in dict.fromkeys(r.get("_task") for r in rows):
             headline += HEADLINE.get(task, [])
         headline += [f"metrics.{m}" for m in headline]  # metric names that clash with a column
-        keep = ["job", *keys, "status", "objective", PARETO, "bits_per_weight", *headline, *TAIL]
+        keep = ["job", *keys, "status", "objective", PARETO, RANK, "bits_per_weight", *headline, *TAIL]
         write_bytes_atomic(md_file, to_markdown(sweep.path, columns, cells, keep).encode())
     files = [csv_file, md_file]
     policy = sweep_policy(sweep)
