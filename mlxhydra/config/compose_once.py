@@ -7,13 +7,14 @@ with ``-m``) when the mode was unset, and ``Hydra.run`` or ``Hydra.multirun``
 composes it again. Each composition loads every config file of the tree.
 
 :func:`composed_once` changes that for one command, on Hydra's instance only:
-``get_mode`` composes as the command line implies (a run without ``-m``, a
-multirun with it), sweep overrides checked, and keeps that config. The next
-composition of the same instance gets it back when it asks for the same config
-name, run mode (or a multirun, see :class:`_Kept`) and overrides (plus, possibly, the one ``hydra.mode=X`` that
-``_run_app`` appended, applied here as Hydra applies overrides); any other
-composition, or a second one, composes as usual. When the first composition
-fails, Hydra's own ``get_mode`` runs and every error is Hydra's, as before.
+``get_mode`` composes as the command line implies (a run without ``-m``; a
+multirun with it, or when a run cannot be composed), sweep overrides checked,
+and keeps that config. The next composition of the same instance gets it back
+when it asks for the same config name, run mode (or a multirun, see
+:class:`_Kept`) and overrides, plus possibly the one ``hydra.mode=X`` that
+``_run_app`` appended, applied as Hydra applies overrides; any other
+composition, or a second one, composes as usual. When no composition succeeds,
+Hydra's own ``get_mode`` runs and every error is Hydra's, as before.
 If Hydra's internals differ from what this expects, nothing is changed.
 """
 
@@ -75,16 +76,20 @@ def _install(hydra: Any, multirun: bool) -> None:
     kept: List[_Kept] = []
 
     def get_mode(config_name: Optional[str], overrides: List[str]) -> Any:
-        run_mode = RunMode.MULTIRUN if multirun else RunMode.RUN
-        try:
-            cfg = hydra.compose_config(config_name=config_name, overrides=overrides,
-                                       run_mode=run_mode, with_log_configuration=False,
-                                       validate_sweep_overrides=True)
-            mode = cfg.hydra.mode
-        except Exception:  # Hydra's own way, and the job's composition reports the error
-            return original_get_mode(config_name=config_name, overrides=overrides)
-        kept[:] = [_Kept(cfg, config_name, list(overrides), run_mode)]
-        return mode
+        # Without -m, a preset's hydra.mode=MULTIRUN may still make it a multirun: sweep
+        # overrides then fail the run's composition (at once, before any file is read).
+        for run_mode in [RunMode.MULTIRUN] if multirun else [RunMode.RUN, RunMode.MULTIRUN]:
+            try:
+                cfg = hydra.compose_config(config_name=config_name, overrides=overrides,
+                                           run_mode=run_mode, with_log_configuration=False,
+                                           validate_sweep_overrides=True)
+                mode = cfg.hydra.mode
+            except Exception:
+                continue
+            kept[:] = [_Kept(cfg, config_name, list(overrides), run_mode)]
+            return mode
+        # Hydra's own way; the job's composition reports the error as before.
+        return original_get_mode(config_name=config_name, overrides=overrides)
 
     def load_configuration(config_name: Optional[str], overrides: List[str], run_mode: Any,
                            from_shell: bool = True, validate_sweep_overrides: bool = True) -> Any:
