@@ -55,8 +55,10 @@ def run_command(args, cwd: Path, monkeypatch, capsys, once: bool) -> dict:
 
 CASES = [
     pytest.param(["task=load"], 1, id="plain"),
-    pytest.param(["seed=3", "quant.bits=4", "+model.extra_key=1"], 1, id="overrides"),
-    pytest.param(["model=tiny_long", "quant=8bit", "patch=long_context"], 1, id="presets"),
+    pytest.param(["seed=3", "quant.bits=4", "+model.extra_key=1"], 1, id="overrides",
+                 marks=pytest.mark.slow),
+    pytest.param(["model=tiny_long", "quant=8bit", "patch=long_context"], 1, id="presets",
+                 marks=pytest.mark.slow),
     pytest.param(["-m", "seed=1,2"], 1, id="sweep", marks=pytest.mark.slow),
     pytest.param(["-m", "hydra.mode=RUN", "seed=1"], 1, id="sweep-over-run-mode", marks=pytest.mark.slow),
     # A preset that sets hydra.mode=MULTIRUN, without -m.
@@ -86,12 +88,14 @@ def test_the_job_receives_what_two_compositions_gave(args, jobs, tmp_path, monke
 ERRORS = [
     pytest.param(["seed=1,2"], "Ambiguous value for argument 'seed=1,2'", id="sweep-without-m"),
     pytest.param(["model=???"], "You must specify 'model'", id="missing-model"),
-    pytest.param(["-m", "model=???"], "1 of 1 jobs failed", id="missing-model-sweep"),
+    pytest.param(["-m", "model=???"], "1 of 1 jobs failed", id="missing-model-sweep",
+                 marks=pytest.mark.slow),
     pytest.param(["-m", "hydra.job.chdir=true,false"], "Sweeping over Hydra's configuration",
-                 id="hydra-sweep"),
-    pytest.param(["--resolve"], "--resolve flag can only be used", id="resolve-alone"),
-    pytest.param(["quant.bits=notanint"], "quant.bits", id="bad-value"),
-    pytest.param(["nokey=1"], "nokey", id="unknown-key"),
+                 id="hydra-sweep", marks=pytest.mark.slow),
+    pytest.param(["--resolve"], "--resolve flag can only be used", id="resolve-alone",
+                 marks=pytest.mark.slow),
+    pytest.param(["quant.bits=notanint"], "quant.bits", id="bad-value", marks=pytest.mark.slow),
+    pytest.param(["nokey=1"], "nokey", id="unknown-key", marks=pytest.mark.slow),
 ]
 
 
@@ -104,6 +108,7 @@ def test_errors_are_reported_as_before(args, says, tmp_path, monkeypatch, capsys
     assert once["jobs"] == twice["jobs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--cfg", "job", "seed=4"], ["--cfg", "all", "--resolve"],
                                   ["--info", "defaults"]])
 def test_commands_without_a_job_print_the_same(args, tmp_path, monkeypatch, capsys):
