@@ -46,6 +46,9 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     "BasicSweeper": ("hydra-core", "hydra._internal.core_plugins.basic_sweeper", "BasicSweeper"),
     # Hydra: the config loader whose group listing --help repeats (config/help_cache.py).
     "ConfigLoaderImpl": ("hydra-core", "hydra._internal.config_loader_impl", "ConfigLoaderImpl"),
+    # Hydra: the application object whose two compositions per command become one
+    # (config/compose_once.py), and how its loader applies overrides to a composed config.
+    "Hydra": ("hydra-core", "hydra._internal.hydra", "Hydra"),
     # hydra-optuna-sweeper: a search's Optuna distributions from its overrides (sweeps/resume_search.py).
     "optuna_params_from_overrides": ("hydra-optuna-sweeper", "hydra_plugins.hydra_optuna_sweeper._impl",
                                      "create_params_from_overrides"),

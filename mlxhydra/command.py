@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig
 
@@ -182,10 +182,19 @@ class _Command:
         return None
 
     def hydra_main(self):
+        """``@hydra.main`` around the job function, composing the config once (config/compose_once.py)."""
         import hydra
 
-        return hydra.main(config_path="pkg://mlxhydra.conf", config_name="config",
+        from .config.compose_once import composed_once
+        from .config.overrides import multirun_flag
+
+        main = hydra.main(config_path="pkg://mlxhydra.conf", config_name="config",
                           version_base="1.3")(self.job)
+
+        def composing_once() -> Any:
+            with composed_once(multirun_flag(sys.argv[1:])):
+                return main()
+        return composing_once
 
     def run_raising(self) -> None:
         """Run Hydra with the job function and raise what ends it (the Python API's way).

@@ -163,6 +163,12 @@ def wants_single_job(args: Sequence[str]) -> bool:
     return not any(getattr(parsed, flag, None) for flag in _NO_JOB_FLAGS)
 
 
+def multirun_flag(args: Sequence[str]) -> bool:
+    """True when a command line has Hydra's ``-m`` (``--multirun``) flag."""
+    parsed = _parsed_or_none(args)
+    return parsed is not None and bool(parsed.multirun)
+
+
 def wants_multirun(args: Sequence[str]) -> bool:
     """True when a command line asks for a multirun (``-m`` or ``hydra.mode=MULTIRUN``)."""
     parsed = _parsed_or_none(args)

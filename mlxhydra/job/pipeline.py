@@ -84,10 +84,14 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
         record.update(hub={"model": hub})
     if run_dir is not None:
         run_dir.write_model_config(config)
+    t = time.perf_counter()
     checked = require_architecture(settings, config, run_dir)
     if on_checked is not None:
         on_checked()
+    checks = time.perf_counter() - t
+    t = time.perf_counter()
     before, fingerprint = record_weight_files(settings, record, checked.entry)
+    fingerprinting = time.perf_counter() - t
     method_run = None
     if settings.quant is not None and settings.quant.method != "rtn":
         from ..load.learned_quant import prepare_method
@@ -102,6 +106,7 @@ def prepare(cfg: DictConfig, settings: Optional[Settings] = None,
     # The recorded fingerprint must be of the bytes that were read.
     require_unchanged(before)
     report.file_identities = before
+    report.times = {"checks": checks, "fingerprint": fingerprinting, **report.times}
     if record is not None and report.adapter is not None:
         record.update(adapter=report.adapter)
     quantization = report.quantization
@@ -156,7 +161,10 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
     run_dir = RunDir(Path(hc.runtime.output_dir))
     refuse_taken(run_dir.path, "hydra.run.dir" if hc.job.get("num") is None else "hydra.sweep.subdir")
     times: Dict[str, float] = {}
-    if compose_seconds is not None:
+    if compose_seconds is not None:  # the first job of the command: timed from its start
+        startup = environment.startup_seconds(compose_seconds)
+        if startup is not None:
+            times["startup"] = startup
         times["compose"] = compose_seconds
     fields: Dict[str, Any] = {}
     record: Optional[RecordWriter] = None
@@ -166,6 +174,7 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
 
     with interruption_handlers():
         try:
+            t = time.perf_counter()
             fields.update(
                 **_hydra_fields(hc),
                 model_dir=_recordable(cfg, "model_dir", str),
@@ -176,6 +185,7 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
                 **ranks.record_entry(OmegaConf.select(cfg, "load.shard", default=None,
                                                       throw_on_resolution_failure=False)),
             )
+            times["environment"] = time.perf_counter() - t
             with signals_held():  # a signal now is answered once the record exists
                 record = open_record()
             checked = threading.Event()  # another rank's end stops the wait only after the checks
@@ -207,6 +217,7 @@ def run_job(cfg: DictConfig, compose_seconds: Optional[float] = None) -> Dict[st
             if error is not e:
                 raise error from e
             raise
+        times["record"] = record.write_seconds  # run.json's writes before its final one
         with signals_held():
             unrecorded = _finish(record, "completed", metrics=metrics)
     if unrecorded:
@@ -255,7 +266,9 @@ def _prepare_and_run(cfg: DictConfig, run_dir: Optional[RunDir], record: Optiona
     from ..load.weight_files import require_unchanged
     from ..tasks import TaskInput, run_task
 
+    t = time.perf_counter()
     settings = validate(cfg)
+    times["validate"] = time.perf_counter() - t
     model, report = prepare(cfg, settings, run_dir, record, on_checked)
     times.update(report.times)
     if record is not None:

@@ -1,5 +1,6 @@
 """What a record says about where a job ran: time, versions, platform, git state, memory."""
 
+import functools
 import platform
 import resource
 import subprocess
@@ -49,6 +50,13 @@ def called_as(call: str) -> Iterator[None]:
 
 def versions() -> Dict[str, Optional[str]]:
     """Python's version and each of :data:`PACKAGES`' (None when not installed)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> Dict[str, Optional[str]]:
+    # Once per process (each look-up scans the installed distributions: ~0.1 s a job):
+    # the modules a job runs are the ones this process imported, whatever is installed later.
     found: Dict[str, Optional[str]] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -56,6 +64,27 @@ def versions() -> Dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def startup_seconds(since_command: float) -> Optional[float]:
+    """Seconds from the process's start to the command's (Python, imports), ``since_command``
+    seconds ago; None under the Python API (the process is the caller's) or where unknown."""
+    age = None if _called_as else process_seconds()
+    return None if age is None else max(0.0, age - since_command)
+
+
+def process_seconds() -> Optional[float]:
+    """Seconds since this process started (Linux), else None."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime, field 22 of proc(5)
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def git_state(directory: Path) -> Optional[Dict[str, Any]]:
@@ -70,14 +99,16 @@ def git_state(directory: Path) -> Optional[Dict[str, Any]]:
             return None
         return out.stdout if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    # One call for the commit and the root (a subprocess costs ~30 ms a job).
+    head = git("rev-parse", "HEAD", "--show-toplevel")
+    if head is None:
         return None
+    commit, root = (head.splitlines() + ["", ""])[:2]
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
         "commit": commit.strip(),
         "dirty": bool(status.strip()) if status is not None else None,
-        "root": (git("rev-parse", "--show-toplevel") or "").strip() or None,
+        "root": root.strip() or None,
     }
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TypedDict
@@ -206,6 +207,7 @@ class RecordWriter:
         self.path = Path(path)
         self.data: Dict[str, Any] = {"status": "running", "started": now(), "ended": None}
         self.closed = False
+        self.write_seconds = 0.0  # spent writing the file so far
         self._lock = threading.RLock()
         self.update(**fields)
 
@@ -220,11 +222,14 @@ class RecordWriter:
         with self._lock:
             if self.closed:
                 raise RecordClosed(str(self.path))
+            started = time.perf_counter()
             try:
                 write_record(self.path, {**self.data, **fields})
             except OSError as e:
                 raise RecordWriteError.from_os_error(
                     f"cannot update {self.path}: {e.strerror or e}", e) from e
+            finally:
+                self.write_seconds += time.perf_counter() - started
             self.data.update(fields)
 
     def finish(self, status: str, **fields: Any) -> None:
