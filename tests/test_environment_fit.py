@@ -135,6 +135,7 @@ def test_the_versions_that_change_a_metric_are_recorded():
 def test_a_package_not_installed_is_recorded_as_null(monkeypatch, capsys):
     import mlxhydra
     from mlxhydra.cli import print_version
+    from mlxhydra.record import environment
     from mlxhydra.record.environment import versions
 
     installed = metadata.version
@@ -146,7 +147,11 @@ def test_a_package_not_installed_is_recorded_as_null(monkeypatch, capsys):
         return installed(name)
 
     monkeypatch.setattr(metadata, "version", version)
-    found = versions()
+    environment._versions.cache_clear()  # read once per process: this one reads them again
+    try:
+        found = versions()
+    finally:
+        environment._versions.cache_clear()  # the next reader gets the installed versions
     assert [k for k, v in found.items() if v is None] == ["mlxhydra", "tokenizers", "lm-eval"]
     assert found["numpy"] == installed("numpy")
     assert mlxhydra.__version__ == "0+unknown"  # a source tree that is not installed
