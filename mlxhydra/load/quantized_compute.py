@@ -61,9 +61,9 @@ def dequantize_rounded_once(layer: nn.Module, weight: mx.array, scales: mx.array
     """The layer's ``weight`` rows dequantized into ``dtype``, each value rounded once.
 
     Affine: ``scale * q + bias`` in float32, then rounded to ``dtype``, so each weight is
-    the quantized value as closely as ``dtype`` holds it. mlx's own float16 and bfloat16
-    dequantize rounds its intermediate results (about half the values end one unit off)
-    and, in float16, takes about twice the time. The casts touch one value per group.
+    the quantized value as closely as ``dtype`` holds it. mlx's dequantize from float16 or
+    bfloat16 scales differs from that in about half the values and, in float16, takes about
+    twice the time on the CPU. The casts touch one value per group.
     """
     if _affine(scales):
         scales = scales.astype(mx.float32)
