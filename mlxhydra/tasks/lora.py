@@ -10,7 +10,6 @@ its datasets. Settings: :mod:`.lora_settings`; data: :mod:`.lora_data`; reports:
 
 import contextlib
 import copy
-import io
 import logging
 import math
 import time
@@ -21,7 +20,8 @@ from typing import Any, Dict, List
 
 from ..errors import ConfigError, TaskError
 from ..load.tokenizer import load_tokenizer
-from . import lora_data, lora_log, lora_outputs
+from ..progress import progress
+from . import lora_checkpoint, lora_data, lora_log, lora_loop, lora_outputs
 from .common import Metrics, TaskInput
 from .lora_settings import OWN_KEYS, Resolved, resolve
 from .lora_settings import settings_problems as _settings_problems
@@ -58,7 +58,10 @@ def problems_with_model(task: Dict[str, Any], model_config: Dict[str, Any], mode
                                    trust_remote_code=load.get("trust_remote_code") is True)
     except TaskError:  # named where the tokenizer files are checked
         return problems
-    return problems + lora_data.data_problems(s, tokenizer)
+    problems += lora_data.data_problems(s, tokenizer)
+    if problems or not s.get("resume_from"):
+        return problems
+    return lora_checkpoint.resume_problems(s["resume_from"], s, lora_data.fingerprints(s))
 
 
 def mlx_lm_arguments(job: TaskInput, resolved: Resolved) -> Dict[str, Any]:
@@ -122,15 +125,16 @@ def layer_call_restored(model):
         cls.__call__ = call
 
 
-def run_training(job: TaskInput, args: types.SimpleNamespace, train_set, valid_set,
-                 staging: lora_outputs.Staging, training_log: lora_log.TrainingLog) -> float:
-    """mlx-lm's ``train`` with mlx_lm.lora's arguments; returns the seconds it took.
+def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: lora_outputs.Staging,
+                 training_log: lora_log.TrainingLog, trajectory: Dict[str, Any]) -> Dict[str, Any]:
+    """mlx-lm's training (:mod:`.lora_loop`) with mlx_lm.lora's arguments, from
+    ``task.resume_from``'s checkpoint when set; returns the seconds it took and where it started.
 
-    mlx-lm's own progress display (rich, on stdout) is dropped: :mod:`mlxhydra.progress`
-    counts the iterations and the reports are logged.
+    mlx-lm's own progress display is not used: :mod:`mlxhydra.progress` counts the iterations
+    and the reports are logged.
     """
     from mlx_lm.tuner.datasets import CacheDataset
-    from mlx_lm.tuner.trainer import TrainingArgs, iterate_batches, train
+    from mlx_lm.tuner.trainer import TrainingArgs
 
     training_args = TrainingArgs(
         batch_size=args.batch_size, iters=args.iters, val_batches=args.val_batches,
@@ -139,16 +143,37 @@ def run_training(job: TaskInput, args: types.SimpleNamespace, train_set, valid_s
         max_seq_length=args.max_seq_length, grad_checkpoint=args.grad_checkpoint,
         grad_accumulation_steps=args.grad_accumulation_steps,
     )
-    counted = lora_log.CountedBatches(iterate_batches, args.iters)
+    train_set, valid_set = CacheDataset(splits[0]), CacheDataset(splits[1])
+    optimizer = build_optimizer(args)
+    position, resumed = lora_loop.Position(), {}
+    if job.task.get("resume_from"):
+        file = lora_checkpoint.state_file(job.task["resume_from"])
+        position, meta = lora_checkpoint.restore(file, job.model, optimizer, job.seed)
+        batches = lora_loop.replay_data_order(train_set, valid_set, training_args, position.step)
+        lora_checkpoint.require_same_numpy_state(meta, file)
+        training_log.replay(meta["reports"])
+        resumed = {"resumed_from": str(file), "resumed_at_step": position.step,
+                   "resumed_trained_tokens": position.trained_tokens}
+        log.info("lora: resuming at iteration %d of %d from %s", position.step, args.iters, file)
+    else:
+        batches = lora_loop.train_batches(train_set, training_args)
+
+    def checkpoint(p: lora_loop.Position) -> None:
+        lora_checkpoint.save(staging.dir / lora_checkpoint.STATE, job.model, optimizer, p,
+                             trajectory, job.seed, {"train": training_log.train, "val": training_log.val})
+
+    # Pulling a batch marks the one before it done (as mlx-lm's trainer pulls them).
+    bar = progress(batches, args.iters - position.step, "lora", unit="iterations")
     start = time.perf_counter()
     try:
-        with layer_call_restored(job.model), contextlib.redirect_stdout(io.StringIO()):
-            train(model=job.model, args=training_args, optimizer=build_optimizer(args),
-                  train_dataset=CacheDataset(train_set), val_dataset=CacheDataset(valid_set),
-                  training_callback=lora_log.callback(training_log), iterate_batches=counted)
+        with layer_call_restored(job.model):
+            lora_loop.train(job.model, optimizer, train_set, valid_set, training_args,
+                            lora_log.callback(training_log), iter(bar), position, checkpoint)
     finally:
-        counted.close()
-    return time.perf_counter() - start
+        close = getattr(bar, "close", None)
+        if close is not None:  # the loop stops pulling after the last iteration
+            close()
+    return {"seconds": time.perf_counter() - start, **resumed}
 
 
 def test_loss(model, args: types.SimpleNamespace, test_set) -> float:
@@ -197,16 +222,21 @@ def execute(job: TaskInput) -> Metrics:
     log.info("lora: %s fine-tuning, %s trainable parameters, %d iterations of %d rows",
              args.fine_tune_type, f"{trainable:,}", args.iters, args.batch_size)
     training_log = lora_log.TrainingLog(job.run_dir / lora_outputs.TRAIN_LOG, args.iters)
+    data_sha256 = lora_data.fingerprints(s)
     try:
         with lora_outputs.Staging(job.run_dir) as staging:
-            seconds = run_training(job, args, train_set, valid_set, staging, training_log)
+            trained = run_training(job, args, (train_set, valid_set), staging, training_log,
+                                   lora_checkpoint.trajectory(s, data_sha256))
             staging.publish(vars(args))
     finally:
         training_log.close()
     job.model.eval()
+    seconds = trained["seconds"]
     metrics: Metrics = {**training_log.final(), "iterations": args.iters, "seconds": seconds,
                         "trainable_parameters": trainable}
-    metrics["tokens_per_second"] = metrics["trained_tokens"] / seconds if seconds > 0 else None
+    tokens = metrics["trained_tokens"] - trained.pop("resumed_trained_tokens", 0)  # this run's own
+    metrics["tokens_per_second"] = tokens / seconds if seconds > 0 else None
+    metrics.update(trained)
     if s["test"]:
         metrics["test_loss"] = test_loss(job.model, args, test_set)
         metrics["test_perplexity"] = math.exp(metrics["test_loss"])
@@ -218,7 +248,7 @@ def execute(job: TaskInput) -> Metrics:
     metrics.update(
         adapters=str(job.run_dir / lora_outputs.ADAPTERS),
         adapters_fingerprint=fingerprint(job.run_dir / lora_outputs.ADAPTERS, "full"),
-        data=args.data, data_sha256=lora_data.fingerprints(s),
+        data=args.data, data_sha256=data_sha256,
         config_file=str(resolved.config_file) if resolved.config_file else None,
         config_file_sha256=resolved.config_file_sha256, config_file_keys=resolved.from_file,
     )
