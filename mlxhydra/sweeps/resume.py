@@ -17,6 +17,9 @@ directory of a job that is run again is first moved, whole, to
 ``.attempts/`` in the sweep. The summary, a tracker's parent run (the
 sweep's ``tracking.json``) and ``mlxhydra runs`` then cover the whole sweep.
 
+A run's directory instead of a sweep's is resumed by :mod:`.resume_run` (a task=lora run goes
+on from its last checkpoint).
+
 Exit status: the resumed command's (0 when every job completed), 0 when
 there is nothing to resume, 2 for a directory that is not a resumable sweep.
 """
@@ -40,9 +43,11 @@ from ..history.rerun import (
     run_forwarding_signals,
 )
 from ..record.latest import find_run, shown
-from ..record.run_dir import SweepDir, read_yaml
+from ..record.run_dir import RunDir, SweepDir, read_yaml
 from ..record.schema import read_record
+from . import resume_run
 from .attempts import contiguous, set_aside
+from .resume_run import is_single_run
 from .resume_search import REPLACED, is_search, search_command_overrides
 from .summary import sweep_plan
 
@@ -201,20 +206,26 @@ def _cwd_note(recorded: Any, cwd: Path) -> Optional[str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``mlxhydra resume SWEEP_DIR [--dry-run] [--cwd DIR] [OVERRIDE...]``; returns the exit status."""
+    """``mlxhydra resume SWEEP_DIR|RUN_DIR [--dry-run] [--cwd DIR] [OVERRIDE...]``; returns the
+    exit status. A run's directory is resumed by :mod:`.resume_run`."""
     p = argparse.ArgumentParser(
         prog="mlxhydra resume",
         description="Run the missing, failed and interrupted jobs of a sweep again, into the same "
                     "sweep directory and job numbers, with its recorded mlxhydra settings, launcher "
-                    "and sweeper, in the current directory.")
-    p.add_argument("sweep_dir", help="the sweep's directory, latest, or a unique prefix of its name")
+                    "and sweeper, in the current directory. Given a run's directory, run it again "
+                    "there; a task=lora run goes on from its last checkpoint.")
+    p.add_argument("sweep_dir", help="the sweep's (or run's) directory, latest, or a unique prefix "
+                   "of its name")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and the command; run nothing")
     add_rerun_options(p)
     p.add_argument("overrides", nargs="*", help="this command's own overrides, applied last, e.g. "
                    "its consent: load.trust_remote_code=true (never taken from the record)")
     args = p.parse_args(list(argv))
     try:
-        sweep = SweepDir(find_run(args.sweep_dir).resolve())
+        found = find_run(args.sweep_dir).resolve()
+        if is_single_run(found):
+            return resume_run.main(RunDir(found), args)
+        sweep = SweepDir(found)
         cwd = rerun_cwd(args.cwd)
         todo, statuses, known, command, search, dropped = plan_resume(
             sweep, args.overrides, rerun_options(args), cwd)

@@ -150,7 +150,8 @@ def restore(file: Path, model, optimizer, seed: int) -> Tuple[Position, Dict[str
         p.grad = _tree(loaded, "grad", params, file)
     p.losses = loaded.get("window.losses", 0)
     p.n_tokens = loaded.get("window.n_tokens", 0)
-    mx.random.state[0] = loaded["random.mlx"]
+    high, low = loaded["random.mlx"].tolist()
+    mx.random.seed((high << 32) | low)  # mlx's key for a seed is its two 32-bit halves
     version, state, gauss = meta["python"]
     random.setstate((version, tuple(state), gauss))
     mx.eval(model.parameters(), optimizer.state, p.grad, p.losses, p.n_tokens)
