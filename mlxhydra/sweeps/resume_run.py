@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Tuple
 
 from ..config.recorded import quoted
 from ..errors import MlxhydraError, RunDirError, one_line_message
-from ..history.replay import replay_command
+from ..history.replay import PLAIN_PATH, replay_command
 from ..history.rerun import rerun_cwd, rerun_options, run_forwarding_signals
 from ..record.latest import shown
 from ..record.run_dir import RunDir, SweepDir
@@ -96,8 +96,8 @@ def main(run_dir: RunDir, args: Any) -> int:
         file = found[0]
         if file.is_relative_to(run_dir.path) and not file.is_relative_to(run_dir.path / ATTEMPTS):
             file = attempt / file.relative_to(run_dir.path)  # the attempt's own, moved with it
-        argv = [a if a != f"{RESUME_KEY}=<checkpoint>" else f"{RESUME_KEY}={quoted(str(file))}"
-                for a in argv]
+        value = str(file) if PLAIN_PATH.fullmatch(str(file)) else quoted(str(file))
+        argv = [a if a != f"{RESUME_KEY}=<checkpoint>" else f"{RESUME_KEY}={value}" for a in argv]
     code = run_forwarding_signals(argv, cwd, None)
     if code in (129, 130, 143):
         sys.stderr.write("mlxhydra: resume interrupted (run it again to go on)\n")

@@ -1,0 +1,129 @@
+"""task=lora resumed from a checkpoint equals the run that was never stopped: the same reports
+after the resume point and bit-identical adapters; a run killed with SIGKILL goes on with
+``mlxhydra resume``; a checkpoint that does not fit is one line before any weight is read."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from conftest import read_run, run_cli
+from test_lora import SMALL, assert_refused_before_weights, our_reports, run_ours, setup  # noqa: F401
+
+from mlxhydra.errors import ConfigError, TaskError
+
+pytestmark = pytest.mark.xdist_group("lora")
+
+# Checkpoints at 3 and 6; at 6 the report window holds 2 steps and 2 accumulated gradients are
+# waiting for the update at 8; 12 rows in batches of 2: a new epoch (a new shuffle) at step 7;
+# a warm-up schedule (the optimizer's step drives it) and dropout (mlx's random key).
+OFF_GRID = {**SMALL, "iters": 8, "save_every": 3, "steps_per_report": 4, "steps_per_eval": 4,
+            "grad_accumulation_steps": 4, "lora_parameters.dropout": 0.1,
+            "lr_schedule": "{name:cosine_decay,arguments:[1e-3,8],warmup:2}"}
+
+
+def adapters_equal(a: Path, b: Path) -> bool:
+    wa, wb = mx.load(str(a / "adapters.safetensors")), mx.load(str(b / "adapters.safetensors"))
+    return sorted(wa) == sorted(wb) and all(mx.array_equal(wa[k], wb[k]) for k in wa) and \
+        (a / "adapters.safetensors").read_bytes() == (b / "adapters.safetensors").read_bytes()
+
+
+def test_resumed_from_a_checkpoint_between_reports_and_updates_equals_the_whole_run(
+        setup, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    whole = Path(run_ours(setup["float"], setup["data"], settings=OFF_GRID, name="whole")["run_dir"])
+    resumed = run_ours(setup["float"], setup["data"], f"task.resume_from={whole}",
+                       settings=OFF_GRID, name="resumed")
+    run_dir = Path(resumed["run_dir"])
+    m = resumed["metrics"]
+    assert m["resumed_at_step"] == 6
+    assert m["resumed_from"] == str(whole / "checkpoints" / "resume.safetensors")
+    # the whole curve: the checkpoint's reports, then the ones after step 6, all equal
+    assert our_reports(run_dir) == our_reports(whole)
+    assert [r[:2] for r in our_reports(whole)] == [("val", 0), ("val", 3), ("train", 4), ("val", 7),
+                                                   ("train", 8)]
+    assert adapters_equal(whole, run_dir)
+    assert m["trained_tokens"] == read_run(whole)["metrics"]["trained_tokens"]
+    assert m["final_train_loss"] == read_run(whole)["metrics"]["final_train_loss"]
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_before_any_weight(setup, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    whole = Path(run_ours(setup["float"], setup["data"], settings=OFF_GRID, name="whole")["run_dir"])
+    state = whole / "checkpoints" / "resume.safetensors"
+    cases = [
+        ({"learning_rate": 0.01}, whole, f"task.resume_from={whole}: the checkpoint was trained with "
+         "other settings: learning_rate=0.01 (the checkpoint's: 0.001)"),
+        ({"iters": 6}, whole, f"task.resume_from={whole}: the checkpoint is at step 6, task.iters=6 "
+         "(expected more iterations than that)"),
+        ({}, tmp_path, f"task.resume_from={tmp_path}: no checkpoint at "
+         f"{tmp_path / 'checkpoints' / 'resume.safetensors'} (one is written every task.save_every steps)"),
+    ]
+    for n, (change, source, line) in enumerate(cases):
+        with pytest.raises(ConfigError) as e:
+            run_ours(setup["float"], setup["data"], f"task.resume_from={source}",
+                     settings={**OFF_GRID, **change}, name=f"bad{n}")
+        assert_refused_before_weights(e, [line])
+    state.write_bytes(state.read_bytes()[:100])  # cut short: its header no longer fits the file
+    with pytest.raises(ConfigError) as e:
+        run_ours(setup["float"], setup["data"], f"task.resume_from={whole}", settings=OFF_GRID,
+                 name="corrupt")
+    assert_refused_before_weights(e, [f"task.resume_from={whole}: {state}: corrupt safetensors header "
+                                      f"(declares {int.from_bytes(state.read_bytes()[:8], 'little')} "
+                                      "header bytes in a 100-byte file)"])
+
+
+def test_another_seed_is_refused(setup, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    whole = Path(run_ours(setup["float"], setup["data"], settings=OFF_GRID, name="whole")["run_dir"])
+    with pytest.raises(TaskError) as e:
+        run_ours(setup["float"], setup["data"], f"task.resume_from={whole}", "seed=1",
+                 settings=OFF_GRID, name="seed1")
+    assert str(e.value) == (f"task.resume_from: {whole / 'checkpoints' / 'resume.safetensors'} was "
+                            "trained with seed=0, this run has seed=1 (expected the same seed)")
+
+
+def wait_for(predicate, timeout=240.0) -> bool:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(setup, tmp_path):  # noqa: F811
+    settings = {**SMALL, "iters": 60, "save_every": 10, "steps_per_report": 5, "steps_per_eval": 15}
+    args = [f"model={setup['float']}", "task=lora", f"task.data={setup['data']}",
+            *[f"task.{k}={v}" for k, v in settings.items()]]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mlxhydra", *args, f"hydra.run.dir={killed}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (killed / "checkpoints" / "resume.safetensors").exists())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert read_run(killed)["status"] == "running"  # killed mid-training, as SIGKILL leaves it
+    resumed = run_cli("resume", "killed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming killed (running) from its checkpoint at step " in resumed.stdout
+    whole = run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    record = read_run(killed)
+    step = record["metrics"]["resumed_at_step"]
+    assert step % 10 == 0 and 10 <= step < 60 and record["status"] == "completed"
+    assert f"task.resume_from={record['metrics']['resumed_from']}" in record["overrides"]
+    (attempt,) = (killed / ".attempts").iterdir()
+    assert read_run(attempt)["status"] == "running"
+    assert record["metrics"]["resumed_from"] == str(attempt / "checkpoints" / "resume.safetensors")
+    assert our_reports(killed) == our_reports(tmp_path / "whole")
+    assert adapters_equal(killed, tmp_path / "whole")
+    again = run_cli("resume", "killed", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to resume: killed completed")
