@@ -214,15 +214,15 @@ def main(argv: Sequence[str]) -> int:
                     "sweep directory and job numbers, with its recorded mlxhydra settings, launcher "
                     "and sweeper, in the current directory. Given a run's directory, run it again "
                     "there; a task=lora run goes on from its last checkpoint.")
-    p.add_argument("sweep_dir", help="the sweep's (or run's) directory, latest, or a unique prefix "
-                   "of its name")
+    p.add_argument("dir", metavar="SWEEP_DIR|RUN_DIR", help="the sweep's (or run's) directory, "
+                   "latest, or a unique prefix of its name")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and the command; run nothing")
     add_rerun_options(p)
     p.add_argument("overrides", nargs="*", help="this command's own overrides, applied last, e.g. "
                    "its consent: load.trust_remote_code=true (never taken from the record)")
     args = p.parse_args(list(argv))
     try:
-        found = find_run(args.sweep_dir).resolve()
+        found = find_run(args.dir).resolve()
         if is_single_run(found):
             return resume_run.main(RunDir(found), args)
         sweep = SweepDir(found)
