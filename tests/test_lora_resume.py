@@ -97,33 +97,76 @@ def wait_for(predicate, timeout=240.0) -> bool:
     return False
 
 
+# 60 iterations of the tiny model: seconds, long enough to stop it on the way.
+LONG = {**SMALL, "iters": 60, "steps_per_report": 5, "steps_per_eval": 15}
+
+
+def cli_args(setup, **changes):  # noqa: F811
+    return [f"model={setup['float']}", "task=lora", f"task.data={setup['data']}",
+            *[f"task.{k}={v}" for k, v in {**LONG, **changes}.items()]]
+
+
+@pytest.fixture(scope="module")
+def whole_cli_run(setup, tmp_path_factory):  # noqa: F811
+    """The run that is never stopped (save_every does not change its steps)."""
+    cwd = tmp_path_factory.mktemp("whole")
+    result = run_cli(*cli_args(setup, save_every=10), "hydra.run.dir=whole", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "whole"
+
+
+def start(setup, cwd: Path, run_dir: Path, **changes):  # noqa: F811
+    return subprocess.Popen([sys.executable, "-m", "mlxhydra", *cli_args(setup, **changes),
+                             f"hydra.run.dir={run_dir}"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def assert_resumes_to(run_dir: Path, whole: Path, cwd: Path) -> int:
+    """``mlxhydra resume`` of ``run_dir`` gives ``whole``'s reports and adapters; its step."""
+    resumed = run_cli("resume", run_dir.name, cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr
+    record = read_run(run_dir)
+    step = record["metrics"]["resumed_at_step"]
+    assert f"resuming {run_dir.name} " in resumed.stdout and f"from its checkpoint at step {step}\n" in resumed.stdout
+    assert 0 < step < 60 and record["status"] == "completed"
+    (attempt,) = (run_dir / ".attempts").iterdir()
+    assert record["metrics"]["resumed_from"] == str(attempt / "checkpoints" / "resume.safetensors")
+    assert f"task.resume_from={record['metrics']['resumed_from']}" in record["overrides"]
+    assert our_reports(run_dir) == our_reports(whole)
+    assert adapters_equal(run_dir, whole)
+    again = run_cli("resume", run_dir.name, cwd=cwd)
+    assert again.returncode == 0 and again.stdout.startswith(f"nothing to resume: {run_dir.name} completed")
+    return step
+
+
 @pytest.mark.slow
-def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(setup, tmp_path):  # noqa: F811
-    settings = {**SMALL, "iters": 60, "save_every": 10, "steps_per_report": 5, "steps_per_eval": 15}
-    args = [f"model={setup['float']}", "task=lora", f"task.data={setup['data']}",
-            *[f"task.{k}={v}" for k, v in settings.items()]]
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(setup, whole_cli_run, tmp_path):  # noqa: F811
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mlxhydra", *args, f"hydra.run.dir={killed}"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(setup, tmp_path, killed, save_every=10)
     try:
         assert wait_for(lambda: (killed / "checkpoints" / "resume.safetensors").exists())
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert read_run(killed)["status"] == "running"  # killed mid-training, as SIGKILL leaves it
-    resumed = run_cli("resume", "killed", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming killed (running) from its checkpoint at step " in resumed.stdout
-    whole = run_cli(*args, "hydra.run.dir=whole", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
-    record = read_run(killed)
-    step = record["metrics"]["resumed_at_step"]
-    assert step % 10 == 0 and 10 <= step < 60 and record["status"] == "completed"
-    assert f"task.resume_from={record['metrics']['resumed_from']}" in record["overrides"]
-    (attempt,) = (killed / ".attempts").iterdir()
-    assert read_run(attempt)["status"] == "running"
-    assert record["metrics"]["resumed_from"] == str(attempt / "checkpoints" / "resume.safetensors")
-    assert our_reports(killed) == our_reports(tmp_path / "whole")
-    assert adapters_equal(killed, tmp_path / "whole")
-    again = run_cli("resume", "killed", cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.startswith("nothing to resume: killed completed")
+    assert assert_resumes_to(killed, whole_cli_run, tmp_path) % 10 == 0
+    assert read_run(next((killed / ".attempts").iterdir()))["status"] == "running"
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_of_the_step_it_stops_at(setup, whole_cli_run, tmp_path):  # noqa: F811
+    from mlxhydra.tasks.lora_checkpoint import read_meta
+
+    stopped = tmp_path / "stopped"
+    proc = start(setup, tmp_path, stopped, save_every=1000)  # no checkpoint but SIGTERM's
+    log = stopped / "train_log.jsonl"
+    try:
+        assert wait_for(lambda: log.exists() and '"train_loss"' in log.read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 143
+    record = read_run(stopped)
+    assert record["status"] == "interrupted" and record["error"] == "interrupted by SIGTERM"
+    step = read_meta(stopped / "checkpoints" / "resume.safetensors")["step"]
+    assert 5 <= step < 60
+    assert assert_resumes_to(stopped, whole_cli_run, tmp_path) == step

@@ -12,13 +12,15 @@ import contextlib
 import copy
 import logging
 import math
+import signal
 import time
 import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..errors import ConfigError, TaskError
+from .. import stopping
+from ..errors import ConfigError, Interrupted, TaskError
 from ..load.tokenizer import load_tokenizer
 from ..progress import progress
 from . import lora_checkpoint, lora_data, lora_log, lora_loop, lora_outputs
@@ -162,13 +164,26 @@ def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: l
         lora_checkpoint.save(staging.dir / lora_checkpoint.STATE, job.model, optimizer, p,
                              trajectory, job.seed, {"train": training_log.train, "val": training_log.val})
 
+    def stop(p: lora_loop.Position) -> bool:
+        """SIGTERM or SIGHUP (:mod:`mlxhydra.stopping`): a checkpoint of this step, then stop."""
+        if not stopping.requested():
+            return False
+        if p.step % args.save_every:  # at a save step it is written already
+            checkpoint(p)
+        log.warning("lora: stopped at iteration %d of %d; its checkpoint is in %s", p.step,
+                    args.iters, staging.dir)
+        return True
+
     # Pulling a batch marks the one before it done (as mlx-lm's trainer pulls them).
     bar = progress(batches, args.iters - position.step, "lora", unit="iterations")
     start = time.perf_counter()
     try:
-        with layer_call_restored(job.model):
-            lora_loop.train(job.model, optimizer, train_set, valid_set, training_args,
-                            lora_log.callback(training_log), iter(bar), position, checkpoint)
+        with layer_call_restored(job.model), stopping.honoured():
+            done = lora_loop.train(job.model, optimizer, train_set, valid_set, training_args,
+                                   lora_log.callback(training_log), iter(bar), position,
+                                   checkpoint, stop)
+        if done.step < args.iters:  # the main thread records the interruption
+            raise Interrupted(signal.SIGTERM)
     finally:
         close = getattr(bar, "close", None)
         if close is not None:  # the loop stops pulling after the last iteration

@@ -67,8 +67,7 @@ def replay_data_order(train_set, val_set, args: Any, steps: int) -> Iterator[Any
 
 def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batches: Iterator[Any],
           position: Position, checkpoint: Callable[[Position], None],
-          stop: Callable[[int], bool] = lambda it: False, advance: Callable[[], None] = lambda: None
-          ) -> Position:
+          stop: Callable[[Position], bool] = lambda p: False) -> Position:
     """mlx-lm's training loop from ``position`` to ``args.iters`` (or until ``stop(step)``).
 
     Args:
@@ -76,8 +75,7 @@ def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batche
         callback: mlx-lm's ``TrainingCallback``.
         batches: :func:`train_batches` or :func:`replay_data_order`'s iterator.
         checkpoint: Called every ``steps_per_save`` iterations, after mlx-lm's adapter files.
-        stop: Asked after each step (its checkpoint written): True ends training there.
-        advance: Called once per iteration (a progress bar).
+        stop: Asked after each step but the last (its checkpoint written): True ends training there.
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -131,7 +129,6 @@ def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batche
         clear_cache(args.clear_cache_threshold)
         p.train_time += time.perf_counter() - tic
         p.step = it
-        advance()
         if it % args.steps_per_report == 0 or it == args.iters:
             report(p, args, optimizer, world.size(), callback)
         if it % args.steps_per_save == 0 and world.rank() == 0:
@@ -140,7 +137,7 @@ def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batche
             numbered = Path(args.adapter_file).parent / f"{it:07d}_adapters.safetensors"
             mx.save_safetensors(str(numbered), adapters)
             checkpoint(p)
-        if it < args.iters and stop(it):
+        if it < args.iters and stop(p):
             return p
     if world.rank() == 0:
         mx.save_safetensors(str(args.adapter_file), dict(tree_flatten(model.trainable_parameters())))
