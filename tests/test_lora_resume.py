@@ -4,6 +4,7 @@ after the resume point and bit-identical adapters; a run killed with SIGKILL goe
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,26 @@ def test_sigterm_writes_a_checkpoint_of_the_step_it_stops_at(setup, whole_cli_ru
     step = read_meta(stopped / "checkpoints" / "resume.safetensors")["step"]
     assert 5 <= step < 60
     assert assert_resumes_to(stopped, whole_cli_run, tmp_path) == step
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_of_training_jobs_resumes_each_from_its_checkpoint(setup, whole_cli_run, tmp_path):  # noqa: F811
+    sweep = tmp_path / "sweep"
+    args = [a for a in cli_args(setup) if not a.startswith("task.save_every=")]
+    proc = subprocess.Popen([sys.executable, "-m", "mlxhydra", "-m", *args, "task.save_every=10,20",
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: any(sweep.glob("0_*/checkpoints/resume.safetensors")))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = run_cli("resume", "sweep", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"^job 0 \(running\) \(from its checkpoint at step \d+0\): ", resumed.stdout, re.M)
+    assert re.search(r"^job 1 \(missing\): ", resumed.stdout, re.M)
+    jobs = sorted(p for p in sweep.iterdir() if p.name[0].isdigit())
+    assert [read_run(j)["metrics"].get("resumed_at_step", 0) > 0 for j in jobs] == [True, False]
+    for job in jobs:  # save_every does not change the steps: each is the uninterrupted run
+        assert our_reports(job) == our_reports(whole_cli_run)
+        assert adapters_equal(job, whole_cli_run)

@@ -45,6 +45,16 @@ def recorded_checkpoint(run_dir: RunDir) -> Optional[Tuple[Path, int]]:
     return None
 
 
+def last_attempt_checkpoint(sweep: SweepDir, num: int) -> Optional[Tuple[Path, int]]:
+    """The checkpoint a sweep's job ``num`` goes on from: that of its latest attempt set aside
+    under ``.attempts/`` (see :func:`recorded_checkpoint`), or None."""
+    attempts = [p for p in (sweep.path / ATTEMPTS).glob("*@*")
+                if p.name.split("@")[0].split("_")[0] == str(num) and (p / RunDir.RECORD).is_file()]
+    if not attempts:
+        return None
+    return recorded_checkpoint(RunDir(max(attempts, key=lambda p: p.name.rsplit("@", 1)[1])))
+
+
 def set_aside_run(run_dir: RunDir) -> Path:
     """Move everything of the run's directory but ``.attempts/`` into ``.attempts/<time>/``."""
     target = run_dir.path / ATTEMPTS / datetime.now().strftime("%Y-%m-%d_%H-%M-%S.%f")
