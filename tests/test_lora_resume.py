@@ -17,6 +17,7 @@ from conftest import read_run, run_cli
 from test_lora import SMALL, assert_refused_before_weights, our_reports, run_ours, setup  # noqa: F401
 
 from mlxhydra.errors import ConfigError, TaskError
+from mlxhydra.sweeps.resume import main as resume_main
 
 pytestmark = pytest.mark.xdist_group("lora")
 
@@ -53,7 +54,8 @@ def test_resumed_from_a_checkpoint_between_reports_and_updates_equals_the_whole_
     assert m["final_train_loss"] == read_run(whole)["metrics"]["final_train_loss"]
 
 
-def test_a_checkpoint_that_does_not_fit_is_one_line_before_any_weight(setup, tmp_path, monkeypatch):  # noqa: F811
+def test_a_checkpoint_that_does_not_fit_is_one_line_before_any_weight(setup, tmp_path, monkeypatch,  # noqa: F811
+                                                                      capsys):
     monkeypatch.chdir(tmp_path)
     whole = Path(run_ours(setup["float"], setup["data"], settings=OFF_GRID, name="whole")["run_dir"])
     state = whole / "checkpoints" / "resume.safetensors"
@@ -74,9 +76,16 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_before_any_weight(setup, tmp
     with pytest.raises(ConfigError) as e:
         run_ours(setup["float"], setup["data"], f"task.resume_from={whole}", settings=OFF_GRID,
                  name="corrupt")
-    assert_refused_before_weights(e, [f"task.resume_from={whole}: {state}: corrupt safetensors header "
-                                      f"(declares {int.from_bytes(state.read_bytes()[:8], 'little')} "
-                                      "header bytes in a 100-byte file)"])
+    corrupt = (f"{state}: corrupt safetensors header (declares "
+               f"{int.from_bytes(state.read_bytes()[:8], 'little')} header bytes in a 100-byte file)")
+    assert_refused_before_weights(e, [f"task.resume_from={whole}: {corrupt}"])
+    # mlxhydra resume of the run, as if it had been killed: one line, exit 2, nothing moved
+    record = json.loads((whole / "run.json").read_text())
+    (whole / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    before = sorted(p.name for p in whole.iterdir())
+    assert resume_main([str(whole)]) == 2
+    assert capsys.readouterr().err == f"mlxhydra: resume {whole}: its checkpoint cannot be resumed: {corrupt}\n"
+    assert sorted(p.name for p in whole.iterdir()) == before
 
 
 def test_another_seed_is_refused(setup, tmp_path, monkeypatch):  # noqa: F811
