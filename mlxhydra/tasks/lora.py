@@ -127,6 +127,22 @@ def layer_call_restored(model):
         cls.__call__ = call
 
 
+def starting_point(job: TaskInput, optimizer, train_set, valid_set, training_args,
+                   training_log: lora_log.TrainingLog):
+    """(position, batches, what the metrics say of a resume): step 0, or ``task.resume_from``'s
+    checkpoint restored with its data order replayed and its reports logged again."""
+    if not job.task.get("resume_from"):
+        return lora_loop.Position(), lora_loop.train_batches(train_set, training_args), {}
+    file = lora_checkpoint.state_file(job.task["resume_from"])
+    position, meta = lora_checkpoint.restore(file, job.model, optimizer, job.seed)
+    batches = lora_loop.replay_data_order(train_set, valid_set, training_args, position.step)
+    lora_checkpoint.require_same_numpy_state(meta, file)
+    training_log.replay(meta["reports"])
+    log.info("lora: resuming at iteration %d of %d from %s", position.step, training_args.iters, file)
+    return position, batches, {"resumed_from": str(file), "resumed_at_step": position.step,
+                               "resumed_trained_tokens": position.trained_tokens}
+
+
 def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: lora_outputs.Staging,
                  training_log: lora_log.TrainingLog, trajectory: Dict[str, Any]) -> Dict[str, Any]:
     """mlx-lm's training (:mod:`.lora_loop`) with mlx_lm.lora's arguments, from
@@ -147,18 +163,8 @@ def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: l
     )
     train_set, valid_set = CacheDataset(splits[0]), CacheDataset(splits[1])
     optimizer = build_optimizer(args)
-    position, resumed = lora_loop.Position(), {}
-    if job.task.get("resume_from"):
-        file = lora_checkpoint.state_file(job.task["resume_from"])
-        position, meta = lora_checkpoint.restore(file, job.model, optimizer, job.seed)
-        batches = lora_loop.replay_data_order(train_set, valid_set, training_args, position.step)
-        lora_checkpoint.require_same_numpy_state(meta, file)
-        training_log.replay(meta["reports"])
-        resumed = {"resumed_from": str(file), "resumed_at_step": position.step,
-                   "resumed_trained_tokens": position.trained_tokens}
-        log.info("lora: resuming at iteration %d of %d from %s", position.step, args.iters, file)
-    else:
-        batches = lora_loop.train_batches(train_set, training_args)
+    position, batches, resumed = starting_point(job, optimizer, train_set, valid_set, training_args,
+                                                training_log)
 
     def checkpoint(p: lora_loop.Position) -> None:
         lora_checkpoint.save(staging.dir / lora_checkpoint.STATE, job.model, optimizer, p,
@@ -191,6 +197,17 @@ def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: l
     return {"seconds": time.perf_counter() - start, **resumed}
 
 
+def training_metrics(training_log: lora_log.TrainingLog, trained: Dict[str, Any], iters: int,
+                     trainable: int) -> Metrics:
+    """The final figures; tokens/s counts this run's own tokens (not a checkpoint's)."""
+    seconds = trained.pop("seconds")
+    metrics: Metrics = {**training_log.final(), "iterations": iters, "seconds": seconds,
+                        "trainable_parameters": trainable}
+    tokens = metrics["trained_tokens"] - trained.pop("resumed_trained_tokens", 0)
+    metrics["tokens_per_second"] = tokens / seconds if seconds > 0 else None
+    return {**metrics, **trained}
+
+
 def test_loss(model, args: types.SimpleNamespace, test_set) -> float:
     """mlx_lm.lora's ``evaluate_model``: the loss on the test split."""
     from mlx_lm.tuner.datasets import CacheDataset
@@ -218,7 +235,8 @@ def execute(job: TaskInput) -> Metrics:
         Metrics: final_train_loss, final_val_loss, initial_val_loss, trained_tokens,
         iterations, tokens_per_second, seconds, peak_memory_gb, trainable_parameters, data,
         data_sha256 (per split), config_file, config_file_sha256, config_file_keys, adapters,
-        (test_loss, test_perplexity with test=true; fused_model with fuse=true).
+        (test_loss, test_perplexity with test=true; fused_model with fuse=true; resumed_from,
+        resumed_at_step with resume_from).
     """
     import numpy as np
 
@@ -246,12 +264,7 @@ def execute(job: TaskInput) -> Metrics:
     finally:
         training_log.close()
     job.model.eval()
-    seconds = trained["seconds"]
-    metrics: Metrics = {**training_log.final(), "iterations": args.iters, "seconds": seconds,
-                        "trainable_parameters": trainable}
-    tokens = metrics["trained_tokens"] - trained.pop("resumed_trained_tokens", 0)  # this run's own
-    metrics["tokens_per_second"] = tokens / seconds if seconds > 0 else None
-    metrics.update(trained)
+    metrics = training_metrics(training_log, trained, args.iters, trainable)
     if s["test"]:
         metrics["test_loss"] = test_loss(job.model, args, test_set)
         metrics["test_perplexity"] = math.exp(metrics["test_loss"])
@@ -272,5 +285,5 @@ def execute(job: TaskInput) -> Metrics:
     log.info("lora: final train loss %.4f, validation loss %s, %d tokens in %.1f s; adapters in %s",
              metrics["final_train_loss"], "%.4f" % metrics["final_val_loss"]
              if metrics["final_val_loss"] is not None else "-", metrics["trained_tokens"],
-             seconds, job.run_dir)
+             metrics["seconds"], job.run_dir)
     return metrics

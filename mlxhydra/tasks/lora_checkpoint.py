@@ -11,7 +11,7 @@ the seed (:func:`.lora_loop.replay_data_order`) and checked against the stored n
 import json
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from ..errors import MlxhydraError, TaskError
 from ..load.weight_files import read_header

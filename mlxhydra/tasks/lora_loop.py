@@ -78,9 +78,6 @@ def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batche
         stop: Asked after each step but the last (its checkpoint written): True ends training there.
     """
     import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.nn.utils import average_gradients
-    from mlx.utils import tree_flatten, tree_map
     from mlx_lm.tuner.trainer import default_loss, evaluate, grad_checkpoint
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
@@ -90,8 +87,51 @@ def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batche
     world = mx.distributed.init()
     if args.grad_checkpoint:
         grad_checkpoint(model.layers[0])
+    step, state = compiled_step(model, optimizer, args.grad_accumulation_steps)
+    model.train()
+    p = position
+    for it in range(p.step + 1, args.iters + 1):
+        batch = next(batches)
+        tic = time.perf_counter()
+        if val_set and eval_due(it, args):
+            tic = time.perf_counter()
+            val_loss = evaluate(model=model, dataset=val_set, loss=default_loss,
+                                batch_size=args.batch_size, num_batches=args.val_batches,
+                                max_seq_length=args.max_seq_length)
+            model.train()
+            callback.on_val_loss_report({"iteration": it - 1, "val_loss": val_loss,
+                                         "val_time": time.perf_counter() - tic})
+            tic = time.perf_counter()
+        lvalue, toks, p.grad = step(batch, p.grad, it % args.grad_accumulation_steps == 0)
+        p.losses += lvalue
+        p.n_tokens += toks
+        p.steps += 1
+        mx.eval(state, p.losses, p.n_tokens, p.grad)
+        clear_cache(args.clear_cache_threshold)
+        p.train_time += time.perf_counter() - tic
+        p.step = it
+        if it % args.steps_per_report == 0 or it == args.iters:
+            report(p, args, optimizer, world.size(), callback)
+        if it % args.steps_per_save == 0 and world.rank() == 0:
+            save_adapters(model, args.adapter_file, it)
+            checkpoint(p)
+        if it < args.iters and stop(p):
+            return p
+    if world.rank() == 0:
+        save_adapters(model, args.adapter_file)
+    return p
+
+
+def compiled_step(model, optimizer, accumulate: int):
+    """mlx-lm's training step, compiled over its state (the model, the optimizer, mlx's random
+    key): (step, state)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.nn.utils import average_gradients
+    from mlx.utils import tree_map
+    from mlx_lm.tuner.trainer import default_loss
+
     loss_value_and_grad = nn.value_and_grad(model, default_loss)
-    accumulate = args.grad_accumulation_steps
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -107,41 +147,19 @@ def train(model, optimizer, train_set, val_set, args: Any, callback: Any, batche
             grad = None
         return lvalue, toks, grad
 
-    model.train()
-    p = position
-    for it in range(p.step + 1, args.iters + 1):
-        batch = next(batches)
-        tic = time.perf_counter()
-        if val_set and eval_due(it, args):
-            tic = time.perf_counter()
-            val_loss = evaluate(model=model, dataset=val_set, loss=default_loss,
-                                batch_size=args.batch_size, num_batches=args.val_batches,
-                                max_seq_length=args.max_seq_length)
-            model.train()
-            callback.on_val_loss_report({"iteration": it - 1, "val_loss": val_loss,
-                                         "val_time": time.perf_counter() - tic})
-            tic = time.perf_counter()
-        lvalue, toks, p.grad = step(batch, p.grad, it % accumulate == 0)
-        p.losses += lvalue
-        p.n_tokens += toks
-        p.steps += 1
-        mx.eval(state, p.losses, p.n_tokens, p.grad)
-        clear_cache(args.clear_cache_threshold)
-        p.train_time += time.perf_counter() - tic
-        p.step = it
-        if it % args.steps_per_report == 0 or it == args.iters:
-            report(p, args, optimizer, world.size(), callback)
-        if it % args.steps_per_save == 0 and world.rank() == 0:
-            adapters = dict(tree_flatten(model.trainable_parameters()))
-            mx.save_safetensors(str(args.adapter_file), adapters)
-            numbered = Path(args.adapter_file).parent / f"{it:07d}_adapters.safetensors"
-            mx.save_safetensors(str(numbered), adapters)
-            checkpoint(p)
-        if it < args.iters and stop(p):
-            return p
-    if world.rank() == 0:
-        mx.save_safetensors(str(args.adapter_file), dict(tree_flatten(model.trainable_parameters())))
-    return p
+    return step, state
+
+
+def save_adapters(model, adapter_file: str, it: Optional[int] = None) -> None:
+    """The trainable weights as mlx-lm saves them: ``adapter_file``, and at a save step ``it`` its
+    numbered copy beside it."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    adapters = dict(tree_flatten(model.trainable_parameters()))
+    mx.save_safetensors(str(adapter_file), adapters)
+    if it is not None:
+        mx.save_safetensors(str(Path(adapter_file).parent / f"{it:07d}_adapters.safetensors"), adapters)
 
 
 def report(p: Position, args: Any, optimizer, world_size: int, callback: Any) -> None:
