@@ -88,14 +88,21 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_before_any_weight(setup, tmp
     assert sorted(p.name for p in whole.iterdir()) == before
 
 
-def test_another_seed_is_refused(setup, tmp_path, monkeypatch):  # noqa: F811
+def test_another_seed_or_base_model_is_refused(setup, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)
     whole = Path(run_ours(setup["float"], setup["data"], settings=OFF_GRID, name="whole")["run_dir"])
+    state = whole / "checkpoints" / "resume.safetensors"
     with pytest.raises(TaskError) as e:
         run_ours(setup["float"], setup["data"], f"task.resume_from={whole}", "seed=1",
                  settings=OFF_GRID, name="seed1")
-    assert str(e.value) == (f"task.resume_from: {whole / 'checkpoints' / 'resume.safetensors'} was "
-                            "trained with seed=0, this run has seed=1 (expected the same seed)")
+    assert str(e.value) == (f"task.resume_from: {state} was trained with seed=0, this run has "
+                            "seed=1 (expected the same seed)")
+    with pytest.raises(TaskError) as e:  # the same layers and names, quantized: QLoRA
+        run_ours(setup["4bit"], setup["data"], f"task.resume_from={whole}", settings=OFF_GRID,
+                 name="on4bit")
+    assert str(e.value) == (f"task.resume_from: {state} was trained on another base model: its "
+                            "weights_fingerprint and quantization differ from this run's (expected "
+                            "the same weights and quantization)")
 
 
 def wait_for(predicate, timeout=240.0) -> bool:

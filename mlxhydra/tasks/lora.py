@@ -134,7 +134,8 @@ def starting_point(job: TaskInput, optimizer, train_set, valid_set, training_arg
     if not job.task.get("resume_from"):
         return lora_loop.Position(), lora_loop.train_batches(train_set, training_args), {}
     file = lora_checkpoint.state_file(job.task["resume_from"])
-    position, meta = lora_checkpoint.restore(file, job.model, optimizer, job.seed)
+    position, meta = lora_checkpoint.restore(file, job.model, optimizer, job.seed,
+                                             lora_checkpoint.base_model(job.record))
     batches = lora_loop.replay_data_order(train_set, valid_set, training_args, position.step)
     lora_checkpoint.require_same_numpy_state(meta, file)
     training_log.replay(meta["reports"])
@@ -168,7 +169,8 @@ def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: l
 
     def checkpoint(p: lora_loop.Position) -> None:
         lora_checkpoint.save(staging.dir / lora_checkpoint.STATE, job.model, optimizer, p,
-                             trajectory, job.seed, {"train": training_log.train, "val": training_log.val})
+                             trajectory, job.seed, {"train": training_log.train, "val": training_log.val},
+                             lora_checkpoint.base_model(job.record))
 
     def stop(p: lora_loop.Position) -> bool:
         """SIGTERM or SIGHUP (:mod:`mlxhydra.stopping`): a checkpoint of this step, then stop."""

@@ -11,7 +11,7 @@ the seed (:func:`.lora_loop.replay_data_order`) and checked against the stored n
 import json
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import MlxhydraError, TaskError
 from ..load.weight_files import read_header
@@ -83,9 +83,14 @@ def resume_problems(value: Any, settings: Mapping[str, Any], data_sha256: Mappin
     return []
 
 
+def base_model(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a run's record says of the model trained on: its weight files and quantization."""
+    return {k: record.get(k) for k in ("weights_fingerprint", "quantization")}
+
+
 def save(file: Path, model, optimizer, p: Position, settings: Dict[str, Any], seed: int,
-         reports: Dict[str, List[Dict[str, Any]]]) -> None:
-    """Write the checkpoint of ``p`` atomically."""
+         reports: Dict[str, List[Dict[str, Any]]], base: Optional[Mapping[str, Any]] = None) -> None:
+    """Write the checkpoint of ``p`` atomically (``base``: :func:`base_model`)."""
     import mlx.core as mx
     import numpy as np
     from mlx.utils import tree_flatten
@@ -101,7 +106,7 @@ def save(file: Path, model, optimizer, p: Position, settings: Dict[str, Any], se
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     arrays["random.numpy"] = mx.array(keys)
     meta = {"format": FORMAT, "step": p.step, "steps": p.steps, "train_time": p.train_time,
-            "trained_tokens": p.trained_tokens, "seed": seed, "settings": settings,
+            "trained_tokens": p.trained_tokens, "seed": seed, "settings": settings, "base": dict(base or {}),
             "numpy": [int(pos), int(has_gauss), float(gauss)], "python": random.getstate(),
             "reports": reports}
     with atomic_file(file) as tmp:
@@ -120,14 +125,16 @@ def _tree(loaded: Dict[str, Any], prefix: str, like: Any, file: Path):
     return tree_map_with_path(lambda path, _: loaded[f"{prefix}.{path}"], like)
 
 
-def restore(file: Path, model, optimizer, seed: int) -> Tuple[Position, Dict[str, Any]]:
+def restore(file: Path, model, optimizer, seed: int, base: Optional[Mapping[str, Any]] = None
+            ) -> Tuple[Position, Dict[str, Any]]:
     """Put the checkpoint's weights, optimizer and random states in place.
 
     Returns:
         The position to go on from, and the checkpoint's description (its ``reports``).
 
     Raises:
-        TaskError: the file cannot be read, was trained with another seed, or does not fit.
+        TaskError: the file cannot be read, was trained with another seed or on another base
+            (weight files, quantization; where both records say), or does not fit.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -136,6 +143,13 @@ def restore(file: Path, model, optimizer, seed: int) -> Tuple[Position, Dict[str
     if meta["seed"] != seed:
         raise TaskError(f"task.resume_from: {file} was trained with seed={meta['seed']}, this run "
                         f"has seed={seed} (expected the same seed)")
+    theirs = meta.get("base") or {}
+    differ = [k for k, v in (base or {}).items() if v is not None and theirs.get(k) is not None
+              and json.loads(json.dumps(v)) != theirs[k]]
+    if differ:
+        raise TaskError(f"task.resume_from: {file} was trained on another base model: its "
+                        f"{' and '.join(differ)} differ from this run's (expected the same weights "
+                        "and quantization)")
     try:
         loaded = mx.load(str(file))
     except (RuntimeError, ValueError, OSError) as e:
