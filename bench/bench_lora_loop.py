@@ -1,7 +1,7 @@
 """task=lora's training loop (mlxhydra/tasks/lora_loop.py) against mlx-lm's ``train``, side by side.
 
 The same model (the embedded tiny llama), data (its fine-tuning set), settings and seed; the
-variants run interleaved, each in a fresh model, repetition after repetition:
+variants run interleaved, each in a fresh model, taking each place in the order in turn:
 
 - ``mlx_lm``: ``mlx_lm.tuner.trainer.train``;
 - ``ours``: ``lora_loop.train`` with no checkpoint due;
@@ -91,7 +91,7 @@ def main() -> None:
     results = {v: [] for v in VARIANTS}
     load_before = os.getloadavg()
     for rep in range(a.reps):
-        order = VARIANTS if rep % 2 == 0 else VARIANTS[::-1]
+        order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # each variant in each place in turn
         for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
                 results[variant].append(run(variant, a.iters, a.save_every, Path(tmp)))

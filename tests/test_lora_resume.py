@@ -190,7 +190,8 @@ def test_sigterm_writes_a_checkpoint_of_the_step_it_stops_at(setup, whole_cli_ru
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_of_training_jobs_resumes_each_from_its_checkpoint(setup, whole_cli_run, tmp_path):  # noqa: F811
+def test_a_killed_sweep_of_training_jobs_resumes_each_from_its_checkpoint(setup, whole_cli_run, tmp_path,  # noqa: F811
+                                                                          capsys):
     sweep = tmp_path / "sweep"
     args = [a for a in cli_args(setup) if not a.startswith("task.save_every=")]
     proc = subprocess.Popen([sys.executable, "-m", "mlxhydra", "-m", *args, "task.save_every=10,20",
@@ -210,3 +211,6 @@ def test_a_killed_sweep_of_training_jobs_resumes_each_from_its_checkpoint(setup,
     for job in jobs:  # save_every does not change the steps: each is the uninterrupted run
         assert our_reports(job) == our_reports(whole_cli_run)
         assert adapters_equal(job, whole_cli_run)
+    assert resume_main([str(jobs[0])]) == 2  # a job alone: the sweep's summary would miss it
+    assert capsys.readouterr().err == (f"mlxhydra: resume {jobs[0]} is a job of the sweep {sweep}: resume "
+                                       f"the sweep (mlxhydra resume {sweep}), which runs its unfinished jobs\n")

@@ -85,6 +85,10 @@ def plan(run_dir: RunDir, args: Any) -> Tuple[List[str], Path, Optional[Tuple[Pa
 def main(run_dir: RunDir, args: Any) -> int:
     """Resume one run (see the module's docstring); returns the exit status."""
     try:
+        sweep = run_dir.path.parent
+        if (sweep / SweepDir.PLAN).is_file():  # its summary and job numbers belong to the sweep
+            raise RunDirError(f"{run_dir.path} is a job of the sweep {shown(sweep)}: resume the sweep "
+                              f"(mlxhydra resume {shown(sweep)}), which runs its unfinished jobs")
         status = run_dir.read_record().get("status")
         if status == "completed":
             print(f"nothing to resume: {shown(run_dir.path)} completed")
