@@ -37,6 +37,8 @@ NAMES: Dict[str, Tuple[str, str, str]] = {
     # that reads its config files (1e-5 as a float), for task=lora's task.config_file.
     "lora_config_defaults": ("mlx-lm", "mlx_lm.lora", "CONFIG_DEFAULTS"),
     "lora_yaml_loader": ("mlx-lm", "mlx_lm.lora", "yaml_loader"),
+    # mlx-lm: its trainer's cache clearing between steps (task=lora's loop, tasks/lora_loop.py).
+    "clear_cache": ("mlx-lm", "mlx_lm.tuner.trainer", "_clear_cache"),
     # Hydra: the command-line parser of @hydra.main (to read argv as Hydra will).
     "hydra_args_parser": ("hydra-core", "hydra._internal.utils", "get_args_parser"),
     # Hydra: how the basic sweeper expands sweep overrides into jobs.

@@ -118,7 +118,8 @@ class _Command:
     def refusal(self) -> Optional[str]:
         """Why the command line cannot run (its overrides, its model= path, missing extras), or None.
 
-        Also makes the arguments Hydra's: model= paths quoted, ``sys.argv`` set.
+        Also makes the arguments Hydra's: model= paths quoted, run references resolved
+        (``load.adapter_path=latest``), ``sys.argv`` set.
         """
         from .errors import ConfigError
 
@@ -136,11 +137,12 @@ class _Command:
             overrides_of_argv,
             quote_model_paths,
             require_override_syntax,
+            resolve_run_references,
         )
         from .config.plugin_extras import missing_extras
         from .errors import ConfigError, ModelDirError, OverrideSyntaxError
 
-        self.args = quote_model_paths(self.args)
+        self.args = resolve_run_references(quote_model_paths(self.args))
         sys.argv[1:] = self.args
         overrides = overrides_of_argv(self.args)
         try:

@@ -77,7 +77,8 @@ def test_run_arguments_complete_to_names_that_find_run_accepts(tree, offered):
     assert offered("mlxhydra diff a b ") == []
     assert offered("mlxhydra diff latest/") == ["latest/0_quant.bits=2"]
     assert offered("mlxhydra replay 1") == names
-    assert offered("mlxhydra resume ") == ["latest", "09-00-00_cccc", "09-30-00_dddd", "outputs/"]
+    assert offered("mlxhydra summarize ") == ["latest", "09-00-00_cccc", "09-30-00_dddd", "outputs/"]
+    assert offered("mlxhydra resume ") == ["latest", "09-00-00_cccc", "09-30-00_dddd", *names, "outputs/"]
     assert offered("mlxhydra summarize 09-0") == ["09-00-00_cccc"]
     assert offered("mlxhydra runs ")[:2] == ["latest", "09-00-00_cccc"]  # runs and sweeps
     assert offered("mlxhydra replay outputs/m") == ["outputs/multirun/"]
@@ -92,7 +93,8 @@ def test_run_arguments_complete_to_names_that_find_run_accepts(tree, offered):
 def test_a_single_run_as_latest_and_no_outputs(tree, offered, tmp_path, monkeypatch):
     mark_latest(tree / RUNS[0], "run", tree)
     assert offered("mlxhydra replay l") == ["latest"]
-    assert offered("mlxhydra resume l") == []  # latest is not a sweep
+    assert offered("mlxhydra summarize l") == []  # latest is not a sweep
+    assert offered("mlxhydra resume l") == ["latest"]  # a run resumes too
     assert offered("mlxhydra diff latest/") == []
     empty = tmp_path / "empty"
     empty.mkdir()

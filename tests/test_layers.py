@@ -18,6 +18,7 @@ PACKAGE = ROOT / "mlxhydra"
 LAYERS: List[List[str]] = [
     ["mlxhydra.errors"],
     ["mlxhydra._upstream", "mlxhydra.file_checks", "mlxhydra.stats", "mlxhydra.progress",
+     "mlxhydra.stopping",
      "mlxhydra.data", "mlxhydra.models", "mlxhydra.lm_eval_tasks"],
     ["mlxhydra.record"],
     ["mlxhydra.distributed"],

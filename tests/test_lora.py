@@ -229,3 +229,19 @@ def test_config_file_keys_under_the_command_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         resolve(task, cli=set())
     assert [p.split(": ")[1] for p in e.value.problems] == ["learnin_rate", "resume_adapter_file"]
+
+
+def test_adapter_path_names_a_training_run_as_the_subcommands_do(setup, tmp_path, monkeypatch):
+    """``load.adapter_path=latest`` (or a unique prefix of the run's name) is the run that
+    trained, resolved before the new run points ``latest`` at itself; the record holds its path."""
+    monkeypatch.chdir(tmp_path)
+    trained = Path(run_ours(setup["float"], setup["data"], settings={**SMALL, "iters": 2},
+                            name="outputs/runs/trained-lora")["run_dir"]).resolve()
+    for reference in ("latest", "trained-l"):
+        record = mlxhydra.run(f"model={setup['float']}", "task=load", f"load.adapter_path={reference}")
+        assert record["adapter"]["path"] == str(trained)
+        assert f"load.adapter_path={trained}" in record["overrides"]
+    with pytest.raises(ConfigError) as e:
+        mlxhydra.run(f"model={setup['float']}", "task=load", "load.adapter_path=nothing-like-it")
+    assert e.value.problems[0].startswith(f"load.adapter_path=nothing-like-it: {tmp_path / 'nothing-like-it'} "
+                                          "does not exist")

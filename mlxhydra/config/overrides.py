@@ -200,3 +200,32 @@ def quote_model_paths(args: Sequence[str]) -> List[str]:
             arg = f"model='{value}'"
         out.append(arg)
     return out
+
+
+# Keys whose value may name a run as the subcommands do (``latest``, a unique prefix of its name).
+RUN_REFERENCE_KEYS = ("load.adapter_path",)
+_PLAIN = re.compile(r"[\w./+-]+")
+
+
+def resolve_run_references(args: Sequence[str]) -> List[str]:
+    """``load.adapter_path=latest`` (``latest/3_...``, a unique prefix of a run's name under
+    ``outputs/``) as the absolute run directory it names (``record/latest.py: find_run``),
+    before this command's own run takes ``latest`` over; the record holds that path. A value
+    that is an existing path, holds override grammar or names no run is left as written."""
+    from ..errors import RunDirError
+    from ..record.latest import find_run
+
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in RUN_REFERENCE_KEYS and value and not (_GRAMMAR & set(value)) \
+                and not os.path.lexists(os.path.expanduser(value)):
+            try:
+                path = str(find_run(value).resolve())
+            except RunDirError:  # validation names the path that does not exist
+                path = None
+            if path is not None:
+                escaped = path.replace("\\", "\\\\").replace("'", "\\'")
+                arg = f"{key}={path}" if _PLAIN.fullmatch(path) else f"{key}='{escaped}'"
+        out.append(arg)
+    return out

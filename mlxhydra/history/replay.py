@@ -159,7 +159,9 @@ def pin_hub_ids(overrides: List[str], hub: Dict[str, Any]) -> List[str]:
 
 
 def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence[str] = (),
-                   cwd: Optional[Path] = None) -> Tuple[List[str], Path, Path, List[str]]:
+                   cwd: Optional[Path] = None, out_dir: Optional[str] = None,
+                   replaced: Sequence[str] = (), command: str = "replay"
+                   ) -> Tuple[List[str], Path, Path, List[str]]:
     """``(argv, cwd, new_run_dir, notes)`` of the replay of ``run_dir``; the first note is the
     one line naming the recorded settings that are not re-applied.
 
@@ -169,13 +171,17 @@ def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence
         options: ``--config-dir``/``--config-name`` of the replay command (the
             recorded ones are only named).
         cwd: Where the replay runs (default: the current directory; never the recorded one).
+        out_dir: Its run directory (default: a new one, :func:`new_run_dir`).
+        replaced: Keys of recorded overrides left out because ``extra`` sets them.
+        command: The subcommand its notes name.
     """
     rec = recorded(run_dir)
     cwd = cwd or Path.cwd()
-    task, notes = rec["task"], []
+    task = kept = [o.text for o in parse_overrides(rec["task"]) if o.key not in replaced]
+    notes: List[str] = []
     if rec["cwd"] and os.path.realpath(rec["cwd"]) != os.path.realpath(cwd):
         task = _absolute_model(task, rec["model_dir"], rec["hub"])
-        if task != rec["task"]:
+        if task != kept:
             notes.append(f"the run's working directory was {rec['cwd']}: replaying in {cwd} "
                          f"with model={rec['model_dir']}")
     # Hub ids pinned first: a pin is recorded data too, and is filtered like the rest.
@@ -186,11 +192,12 @@ def replay_command(run_dir: RunDir, extra: Sequence[str] = (), options: Sequence
     for reset in consent_resets(rec["config"], extra):
         key = reset.split("=", 1)[0]
         overrides.append(reset)
-        notes.append(f"the original ran with {key} set; the replay does not, unless you add "
-                     f"{key}=... to the replay command")
-    line = dropped_line("replay", dropped)
-    out_dir = new_run_dir()
-    argv = installed_command(*options, *overrides, *extra, f"hydra.run.dir={out_dir}")
+        notes.append(f"the original ran with {key} set; the {command} does not, unless you add "
+                     f"{key}=... to the {command} command")
+    line = dropped_line(command, dropped)
+    out_dir = out_dir or new_run_dir()
+    where = out_dir if PLAIN_PATH.fullmatch(out_dir) else quoted(out_dir)
+    argv = installed_command(*options, *overrides, *extra, f"hydra.run.dir={where}")
     return argv, cwd, cwd / out_dir, ([line] if line else []) + notes
 
 

@@ -5,7 +5,8 @@ bytecodes: a long MLX call (one forward pass of a large quantized model on
 the CPU, a quantization) on the main thread holds off SIGTERM for as long as
 it runs. So the job runs on one worker thread per process, while the main
 thread waits: a handler's :class:`~mlxhydra.errors.Interrupted` (or Ctrl-C's
-KeyboardInterrupt) ends the wait at once, the job records ``interrupted``,
+KeyboardInterrupt) ends the wait at once (after up to :data:`mlxhydra.stopping.GRACE_SECONDS`
+for a task that honours stop requests), the job records ``interrupted``,
 and the command exits 128 + the signal number without waiting for the MLX
 call (:func:`abandoned` tells the command that a job is still running; it
 then ends the process with ``os._exit``).
@@ -21,7 +22,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import Interrupted, raise_interrupted
+from .. import stopping
+from ..errors import Interrupted, RankInterrupted, raise_interrupted
 
 # SIGINT keeps Python's own handler (KeyboardInterrupt), which launchers such as joblib expect.
 HANDLED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -88,10 +90,16 @@ def run_in_job_thread(func: Callable[[], Any],
     box: Dict[str, Any] = {}
     done = threading.Event()
     worker.tasks.put((func, box, done))
-    while not done.wait(POLL_SECONDS):
-        error = stop() if stop is not None else None
-        if error is not None and not done.is_set():
-            raise error
+    try:
+        while not done.wait(POLL_SECONDS):
+            error = stop() if stop is not None else None
+            if error is not None and not done.is_set():
+                raise error
+    except Interrupted as e:
+        if stopping.honouring() and not isinstance(e, RankInterrupted):  # SIGTERM, SIGHUP: the task ends cleanly if it can, in time
+            stopping.request()
+            done.wait(stopping.GRACE_SECONDS)
+        raise
     if "error" in box:
         raise box["error"]
     return box.get("value")

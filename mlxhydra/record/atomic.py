@@ -67,6 +67,28 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         _track(Path(tmp), False)
 
 
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` for a writer that takes a path (``mx.save_safetensors``):
+    synced and renamed to ``path`` on success, removed on error. It keeps ``path``'s suffix,
+    which such writers otherwise append."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    _track(tmp, True)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        _track(tmp, False)
+
+
 def json_text(data: Any) -> str:
     """The JSON text mlxhydra writes: indented, UTF-8, NaN allowed, unknown types as str."""
     return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=True, default=str) + "\n"

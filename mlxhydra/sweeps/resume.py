@@ -17,18 +17,22 @@ directory of a job that is run again is first moved, whole, to
 ``.attempts/`` in the sweep. The summary, a tracker's parent run (the
 sweep's ``tracking.json``) and ``mlxhydra runs`` then cover the whole sweep.
 
+A task=lora job goes on from its last checkpoint (``task.resume_from=``, set per job); a run's
+directory instead of a sweep's is resumed by :mod:`.resume_run`.
+
 Exit status: the resumed command's (0 when every job completed), 0 when
 there is nothing to resume, 2 for a directory that is not a resumable sweep.
 """
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config.overrides import parse_overrides
-from ..config.recorded import dropped_line, hydra_overrides, own_overrides
+from ..config.recorded import dropped_line, hydra_overrides, own_overrides, quoted
 from ..errors import RunDirError
 from ..history.replay import primary_config_options
 from ..history.rerun import (
@@ -40,11 +44,15 @@ from ..history.rerun import (
     run_forwarding_signals,
 )
 from ..record.latest import find_run, shown
-from ..record.run_dir import SweepDir, read_yaml
+from ..record.run_dir import RunDir, SweepDir, read_yaml
 from ..record.schema import read_record
+from . import resume_run
 from .attempts import contiguous, set_aside
+from .resume_run import RESUME_KEY, is_single_run, last_attempt_checkpoint, recorded_checkpoint
 from .resume_search import REPLACED, is_search, search_command_overrides
 from .summary import sweep_plan
+
+log = logging.getLogger("mlxhydra")
 
 # Hydra overrides of the original command that resume sets itself.
 REPLACED_HYDRA = ("hydra.mode", "hydra.sweep.dir", "hydra/sweeper", "hydra.sweeper")
@@ -111,10 +119,24 @@ def launch_jobs(launcher: Any, sweep_dir: str, jobs: Sequence[int], arguments: S
     keys = {o.key for o in own}
     returns = []
     for group in contiguous(jobs):
-        batch = [[o.text for o in parse_overrides(plan[n]) if o.key not in keys] + [o.text for o in own]
-                 for n in group]
+        batch = []
+        for n in group:
+            resumed = checkpoint_override(sweep, n)
+            skip = keys | ({RESUME_KEY} if resumed else set())
+            batch.append([o.text for o in parse_overrides(plan[n]) if o.key not in skip]
+                         + [o.text for o in own] + resumed)
         returns.append(launcher.launch(batch, initial_job_idx=group[0]))
     return returns
+
+
+def checkpoint_override(sweep: SweepDir, num: int) -> List[str]:
+    """``task.resume_from=<checkpoint>`` for a task=lora job whose last attempt left one."""
+    try:
+        found = last_attempt_checkpoint(sweep, num)
+    except RunDirError as e:  # the job starts again; the sweep goes on
+        log.warning("mlxhydra: resume: job %d starts again from the beginning: %s", num, e)
+        return []
+    return [f"{RESUME_KEY}={quoted(str(found[0]))}"] if found else []
 
 
 def _list(value: Any) -> List[Any]:
@@ -185,6 +207,13 @@ def plan_resume(sweep: SweepDir, extra: Sequence[str] = (), options: Sequence[st
         d for d in planned if _key(d) not in named]
 
 
+def _checkpoint(job: RunDir) -> Optional[Tuple[Path, int]]:
+    try:
+        return recorded_checkpoint(job)
+    except RunDirError:  # named when the job is launched
+        return None
+
+
 def _key(dropped: str) -> str:
     """The key of a ``"TEXT (reason)"`` item."""
     return parse_overrides([dropped.rsplit(" (", 1)[0]])[0].key
@@ -201,20 +230,26 @@ def _cwd_note(recorded: Any, cwd: Path) -> Optional[str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``mlxhydra resume SWEEP_DIR [--dry-run] [--cwd DIR] [OVERRIDE...]``; returns the exit status."""
+    """``mlxhydra resume SWEEP_DIR|RUN_DIR [--dry-run] [--cwd DIR] [OVERRIDE...]``; returns the
+    exit status. A run's directory is resumed by :mod:`.resume_run`."""
     p = argparse.ArgumentParser(
         prog="mlxhydra resume",
         description="Run the missing, failed and interrupted jobs of a sweep again, into the same "
                     "sweep directory and job numbers, with its recorded mlxhydra settings, launcher "
-                    "and sweeper, in the current directory.")
-    p.add_argument("sweep_dir", help="the sweep's directory, latest, or a unique prefix of its name")
+                    "and sweeper, in the current directory. Given a run's directory, run it again "
+                    "there; a task=lora run goes on from its last checkpoint.")
+    p.add_argument("dir", metavar="SWEEP_DIR|RUN_DIR", help="the sweep's (or run's) directory, "
+                   "latest, or a unique prefix of its name")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and the command; run nothing")
     add_rerun_options(p)
     p.add_argument("overrides", nargs="*", help="this command's own overrides, applied last, e.g. "
                    "its consent: load.trust_remote_code=true (never taken from the record)")
     args = p.parse_args(list(argv))
     try:
-        sweep = SweepDir(find_run(args.sweep_dir).resolve())
+        found = find_run(args.dir).resolve()
+        if is_single_run(found):
+            return resume_run.main(RunDir(found), args)
+        sweep = SweepDir(found)
         cwd = rerun_cwd(args.cwd)
         todo, statuses, known, command, search, dropped = plan_resume(
             sweep, args.overrides, rerun_options(args), cwd)
@@ -229,8 +264,11 @@ def main(argv: Sequence[str]) -> int:
     for note in ([f"mlxhydra: {line}"] if line else []) + [_cwd_note(read_yaml(sweep.plan), cwd)]:
         if note:
             sys.stderr.write(note + "\n")
+    jobs = sweep.job_dirs()
     for n in todo:
-        print(f"job {n} ({statuses.get(n, 'missing')}): {' '.join(known.get(n, ['(new trial)']))}")
+        found = _checkpoint(jobs[n]) if n in jobs and not search else None
+        where = f" (from its checkpoint at step {found[1]})" if found else ""
+        print(f"job {n} ({statuses.get(n, 'missing')}){where}: {' '.join(known.get(n, ['(new trial)']))}")
     print(f"resuming {len(todo)} of {total} jobs in {shown(sweep.path)}")
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,18 +10,20 @@ its datasets. Settings: :mod:`.lora_settings`; data: :mod:`.lora_data`; reports:
 
 import contextlib
 import copy
-import io
 import logging
 import math
+import signal
 import time
 import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..errors import ConfigError, TaskError
+from .. import stopping
+from ..errors import ConfigError, Interrupted, TaskError
 from ..load.tokenizer import load_tokenizer
-from . import lora_data, lora_log, lora_outputs
+from ..progress import progress
+from . import lora_checkpoint, lora_data, lora_log, lora_loop, lora_outputs
 from .common import Metrics, TaskInput
 from .lora_settings import OWN_KEYS, Resolved, resolve
 from .lora_settings import settings_problems as _settings_problems
@@ -58,7 +60,10 @@ def problems_with_model(task: Dict[str, Any], model_config: Dict[str, Any], mode
                                    trust_remote_code=load.get("trust_remote_code") is True)
     except TaskError:  # named where the tokenizer files are checked
         return problems
-    return problems + lora_data.data_problems(s, tokenizer)
+    problems += lora_data.data_problems(s, tokenizer)
+    if problems or not s.get("resume_from"):
+        return problems
+    return lora_checkpoint.resume_problems(s["resume_from"], s, lora_data.fingerprints(s))
 
 
 def mlx_lm_arguments(job: TaskInput, resolved: Resolved) -> Dict[str, Any]:
@@ -122,15 +127,33 @@ def layer_call_restored(model):
         cls.__call__ = call
 
 
-def run_training(job: TaskInput, args: types.SimpleNamespace, train_set, valid_set,
-                 staging: lora_outputs.Staging, training_log: lora_log.TrainingLog) -> float:
-    """mlx-lm's ``train`` with mlx_lm.lora's arguments; returns the seconds it took.
+def starting_point(job: TaskInput, optimizer, train_set, valid_set, training_args,
+                   training_log: lora_log.TrainingLog):
+    """(position, batches, what the metrics say of a resume): step 0, or ``task.resume_from``'s
+    checkpoint restored with its data order replayed and its reports logged again."""
+    if not job.task.get("resume_from"):
+        return lora_loop.Position(), lora_loop.train_batches(train_set, training_args), {}
+    file = lora_checkpoint.state_file(job.task["resume_from"])
+    position, meta = lora_checkpoint.restore(file, job.model, optimizer, job.seed,
+                                             lora_checkpoint.base_model(job.record))
+    batches = lora_loop.replay_data_order(train_set, valid_set, training_args, position.step)
+    lora_checkpoint.require_same_numpy_state(meta, file)
+    training_log.replay(meta["reports"])
+    log.info("lora: resuming at iteration %d of %d from %s", position.step, training_args.iters, file)
+    return position, batches, {"resumed_from": str(file), "resumed_at_step": position.step,
+                               "resumed_trained_tokens": position.trained_tokens}
 
-    mlx-lm's own progress display (rich, on stdout) is dropped: :mod:`mlxhydra.progress`
-    counts the iterations and the reports are logged.
+
+def run_training(job: TaskInput, args: types.SimpleNamespace, splits, staging: lora_outputs.Staging,
+                 training_log: lora_log.TrainingLog, trajectory: Dict[str, Any]) -> Dict[str, Any]:
+    """mlx-lm's training (:mod:`.lora_loop`) with mlx_lm.lora's arguments, from
+    ``task.resume_from``'s checkpoint when set; returns the seconds it took and where it started.
+
+    mlx-lm's own progress display is not used: :mod:`mlxhydra.progress` counts the iterations
+    and the reports are logged.
     """
     from mlx_lm.tuner.datasets import CacheDataset
-    from mlx_lm.tuner.trainer import TrainingArgs, iterate_batches, train
+    from mlx_lm.tuner.trainer import TrainingArgs
 
     training_args = TrainingArgs(
         batch_size=args.batch_size, iters=args.iters, val_batches=args.val_batches,
@@ -139,16 +162,52 @@ def run_training(job: TaskInput, args: types.SimpleNamespace, train_set, valid_s
         max_seq_length=args.max_seq_length, grad_checkpoint=args.grad_checkpoint,
         grad_accumulation_steps=args.grad_accumulation_steps,
     )
-    counted = lora_log.CountedBatches(iterate_batches, args.iters)
+    train_set, valid_set = CacheDataset(splits[0]), CacheDataset(splits[1])
+    optimizer = build_optimizer(args)
+    position, batches, resumed = starting_point(job, optimizer, train_set, valid_set, training_args,
+                                                training_log)
+
+    def checkpoint(p: lora_loop.Position) -> None:
+        lora_checkpoint.save(staging.dir / lora_checkpoint.STATE, job.model, optimizer, p,
+                             trajectory, job.seed, {"train": training_log.train, "val": training_log.val},
+                             lora_checkpoint.base_model(job.record))
+
+    def stop(p: lora_loop.Position) -> bool:
+        """SIGTERM or SIGHUP (:mod:`mlxhydra.stopping`): a checkpoint of this step, then stop."""
+        if not stopping.requested():
+            return False
+        if p.step % args.save_every:  # at a save step it is written already
+            checkpoint(p)
+        log.warning("lora: stopped at iteration %d of %d; its checkpoint is in %s", p.step,
+                    args.iters, staging.dir)
+        return True
+
+    # Pulling a batch marks the one before it done (as mlx-lm's trainer pulls them).
+    bar = progress(batches, args.iters - position.step, "lora", unit="iterations")
     start = time.perf_counter()
     try:
-        with layer_call_restored(job.model), contextlib.redirect_stdout(io.StringIO()):
-            train(model=job.model, args=training_args, optimizer=build_optimizer(args),
-                  train_dataset=CacheDataset(train_set), val_dataset=CacheDataset(valid_set),
-                  training_callback=lora_log.callback(training_log), iterate_batches=counted)
+        with layer_call_restored(job.model), stopping.honoured():
+            done = lora_loop.train(job.model, optimizer, train_set, valid_set, training_args,
+                                   lora_log.callback(training_log), iter(bar), position,
+                                   checkpoint, stop)
+        if done.step < args.iters:  # the main thread records the interruption
+            raise Interrupted(signal.SIGTERM)
     finally:
-        counted.close()
-    return time.perf_counter() - start
+        close = getattr(bar, "close", None)
+        if close is not None:  # the loop stops pulling after the last iteration
+            close()
+    return {"seconds": time.perf_counter() - start, **resumed}
+
+
+def training_metrics(training_log: lora_log.TrainingLog, trained: Dict[str, Any], iters: int,
+                     trainable: int) -> Metrics:
+    """The final figures; tokens/s counts this run's own tokens (not a checkpoint's)."""
+    seconds = trained.pop("seconds")
+    metrics: Metrics = {**training_log.final(), "iterations": iters, "seconds": seconds,
+                        "trainable_parameters": trainable}
+    tokens = metrics["trained_tokens"] - trained.pop("resumed_trained_tokens", 0)
+    metrics["tokens_per_second"] = tokens / seconds if seconds > 0 else None
+    return {**metrics, **trained}
 
 
 def test_loss(model, args: types.SimpleNamespace, test_set) -> float:
@@ -178,7 +237,8 @@ def execute(job: TaskInput) -> Metrics:
         Metrics: final_train_loss, final_val_loss, initial_val_loss, trained_tokens,
         iterations, tokens_per_second, seconds, peak_memory_gb, trainable_parameters, data,
         data_sha256 (per split), config_file, config_file_sha256, config_file_keys, adapters,
-        (test_loss, test_perplexity with test=true; fused_model with fuse=true).
+        (test_loss, test_perplexity with test=true; fused_model with fuse=true; resumed_from,
+        resumed_at_step with resume_from).
     """
     import numpy as np
 
@@ -197,16 +257,16 @@ def execute(job: TaskInput) -> Metrics:
     log.info("lora: %s fine-tuning, %s trainable parameters, %d iterations of %d rows",
              args.fine_tune_type, f"{trainable:,}", args.iters, args.batch_size)
     training_log = lora_log.TrainingLog(job.run_dir / lora_outputs.TRAIN_LOG, args.iters)
+    data_sha256 = lora_data.fingerprints(s)
     try:
         with lora_outputs.Staging(job.run_dir) as staging:
-            seconds = run_training(job, args, train_set, valid_set, staging, training_log)
+            trained = run_training(job, args, (train_set, valid_set), staging, training_log,
+                                   lora_checkpoint.trajectory(s, data_sha256))
             staging.publish(vars(args))
     finally:
         training_log.close()
     job.model.eval()
-    metrics: Metrics = {**training_log.final(), "iterations": args.iters, "seconds": seconds,
-                        "trainable_parameters": trainable}
-    metrics["tokens_per_second"] = metrics["trained_tokens"] / seconds if seconds > 0 else None
+    metrics = training_metrics(training_log, trained, args.iters, trainable)
     if s["test"]:
         metrics["test_loss"] = test_loss(job.model, args, test_set)
         metrics["test_perplexity"] = math.exp(metrics["test_loss"])
@@ -218,7 +278,7 @@ def execute(job: TaskInput) -> Metrics:
     metrics.update(
         adapters=str(job.run_dir / lora_outputs.ADAPTERS),
         adapters_fingerprint=fingerprint(job.run_dir / lora_outputs.ADAPTERS, "full"),
-        data=args.data, data_sha256=lora_data.fingerprints(s),
+        data=args.data, data_sha256=data_sha256,
         config_file=str(resolved.config_file) if resolved.config_file else None,
         config_file_sha256=resolved.config_file_sha256, config_file_keys=resolved.from_file,
     )
@@ -227,5 +287,5 @@ def execute(job: TaskInput) -> Metrics:
     log.info("lora: final train loss %.4f, validation loss %s, %d tokens in %.1f s; adapters in %s",
              metrics["final_train_loss"], "%.4f" % metrics["final_val_loss"]
              if metrics["final_val_loss"] is not None else "-", metrics["trained_tokens"],
-             seconds, job.run_dir)
+             metrics["seconds"], job.run_dir)
     return metrics

@@ -1,4 +1,4 @@
-"""task=lora's record of training: mlx-lm's reports as JSON lines, progress, the loss curve.
+"""task=lora's record of training: mlx-lm's reports as JSON lines, the loss curve.
 
 mlx-lm's trainer reports through a ``TrainingCallback``: the training loss every
 ``steps_per_report`` iterations (averaged over them, with the learning rate, tokens/s, trained
@@ -10,9 +10,7 @@ it comes (trackers read the file as step metrics: ``tracking/tracked_job.py``).
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
-
-from ..progress import progress
+from typing import Any, Dict, List
 
 log = logging.getLogger("mlxhydra")
 
@@ -56,6 +54,12 @@ class TrainingLog:
         log.info("lora: iteration %d/%d: validation loss %.4f (%.1f s)", entry["iteration"],
                  self.iters, entry["val_loss"], entry["val_time"])
 
+    def replay(self, reports: Dict[str, List[Dict[str, Any]]]) -> None:
+        """A resumed run's reports up to its checkpoint, written again at the top of its log."""
+        self.train, self.val = list(reports["train"]), list(reports["val"])
+        for entry in sorted(self.train + self.val, key=lambda e: (e["iteration"], "val_loss" in e)):
+            self._write(entry)
+
     def close(self) -> None:
         self._file.close()
 
@@ -84,31 +88,6 @@ def callback(training_log: TrainingLog):
             training_log.on_val_loss_report(val_info)
 
     return Reporting()
-
-
-class CountedBatches:
-    """mlx-lm's ``iterate_batches`` with the training loop's batches counted by :func:`progress`.
-
-    The trainer calls it for training (``loop=True``: one batch per iteration) and for each
-    validation (``loop=False``, left uncounted).
-    """
-
-    def __init__(self, iterate: Callable[..., Any], iters: int):
-        self.iterate = iterate
-        self.iters = iters
-        self.bar: Optional[Any] = None
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        batches = self.iterate(*args, **kwargs)
-        if not kwargs.get("loop"):
-            return batches
-        self.bar = progress(batches, self.iters, "lora", unit="iterations")
-        return self.bar
-
-    def close(self) -> None:
-        close = getattr(self.bar, "close", None)
-        if close is not None:  # the trainer stops pulling after the last iteration
-            close()
 
 
 def loss_figure(train: List[Dict[str, Any]], val: List[Dict[str, Any]]):

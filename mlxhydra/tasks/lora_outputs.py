@@ -1,7 +1,8 @@
 """task=lora's files in the run directory, in mlx-lm's layout, never half written.
 
-mlx-lm's trainer writes its adapters (and a numbered copy every ``save_every`` iterations) into
-``<run dir>/checkpoints/``; only once training ends are ``adapters.safetensors`` and
+Training writes its adapters into ``<run dir>/checkpoints/``, and every ``save_every``
+iterations mlx-lm's numbered copy and the resumable checkpoint (:mod:`.lora_checkpoint`,
+which stays there); only once training ends are ``adapters.safetensors`` and
 ``adapter_config.json`` renamed into the run directory, so ``load.adapter_path=<run dir>`` (or
 ``latest``) and ``mlx_lm.load(..., adapter_path=<run dir>)`` never see a half-written pair.
 """
@@ -24,8 +25,6 @@ class Staging:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / CHECKPOINTS
-        # The seam for resumable checkpoints: mlx-lm writes NNNNNNN_adapters.safetensors here
-        # (adapter weights only); optimizer, step and data-order state would join them.
         self.adapter_file = self.dir / ADAPTERS
 
     def __enter__(self) -> "Staging":

@@ -21,7 +21,7 @@ from ..load.adapters import FINE_TUNE_TYPES
 from ..load.data_files import file_sha256
 
 # mlxhydra's own keys of task=lora; every other key is an mlx_lm.lora argument.
-OWN_KEYS = ("name", "config_file", "fuse")
+OWN_KEYS = ("name", "config_file", "fuse", "resume_from")
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd", "adafactor")
 SPLITS = ("train", "valid", "test")
 # mlx_lm.lora config keys that mlxhydra takes from elsewhere: not read from a config file.
@@ -38,8 +38,9 @@ ELSEWHERE = {
 }
 # Keys of a config file that this version cannot honour.
 REFUSED = {
-    "resume_adapter_file": "resuming is not supported yet (train again, or load.adapter_path with "
-                           "load.fuse=true to train on top of fused adapters)",
+    "resume_adapter_file": "it restores the adapters alone; task.resume_from=RUN_DIR goes on from a "
+                           "task=lora run's checkpoint (or load.adapter_path with load.fuse=true "
+                           "trains on top of fused adapters)",
     "hf_dataset": "Hugging Face datasets are not supported yet; set data to a directory",
 }
 
@@ -247,6 +248,10 @@ def settings_problems(task: Dict[str, Any]) -> List[str]:
     value = task.get("config_file")
     if value is not None and (not isinstance(value, str) or not value):
         return [f"task.config_file={value!r}: expected an mlx_lm.lora YAML file or null"]
+    value = task.get("resume_from")
+    if value is not None and (not isinstance(value, str) or not value):
+        return [f"task.resume_from={value!r}: expected a task=lora run directory (or its "
+                "checkpoints/) to go on from, or null"]
     try:
         resolved = resolve(task)
     except ConfigError as e:
