@@ -16,9 +16,10 @@ log = logging.getLogger("mlxhydra.loading")
 
 MAX_CPU_STREAMS = 4  # each stream in flight holds one more layer's float weights
 # A layer with at least this many weights is quantized in row blocks, one per stream (see
-# _quantize_in_row_blocks): alone on one stream, the embedding or the output head keeps one
-# core busy while the others wait.
-SPLIT_MIN_WEIGHTS = 1 << 20
+# _quantize_in_row_blocks): alone on one stream, the output head (quantized first) or the
+# embedding (last) of a 1B model keeps one core busy for half a second while the others wait.
+# Smaller layers alternate between the streams whole (joining blocks costs a copy).
+SPLIT_MIN_WEIGHTS = 1 << 24
 
 
 def quantize_streams() -> list:
