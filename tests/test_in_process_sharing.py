@@ -173,3 +173,25 @@ def test_the_jobs_of_a_sweep_equal_separate_runs(tmp_path):
         ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (job, alone))
         assert kl_results(ours) == kl_results(theirs)
         assert ours["kl_mean"] > 0
+
+
+def test_the_summary_imports_are_warmed_only_where_the_summary_is_written(monkeypatch):
+    """The process that started the multirun imports matplotlib while the jobs run (once);
+    a launcher's worker process (nothing in policy._active) does not."""
+    from mlxhydra.sweeps import plots, policy
+
+    monkeypatch.setattr(plots, "_warming", [])
+    monkeypatch.setattr(policy, "_active", {})
+    summary = policy.SweepSummary()
+    summary.on_job_start(config=None)
+    assert plots._warming == []
+    policy._active["sweep_dir"] = Path("sweep")
+    policy.SweepSummary(enabled=False).on_job_start(config=None)
+    assert plots._warming == []
+    summary.on_job_start(config=None)
+    summary.on_job_start(config=None)
+    assert len(plots._warming) == 1 and plots._warming[0].name == "mlxhydra-summary-imports"
+    plots._warming[0].join(timeout=120)
+    import sys
+
+    assert "matplotlib.figure" in sys.modules and "matplotlib.backends.backend_agg" in sys.modules
