@@ -187,33 +187,6 @@ def test_lazy_runtime_quantization(llama128):
     assert mx.array_equal(model(TOKENS), ref(TOKENS)).item()
 
 
-@pytest.mark.parametrize("streams", [2, 3])
-@pytest.mark.parametrize("bits,group_size", [(2, 32), (3, 64), (4, 64), (5, 128), (6, 64), (8, 32)])
-def test_layers_quantized_in_row_blocks_equal_mlx_lm(llama128, monkeypatch, streams, bits, group_size):
-    """Every layer split in row blocks across 2 or 3 streams (3 do not divide the 256 or 128 rows
-    evenly): every parameter is mlx-lm's, bit for bit (tied embeddings, mixed with rules: see the
-    other tests, which split nothing at these sizes)."""
-    from mlx.utils import tree_flatten
-
-    from mlxhydra.load import runtime_quant
-
-    made = [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(streams - 1)]
-    monkeypatch.setattr(runtime_quant, "quantize_streams", lambda: made)
-    monkeypatch.setattr(runtime_quant, "SPLIT_MIN_WEIGHTS", 1)
-    split = []
-    original = runtime_quant._quantize_in_row_blocks
-    monkeypatch.setattr(runtime_quant, "_quantize_in_row_blocks",
-                        lambda m, q, s: split.append(original(m, q, s) or type(q).__name__))
-    ours, _ = mlxhydra.load_model(llama128, quant={"bits": bits, "group_size": group_size})
-    ref, _ = mlx_lm_quantized(llama128, group_size=group_size, bits=bits)
-    assert len(split) == 16 and "QuantizedEmbedding" in split  # 14 linears, the embedding, lm_head
-    ours_params, ref_params = dict(tree_flatten(ours.parameters())), dict(tree_flatten(ref.parameters()))
-    assert ours_params.keys() == ref_params.keys()
-    different = [k for k in ours_params if ours_params[k].dtype != ref_params[k].dtype
-                 or not mx.array_equal(ours_params[k], ref_params[k]).item()]
-    assert different == []
-
-
 def test_runtime_quantization_report(llama128):
     _, config, report = build_model(llama128, load_config(llama128),
                                     LoadSettings.from_groups(quant={"bits": 4}))

@@ -15,11 +15,6 @@ from .quant_spec import QuantSpec, make_decider
 log = logging.getLogger("mlxhydra.loading")
 
 MAX_CPU_STREAMS = 4  # each stream in flight holds one more layer's float weights
-# A layer with at least this many weights is quantized in row blocks, one per stream (see
-# _quantize_in_row_blocks): alone on one stream, the output head (quantized first) or the
-# embedding (last) of a 1B model keeps one core busy for half a second while the others wait.
-# Smaller layers alternate between the streams whole (joining blocks costs a copy).
-SPLIT_MIN_WEIGHTS = 1 << 24
 
 
 def quantize_streams() -> list:
@@ -43,30 +38,6 @@ def _extra_cpu_streams(count: int) -> list:
     if count not in made:
         made[count] = [mx.new_stream(mx.cpu) for _ in range(count)]
     return made[count]
-
-
-def _quantize_in_row_blocks(module: nn.Module, qmodule: nn.Module, streams: list) -> None:
-    """Give ``qmodule`` the same quantized weight, computed in row blocks, one per stream.
-
-    Affine quantization groups lie within a row, so the blocks' concatenation is
-    bit for bit what one ``mx.quantize`` call gives; only MLX's own Linear and Embedding
-    (whose ``to_quantized`` is that one call) are split, the rest is left as it is.
-    """
-    if (len(streams) < 2 or type(module) not in (nn.Linear, nn.Embedding)
-            or type(qmodule) not in (nn.QuantizedLinear, nn.QuantizedEmbedding)
-            or getattr(qmodule, "mode", None) != "affine"):
-        return
-    weight = module.weight
-    if weight.ndim != 2 or weight.size < SPLIT_MIN_WEIGHTS or weight.shape[0] < len(streams):
-        return
-    rows, count = weight.shape[0], len(streams)
-    bounds = [rows * i // count for i in range(count + 1)]
-    blocks = []
-    for stream, start, stop in zip(streams, bounds, bounds[1:]):
-        with mx.stream(stream):
-            blocks.append(mx.quantize(weight[start:stop], qmodule.group_size, qmodule.bits, mode="affine"))
-    qmodule.weight, qmodule.scales, qmodule.biases = (
-        mx.concatenate([block[k] for block in blocks]) for k in range(3))
 
 
 def quantizable_paths(model: nn.Module) -> List[str]:
@@ -132,7 +103,6 @@ def quantize_while_loading(
         module.update(tree_unflatten(list(own.items())))
         with mx.stream(streams[counts["quantized"] % len(streams)]):
             qmodule = module.to_quantized(**params)
-        _quantize_in_row_blocks(module, qmodule, streams)
         arrays = []
         for name, value in tree_flatten(qmodule.parameters()):
             weights[f"{path}.{name}"] = value
