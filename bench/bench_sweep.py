@@ -17,6 +17,8 @@ Both sides quantize bench_load.py's cached ~1.1B float16 llama
 
 ``--cases sweep_cache`` measures the same sweep with ``sweep.reuse_weights=false`` (the
 default) vs true (the float weights read once and kept, mlxhydra/load/weights_cache.py).
+``--cases sweep_other --other-source DIR`` measures the same sweep run from another checkout
+(``git archive main | tar -x -C DIR``: before a change) vs this one.
 
 ``--cache cold`` empties the OS page cache before every measurement (``sync`` and
 ``/proc/sys/vm/drop_caches``: Linux, as root; it slows the whole machine for a moment), so
@@ -110,14 +112,36 @@ def make_cache_case(bits: Sequence[int], group_size: int, before=None) -> bl.Cas
     )
 
 
+def make_other_case(bits: Sequence[int], group_size: int, other: Path, before=None) -> bl.Case:
+    """The same sweep run from another checkout (``--other-source``: before a change) vs this one."""
+    widths = ",".join(str(b) for b in bits)
+
+    def sweep(source: Path):
+        return lambda ctx: [["env", f"PYTHONPATH={source}", bl.PY, "-m", "mlxhydra", "-m",
+                             f"model={ctx.model_dir}", f"quant.bits={widths}",
+                             f"quant.group_size={group_size}", "task=load"]]
+
+    return bl.register_case(
+        "sweep_other",
+        f"the same {len(bits)}-job mlxhydra sweep from {other} vs this checkout",
+        baseline=bl.Side(f"mlxhydra -m from {other}", sweep(other), collect=sweep_records, before=before),
+        candidate=bl.Side("mlxhydra -m (this checkout)", sweep(bl.ROOT), collect=sweep_records,
+                          before=before),
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2, help="measurements per side (median taken)")
     p.add_argument("--bits", type=int, nargs="+", default=list(BITS))
     p.add_argument("--group-size", type=int, default=GROUP_SIZE)
     p.add_argument("--no-warmup", action="store_true")
-    p.add_argument("--cases", nargs="+", default=["sweep_quant"], choices=["sweep_quant", "sweep_cache"],
-                   help="sweep_cache: the sweep without vs with the weights cache")
+    p.add_argument("--cases", nargs="+", default=["sweep_quant"],
+                   choices=["sweep_quant", "sweep_cache", "sweep_other"],
+                   help="sweep_cache: the sweep without vs with the weights cache; sweep_other: "
+                        "the sweep from --other-source vs this checkout")
+    p.add_argument("--other-source", type=Path, default=None,
+                   help="another checkout of mlxhydra (e.g. git archive of main), for sweep_other")
     p.add_argument("--cache", choices=["warm", "cold"], default="warm",
                    help="cold: empty the OS page cache before every measurement (Linux, root)")
     p.add_argument("--output", type=Path, default=RESULTS)
@@ -125,9 +149,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.cache == "cold" and os.geteuid() != 0:
         p.error("--cache cold needs root (it writes /proc/sys/vm/drop_caches)")
     before = drop_page_cache if a.cache == "cold" else None
-    makers = {"sweep_quant": make_case, "sweep_cache": make_cache_case}
+    if "sweep_other" in a.cases and a.other_source is None:
+        p.error("sweep_other needs --other-source DIR")
+    makers = {"sweep_quant": make_case, "sweep_cache": make_cache_case,
+              "sweep_other": lambda bits, gs, b: make_other_case(bits, gs, a.other_source.resolve(), b)}
     cases = [makers[name](a.bits, a.group_size, before) for name in a.cases]
     model_dir = bl.ensure_model()
+    load_before = os.getloadavg()
     results = bl.run_cases(cases, a.repeats, model_dir, warmup=not a.no_warmup)
     print()
     print(bl.table(results))
@@ -139,7 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"per-job load+quantize s {c['job_load_s']}")
     a.output.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "repeats": a.repeats, "bits": a.bits,
-        "group_size": a.group_size, "page_cache": a.cache, "model": bl.LLAMA_1B, "machine": bl.machine(),
+        "group_size": a.group_size, "page_cache": a.cache, "model": bl.LLAMA_1B,
+        "machine": {**bl.machine(), "load_average_before": load_before},
         "cases": results,
     }, indent=2) + "\n")
     print(f"written {a.output}")

@@ -117,6 +117,28 @@ def clear_eos_tokens(tokenizer: Any) -> None:
     tokenizer._eos_token_ids = set()
 
 
+def tokenizer_copy(tokenizer: Any) -> Any:
+    """A TokenizerWrapper that shares ``tokenizer``'s Hugging Face tokenizer and its
+    detokenizer's token map, with the state mlx-lm changes in use of its own.
+
+    What ``add_eos_token`` adds (``_eos_token_ids``) and the streaming detokenizer's text
+    (``_detokenizer``, reset) are the copy's, as in a tokenizer just loaded; building the
+    wrapper again would re-read the tokenizer's files (a second or more for a 32k vocabulary).
+    """
+    import copy
+
+    if not all(hasattr(tokenizer, name) for name in ("_eos_token_ids", "_detokenizer")):
+        raise UpstreamError(
+            f"mlx-lm {_version('mlx-lm')}: TokenizerWrapper has no _eos_token_ids or _detokenizer; "
+            f"mlxhydra supports mlx-lm{SUPPORTED['mlx-lm']}"
+        )
+    out = copy.copy(tokenizer)
+    out._eos_token_ids = set(tokenizer._eos_token_ids)
+    out._detokenizer = copy.copy(tokenizer._detokenizer)
+    out._detokenizer.reset()
+    return out
+
+
 def quiet_basic_sweeper_schema_warning() -> None:
     """Silence Hydra's warning that ``conf/hydra/sweeper/basic.yaml`` matches its own schema.
 

@@ -1,9 +1,16 @@
 """The model directory's tokenizer: its files checked before any weight is read (JSON of the right
-shape, no code without consent), then loaded with mlx-lm as ``mlx_lm.load`` does."""
+shape, no code without consent), then loaded with mlx-lm as ``mlx_lm.load`` does.
+
+A process loads each tokenizer once: the jobs of a sweep (and repeated API calls) get a copy
+of the one loaded for the same directory, files and settings (:func:`load_tokenizer`)."""
 
 import json
+import os
+import stat
+import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..config.model_source import read_json_object
 from ..errors import TaskError
@@ -73,6 +80,49 @@ def require_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> None:
         raise TaskError("; ".join(problems))
 
 
+# Tokenizers loaded in this process, the most recently used last (a few: each holds its vocabulary).
+_loaded: "OrderedDict[str, Any]" = OrderedDict()
+_loaded_lock = threading.Lock()
+MAX_LOADED = 4
+
+
+def _entries(folder: Path) -> List[Tuple[Any, ...]]:
+    """Name, whether a folder, size, mtime, inode and device of each entry (symlinks followed)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        return [("unreadable", e.errno)]
+    found: List[Tuple[Any, ...]] = []
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except OSError as e:
+            found.append((entry.name, "unreadable", e.errno))
+            continue
+        found.append((entry.name, stat.S_ISDIR(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino,
+                      st.st_dev))
+    return found
+
+
+def _file_identities(model_dir: Path) -> List[Tuple[Any, ...]]:
+    """The directory's entries and those of its folders one level down: what a tokenizer may
+    read (its JSON and model files, a chat template folder, code). A file changed, added or
+    removed gives another list."""
+    found = []
+    for entry in _entries(model_dir):
+        found.append(entry)
+        if entry[1] is True:
+            found += [(entry[0], *inner) for inner in _entries(model_dir / entry[0])]
+    return found
+
+
+def tokenizer_key(model_dir: Path, eos: Any, extra: Mapping[str, Any]) -> str:
+    """What a loaded tokenizer depends on: the directory, its files as they are now, the model
+    config's ``eos_token_id`` and the settings handed to transformers."""
+    return json.dumps({"dir": os.path.realpath(model_dir), "files": _file_identities(Path(model_dir)),
+                       "eos": eos, "extra": extra}, sort_keys=True, default=repr)
+
+
 def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
                    chat_template: Optional[str] = None, *, trust_remote_code: bool = False,
                    tokenizer_config: Optional[Mapping[str, Any]] = None):
@@ -90,23 +140,44 @@ def load_tokenizer(model_dir: Path, config: Optional[dict] = None,
             its ``trust_remote_code`` gives way to ``trust_remote_code``.
 
     Returns:
-        mlx-lm's ``TokenizerWrapper``.
+        mlx-lm's ``TokenizerWrapper``: a copy of the one this process loaded for the same
+        directory, files (:func:`tokenizer_key`) and settings, sharing its vocabulary; what
+        the caller changes (``add_eos_token``) stays in its copy.
 
     Raises:
         TaskError: the directory has no tokenizer, or it cannot be loaded.
     """
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
+    from .._upstream import tokenizer_copy
+
     model_dir = Path(model_dir)
-    require_tokenizer(model_dir, trust_remote_code)
     eos = (config or {}).get("eos_token_id")
-    try:
-        extra: Dict[str, Any] = {**(tokenizer_config or {}), "trust_remote_code": bool(trust_remote_code)}
-        if chat_template is not None:
-            extra["chat_template"] = chat_template
-        return mlx_load_tokenizer(model_dir, extra, eos_token_ids=eos)
-    except Exception as e:  # transformers raises many kinds
-        detail = " ".join(str(e).split())[:300]
-        raise TaskError(
-            f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {detail}"
-        ) from e
+    extra: Dict[str, Any] = {**(tokenizer_config or {}), "trust_remote_code": bool(trust_remote_code)}
+    if chat_template is not None:
+        extra["chat_template"] = chat_template
+    key = tokenizer_key(model_dir, eos, extra)
+    with _loaded_lock:
+        loaded = _loaded.get(key)
+        if loaded is not None:
+            _loaded.move_to_end(key)
+    if loaded is None:  # (a tokenizer kept passed these checks, on the same files and consent)
+        require_tokenizer(model_dir, trust_remote_code)
+        try:
+            loaded = mlx_load_tokenizer(model_dir, extra, eos_token_ids=eos)
+        except Exception as e:  # transformers raises many kinds
+            detail = " ".join(str(e).split())[:300]
+            raise TaskError(
+                f"{model_dir}: the tokenizer cannot be loaded: {type(e).__name__}: {detail}"
+            ) from e
+        with _loaded_lock:
+            _loaded[key] = loaded
+            while len(_loaded) > MAX_LOADED:
+                _loaded.popitem(last=False)
+    return tokenizer_copy(loaded)  # the caller may add end-of-sequence tokens to its own
+
+
+def forget_tokenizers() -> None:
+    """Drop the tokenizers this process keeps (tests; memory)."""
+    with _loaded_lock:
+        _loaded.clear()

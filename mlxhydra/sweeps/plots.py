@@ -15,6 +15,7 @@ with (bits per weight, metric) points can use them.
 
 import io
 import math
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +27,27 @@ from .pareto import pareto_front
 # Metrics drawn on a log axis: they span orders of magnitude across bit widths.
 LOG_SCALE = ("kl_", "delta_p", "ln_perplexity_ratio")
 SPEED = "generation_tps"
+
+
+_warming: List[threading.Thread] = []
+
+
+def warm_up() -> None:
+    """Import what the figure needs (matplotlib: a second or more) in a daemon thread, once per
+    process, while a sweep's jobs run: their time is mostly MLX's own threads, without the GIL,
+    and the summary at the end no longer waits for the import."""
+    if not _warming:
+        _warming.append(threading.Thread(target=_import_matplotlib, name="mlxhydra-summary-imports",
+                                         daemon=True))
+        _warming[0].start()
+
+
+def _import_matplotlib() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401  (savefig's PNG canvas)
+        import matplotlib.figure  # noqa: F401
+    except Exception:  # the summary imports it again, and says what fails
+        pass
 
 
 def new_figure(**kwargs: Any) -> Any:

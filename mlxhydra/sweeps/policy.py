@@ -151,6 +151,12 @@ class SweepSummary(Callback):
         mark_latest(self.sweep_dir, "sweep", Path(str(config.hydra.runtime.cwd)))
         record_plan(self.sweep_dir, config)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.enabled and _active.get("sweep_dir") is not None:  # the process that writes the summary
+            from .plots import warm_up
+
+            warm_up()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         _active["summarized"] = True

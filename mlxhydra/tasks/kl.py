@@ -13,9 +13,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -84,6 +85,38 @@ def default_cache_dir() -> Path:
     except Exception:
         cwd = os.getcwd()
     return Path(cwd) / "outputs" / ".cache" / "kl"
+
+
+# task.cache=false: the reference log-probabilities of this process's latest KL job, in a
+# temporary directory that lives as long as the process, one reference at a time: the jobs of
+# a sweep against the same reference (same key) compute it once, and nothing is left on disk.
+_scratch: Dict[str, tempfile.TemporaryDirectory] = {}
+_scratch_lock = threading.Lock()
+
+
+def process_scratch(key: str) -> Tuple[Path, bool]:
+    """Where this process keeps the uncached reference of ``key``, and whether it is there.
+
+    Another key's reference is deleted first (one at a time).
+    """
+    with _scratch_lock:
+        held = _scratch.get(key)
+        if held is not None and is_cached(Path(held.name) / "reference"):
+            return Path(held.name) / "reference", True
+        for old in _scratch.values():
+            old.cleanup()
+        _scratch.clear()
+        made = tempfile.TemporaryDirectory(prefix="mlxhydra-kl-")
+        _scratch[key] = made
+        return Path(made.name) / "reference", False
+
+
+def forget_scratch() -> None:
+    """Delete the reference this process keeps for task.cache=false (tests; disk space)."""
+    with _scratch_lock:
+        for held in _scratch.values():
+            held.cleanup()
+        _scratch.clear()
 
 
 def write_reference(model, tokens, batch_size: int, dtype: str, target: Path, meta: Dict) -> None:
@@ -199,14 +232,14 @@ def execute(job: TaskInput) -> Metrics:
     tokens_sha = "sha256:" + hashlib.sha256(np.array(tokens).tobytes()).hexdigest()
     key = cache_key(ref, tokens_sha, data_sha, settings)
     use_cache = task["cache"]
-    cache_dir = Path(task.get("cache_dir") or default_cache_dir()).expanduser().absolute()
-    scratch: Optional[tempfile.TemporaryDirectory] = None
-    target = cache_dir / key[:32]
-    cached = ranks.rank0_decides(use_cache and is_cached(target))
+    if use_cache:
+        cache_dir = Path(task.get("cache_dir") or default_cache_dir()).expanduser().absolute()
+        target = cache_dir / key[:32]
+        here = is_cached(target)
+    else:
+        target, here = process_scratch(key)
+    cached = ranks.rank0_decides(here)
     if not cached:
-        if not use_cache:
-            scratch = tempfile.TemporaryDirectory(prefix="mlxhydra-kl-")
-            target = Path(scratch.name) / "reference"
         if target.exists():  # damaged (files removed by hand): compute it again
             shutil.rmtree(target)
         reference = build_reference(ref, job.load.get("shard"))
@@ -215,11 +248,7 @@ def execute(job: TaskInput) -> Metrics:
         write_reference(reference, tokens, batch_size, dtype, target, meta)
         del reference
         mx.clear_cache()
-    try:
-        out = summarize(compare(scored, tokens, batch_size, target))
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
+    out = summarize(compare(scored, tokens, batch_size, target))
     report = job.run_dir / REPORT
     text = report_text(out)
     write_bytes_atomic(report, text.encode())
