@@ -144,3 +144,16 @@ def test_accuracy_file_reads_as_task_accuracy_data():
     expected = [{"prompt": p, "answer": a} for p, a in map(dict.values, tiny_finetune_data.accuracy_rows())]
     assert [n for n, _ in rows] == list(range(1, 401))
     assert [row for _, row in rows] == expected
+
+
+def test_the_demo_preset_trains_tiny_on_the_shipped_data_and_validates():
+    """+experiment=tiny_finetune: task=lora on the shipped directory, every setting valid before
+    any weight is read (tiny's 2 layers, the schedule's length equal to the iterations)."""
+    from mlxhydra.config.composition import compose
+    from mlxhydra.job.validation import validate
+
+    cfg = compose(["+experiment=tiny_finetune"])
+    assert cfg.task.name == "lora" and cfg.task.data == data_file("tiny_finetune")
+    assert cfg.task.num_layers == 2 and cfg.task.fine_tune_type == "full"
+    assert list(cfg.task.lr_schedule.arguments)[1] == cfg.task.iters
+    validate(cfg)
