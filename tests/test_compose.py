@@ -243,3 +243,27 @@ def test_safe_name(text, expected):
 
 def test_safe_name_is_cut():
     assert len(safe_name("x" * 500)) == 120
+
+
+def test_a_forked_process_names_its_own_run_directory():
+    """The run token is made per process: a child forked after the parent made its token (a
+    launcher's forked worker, the tests' fork server) makes another, and keeps it."""
+    import os
+
+    from mlxhydra.config.resolvers import run_token
+
+    parent = run_token()
+    assert run_token() == parent  # every resolution in one process: the same folder
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its token, twice, then the exit status says whether they agree
+        os.close(read)
+        mine = run_token()
+        os.write(write, f"{mine} {run_token()}".encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        first, again = f.read().split()
+    os.waitpid(pid, 0)
+    assert first == again and first != parent and first.startswith(f"{pid:x}")
+    assert run_token() == parent

@@ -3,28 +3,32 @@
 import os
 import re
 import secrets
+from typing import Optional, Tuple
 
 from omegaconf import OmegaConf
 
 # One token per command: hydra resolves the run directory more than once and
 # every resolution must name the same folder, while two processes started in
 # the same second must not share one (nor two runs of the Python API: see renew_run_token).
-_RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(3)}"
+# (pid, token): made on first use, and again in a process forked after it (a fork inherits it).
+_RUN_TOKEN: Optional[Tuple[int, str]] = None
 _UNSAFE = re.compile(r"[^\w.=,+-]+")  # \w: letters and digits of any script, and _
 MAX_NAME = 120
 
 
 def run_token() -> str:
     """A short name part that is unique to this process (to this run of the Python API)."""
-    return _RUN_TOKEN
+    if _RUN_TOKEN is None or _RUN_TOKEN[0] != os.getpid():
+        return renew_run_token()
+    return _RUN_TOKEN[1]
 
 
 def renew_run_token() -> str:
     """A new token for the next run of this process: ``mlxhydra.run()`` twice in one second
     must name two run directories."""
     global _RUN_TOKEN
-    _RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(3)}"
-    return _RUN_TOKEN
+    _RUN_TOKEN = (os.getpid(), f"{os.getpid():x}{secrets.token_hex(3)}")
+    return _RUN_TOKEN[1]
 
 
 def safe_name(text: object) -> str:
