@@ -6,19 +6,13 @@ on the summary's rows; anything with (bits per weight, metric) points can use it
 """
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-from .columns import HIGHER_IS_BETTER
+from .columns import HIGHER_IS_BETTER, finite_number
 
 # The quality metrics a front is marked for (higher or lower is better: columns.HIGHER_IS_BETTER).
 QUALITY = ("kl_mean", "perplexity", "ln_perplexity_ratio", "accuracy", "top1_agreement")
 COLUMN = "pareto"
-
-
-def _number(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
 
 
 def pareto_front(points: Sequence[Tuple[float, float]], maximize: bool = False) -> List[int]:
@@ -51,7 +45,7 @@ def mark_front(rows: List[Dict[str, Any]], metric: str) -> bool:
     """
     if metric not in QUALITY:
         return False
-    done = [(r, _number(r.get("bits_per_weight")), _number((r.get("_metrics") or {}).get(metric)))
+    done = [(r, finite_number(r.get("bits_per_weight")), finite_number((r.get("_metrics") or {}).get(metric)))
             for r in rows if r.get("status") == "completed"]
     done = [(r, x, y) for r, x, y in done if x is not None and y is not None]
     if len({x for _, x, _ in done}) < 2:

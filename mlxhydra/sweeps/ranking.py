@@ -5,18 +5,11 @@ A sweep over learning rates or bit widths is read for its best job first: the
 summary can be read, or sorted, without knowing which way the metric points.
 """
 
-import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from .columns import HIGHER_IS_BETTER
+from .columns import HIGHER_IS_BETTER, finite_number
 
 COLUMN = "rank"
-
-
-def _number(v: Any) -> Optional[float]:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
 
 
 def mark_ranks(rows: List[Dict[str, Any]], metric: str) -> bool:
@@ -28,7 +21,7 @@ def mark_ranks(rows: List[Dict[str, Any]], metric: str) -> bool:
     """
     if metric == "bits_per_weight":
         return False
-    scored = [(r, _number((r.get("_metrics") or {}).get(metric)))
+    scored = [(r, finite_number((r.get("_metrics") or {}).get(metric)))
               for r in rows if r.get("status") == "completed"]
     scored = [(r, -y if metric in HIGHER_IS_BETTER else y) for r, y in scored if y is not None]
     if len(scored) < 2:
