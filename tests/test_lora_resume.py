@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from conftest import read_run, run_cli
+from conftest import read_run, run_cli, wait_for
 from test_lora import SMALL, assert_refused_before_weights, our_reports, run_ours, setup  # noqa: F401
 
 from mlxhydra.errors import ConfigError, TaskError
@@ -104,14 +103,6 @@ def test_another_seed_or_base_model_is_refused(setup, tmp_path, monkeypatch):  #
                             "weights_fingerprint and quantization differ from this run's (expected "
                             "the same weights and quantization)")
 
-
-def wait_for(predicate, timeout=240.0) -> bool:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # 60 iterations of the tiny model: seconds, long enough to stop it on the way.

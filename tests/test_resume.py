@@ -18,20 +18,13 @@ from pathlib import Path
 import pytest
 from conftest import read_run, run_cli
 from conftest import sweep_job_dirs as job_dirs
+from conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
 SWEEP = ("-m", "task=kl", "task.num_samples=2", "quant.bits=2,3,4,8", "sweep.objective=kl_mean",
          "sweep.max_bits_per_weight=6")
 
-
-def wait_for(predicate, timeout=240.0):
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def status_of(sweep: Path, num: int):
